@@ -1,0 +1,251 @@
+"""Typed, validated run configuration: TOML files with sections [model], [data], [train], [eval].
+
+Every field has a type and a range; unknown keys and bad values raise ConfigError naming the field
+(``section.key``), which the CLI turns into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``field`` is the dotted name of the offending field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(name, message)
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    _require(value in choices, name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "crate"  # "crate" | "gpt"
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    vocab_size: int = 0  # 0: take the tokenizer's vocabulary size
+    block_size: int = 128
+    qkv: str = "shared"  # CRATE only: "shared" (MSSA, one U per head) | "separate" (GPT-style q, k, v)
+    ista_lambda: float = 0.1
+    ista_step_size: float = 0.1
+    ista_steps: int = 2
+    overcomplete: int = 4  # dictionary atoms per model dimension (h = overcomplete * n_embd); GPT MLP width too
+    mlp_act: str = "relu"  # GPT baseline only: "relu" (as the official baseline) | "gelu"
+    dropout: float = 0.0
+
+    def validate(self, prefix: str = "model") -> None:
+        p = prefix + "."
+        _choice(self.arch, ("crate", "gpt"), p + "arch")
+        _choice(self.qkv, ("shared", "separate"), p + "qkv")
+        _choice(self.mlp_act, ("relu", "gelu"), p + "mlp_act")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "ista_steps", "overcomplete"):
+            _require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.vocab_size >= 0, p + "vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
+        _require(self.n_embd % self.n_head == 0, p + "n_embd",
+                 f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
+        _require(self.ista_lambda >= 0, p + "ista_lambda", f"must be >= 0, got {self.ista_lambda}")
+        _require(self.ista_step_size > 0, p + "ista_step_size", f"must be > 0, got {self.ista_step_size}")
+        _require(0 <= self.dropout < 1, p + "dropout", f"must be in [0, 1), got {self.dropout}")
+
+    @property
+    def n_neurons(self) -> int:
+        """Width of the interpreted layer: CRATE's sparse code A_T, or the GPT MLP hidden layer."""
+        return self.overcomplete * self.n_embd
+
+
+@dataclass
+class DataConfig:
+    # "default" (registry corpus built by `cratelab prepare`), "fixture" (small committed corpus),
+    # a directory of .txt/.jsonl documents, or "hf:NAME[:CONFIG]" (Hugging Face datasets, opt-in)
+    corpus: str = "default"
+    tokenizer: str = "bpe"  # "bpe" (byte-level BPE trained on the corpus) | "gpt2" (offline r50k BPE)
+    bpe_vocab_size: int = 8192
+    cache_dir: str = ""  # "": $CRATELAB_CACHE or ~/.cache/cratelab
+    val_fraction: float = 0.05  # share of whole documents held out for validation
+    hf_split: str = "train"
+    hf_text_field: str = "text"
+    hf_max_tokens: int = 10_000_000  # tokens to stream from a Hugging Face dataset
+
+    def validate(self, prefix: str = "data") -> None:
+        p = prefix + "."
+        _require(bool(self.corpus), p + "corpus", "must not be empty")
+        _choice(self.tokenizer, ("bpe", "gpt2"), p + "tokenizer")
+        _require(257 <= self.bpe_vocab_size <= 65535, p + "bpe_vocab_size",
+                 f"must be in [257, 65535], got {self.bpe_vocab_size}")
+        _require(0 < self.val_fraction < 1, p + "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _require(self.hf_max_tokens >= 1, p + "hf_max_tokens", f"must be >= 1, got {self.hf_max_tokens}")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 16  # sequences per micro-step per process
+    grad_accum: int = 1  # micro-steps per optimizer step (per process)
+    max_steps: int = 1000
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 100  # steps between evaluations and checkpoints
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    dtype: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32) | "float32" | "bfloat16" | "float16"
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    log: str = "none"  # "none" | "tensorboard" | "wandb"
+    wandb_project: str = "cratelab"
+
+    def validate(self, prefix: str = "train") -> None:
+        p = prefix + "."
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
+            _require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "threads", "seed"):
+            _require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
+        _require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.min_lr <= self.lr, p + "min_lr", f"must be in [0, train.lr], got {self.min_lr}")
+        _require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            _require(0 <= getattr(self, name) < 1, p + name, f"must be in [0, 1), got {getattr(self, name)}")
+        _require(self.grad_clip >= 0, p + "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _require(self.device == "auto" or self.device in ("cpu", "mps", "cuda") or self.device.startswith("cuda:"),
+                 p + "device", f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+        _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), p + "dtype")
+        _choice(self.log, ("none", "tensorboard", "wandb"), p + "log")
+
+
+@dataclass
+class EvalConfig:
+    tokens: int = 65536  # held-out tokens used for val_loss during training and by `cratelab eval`
+    dense_threshold: float = 0.1  # a neuron is "dense" when it fires on more than this share of tokens
+
+    def validate(self, prefix: str = "eval") -> None:
+        _require(self.tokens >= 1, prefix + ".tokens", f"must be >= 1, got {self.tokens}")
+        _require(0 < self.dense_threshold < 1, prefix + ".dense_threshold",
+                 f"must be in (0, 1), got {self.dense_threshold}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    """Check a TOML value against a field type; ints are accepted where floats are expected."""
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - every config field is one of the four types above
+        raise TypeError(f"unsupported config type {typ!r} for {name}")
+    if not ok:
+        raise ConfigError(name, f"expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def section_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Build one config dataclass from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise ConfigError(prefix, f"must be a table, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        if key not in known:
+            raise ConfigError(name, f"unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(value, hints[key], name)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    hints = typing.get_type_hints(RunConfig)
+    built = {}
+    for key, value in values.items():
+        if key not in sections:
+            raise ConfigError(key, f"unknown section (known: {', '.join(sections)})")
+        built[key] = section_from_dict(hints[key], value, key)
+    cfg = RunConfig(**built)
+    cfg.validate()
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value``; the value is read as a TOML value, or as a bare string."""
+    if "=" not in text:
+        raise ConfigError("--set", f"expected section.key=value, got {text!r}")
+    dotted, raw = text.split("=", 1)
+    path = dotted.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError("--set", f"expected section.key=value, got {text!r}")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words such as `model.arch=gpt`; type checking happens afterwards
+    return path, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        target = values
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(".".join(path), "is not a table")
+        target[path[-1]] = value
+    return values
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("", f"{path}: invalid TOML: {err}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML config (or the defaults when path is None), apply ``--set`` overrides, validate."""
+    values = read_toml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(values, list(overrides)))
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(cfg.to_dict())
