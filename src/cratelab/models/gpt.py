@@ -1,0 +1,48 @@
+"""The GPT-2 baseline (nanoGPT layout): x = x + Attn(LN1(x)); x = x + MLP(LN2(x)).
+The official baseline uses a ReLU MLP, so that its hidden layer's sparsity compares with CRATE's code."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import ModelConfig
+from .base import CausalSelfAttention, LanguageModel
+from .hooks import HookPoint
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.overcomplete * cfg.n_embd, bias=True)
+        self.act = F.relu if cfg.mlp_act == "relu" else F.gelu
+        self.c_proj = nn.Linear(cfg.overcomplete * cfg.n_embd, cfg.n_embd, bias=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()  # the interpreted neurons
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hook_post(self.act(self.hook_pre(self.c_fc(x))))
+        return self.dropout(self.c_proj(hidden))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(cfg, qkv="separate", qkv_bias=True)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.attn(self.ln_1(x)))
+        return self.hook_resid_post(x + self.mlp(self.ln_2(x)))
+
+
+class GPT(LanguageModel):
+    block_class = GPTBlock

@@ -1,0 +1,85 @@
+"""Import checkpoints written by the official crate-lm code (a nanoGPT fork).
+
+The official file is a `torch.save` dict with `model_args` (n_layer, n_head, n_embd, block_size,
+bias, vocab_size, dropout) and `model` (a state dict whose keys may carry torch.compile's
+`_orig_mod.` prefix). Its ISTA step size and lambda are hard-coded to 0.1 and it runs 2 steps.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import CratelabError
+from .crate import CRATE
+
+# official key pattern -> our key
+_KEY_MAP = [
+    (r"transformer\.wte\.", "wte."),
+    (r"transformer\.wpe\.", "wpe."),
+    (r"transformer\.h\.(\d+)\.prenorm_1\.", r"blocks.\1.ln_1."),
+    (r"transformer\.h\.(\d+)\.prenorm_2\.", r"blocks.\1.ln_2."),
+    (r"transformer\.h\.(\d+)\.attn\.", r"blocks.\1.attn."),
+    (r"transformer\.h\.(\d+)\.ista\.", r"blocks.\1.ista."),
+    (r"transformer\.ln_f\.", "ln_f."),
+    (r"lm_head\.", "lm_head."),
+]
+OFFICIAL_ISTA = dict(ista_step_size=0.1, ista_lambda=0.1, ista_steps=2)
+
+
+def official_key_to_ours(key: str) -> str:
+    key = key.removeprefix("_orig_mod.")
+    for pattern, replacement in _KEY_MAP:
+        new, n = re.subn("^" + pattern, replacement, key)
+        if n:
+            return new
+    raise KeyError(key)
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise CratelabError(f"official checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise CratelabError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def load_official_checkpoint(path: str | Path) -> CRATE:
+    """Our CRATE computing the same function as the official checkpoint (to float32 rounding)."""
+    path = Path(path)
+    ckpt = _read(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise CratelabError(f"{path}: expected an official crate-lm checkpoint with 'model' and 'model_args'")
+    args, official = ckpt["model_args"], ckpt["model"]
+    state = {}
+    for key, value in official.items():
+        if key.removeprefix("_orig_mod.").endswith("attn.bias") and value.dim() == 4:
+            continue  # the causal-mask buffer of the non-flash attention path, not a parameter
+        try:
+            state[official_key_to_ours(key)] = value.float()
+        except KeyError:
+            raise CratelabError(f"{path}: unexpected key {key!r}; is this a crate_overcomplete checkpoint?") from None
+    n_embd = int(args["n_embd"])
+    attn_width = state["blocks.0.attn.c_attn.weight"].shape[0]
+    if attn_width != n_embd:
+        raise CratelabError(f"{path}: attention projection has {attn_width} outputs, expected {n_embd} "
+                            "(CRATE's shared U); this is not a crate_overcomplete checkpoint")
+    cfg = ModelConfig(
+        arch="crate", qkv="shared", n_layer=int(args["n_layer"]), n_head=int(args["n_head"]), n_embd=n_embd,
+        vocab_size=int(args["vocab_size"]), block_size=int(args["block_size"]),
+        overcomplete=state["blocks.0.ista.weight"].shape[0] // n_embd, dropout=float(args.get("dropout", 0.0)),
+        **OFFICIAL_ISTA)
+    model = CRATE(cfg)
+    state.setdefault("lm_head.weight", state.get("wte.weight"))
+    for name, param in model.state_dict().items():  # bias=False checkpoints: a zero bias is the same function
+        if name.endswith(".bias") and name not in state:
+            state[name] = torch.zeros_like(param)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CratelabError(f"{path}: checkpoint does not match its model_args "
+                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval()
