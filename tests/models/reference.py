@@ -1,0 +1,73 @@
+"""A float64 reference of the official CRATE equations (paper-facts section 1), written from the
+equations with plain tensor algebra, on state dicts that use the OFFICIAL key names."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def attention(x, c_attn, proj_w, proj_b, n_head, separate):
+    B, T, C = x.shape
+    hs = C // n_head
+    w = x @ c_attn.T
+    q, k, v = (w.split(C, dim=-1) if separate else (w, w, w))
+    split = lambda t: t.reshape(B, T, n_head, hs).permute(0, 2, 1, 3)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hs)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    y = torch.softmax(scores, dim=-1) @ v
+    y = y.permute(0, 2, 1, 3).reshape(B, T, C)
+    return y @ proj_w.T + proj_b
+
+
+def ista(x, W, eta, lam, steps):
+    """A_{t+1} = ReLU(A_t + eta (W x - W W^T A_t) - eta lam), A_0 = 0; returns (W^T A_T, A_T)."""
+    A = torch.zeros(*x.shape[:-1], W.shape[0], dtype=x.dtype)
+    for _ in range(steps):
+        A = torch.relu(A + eta * (x @ W.T - (A @ W) @ W.T) - eta * lam)
+    return A @ W, A
+
+
+def crate_forward(sd, idx, n_layer, n_head, eta=0.1, lam=0.1, steps=2, separate=False):
+    """Logits and per-layer sparse codes; `sd` uses official names, float64 tensors."""
+    T = idx.shape[1]
+    x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
+    codes = []
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        h = layer_norm(x, sd[p + "prenorm_1.weight"], sd[p + "prenorm_1.bias"])
+        x = x + attention(h, sd[p + "attn.c_attn.weight"], sd[p + "attn.c_proj.weight"],
+                          sd[p + "attn.c_proj.bias"], n_head, separate)
+        h = layer_norm(x, sd[p + "prenorm_2.weight"], sd[p + "prenorm_2.bias"])
+        x, code = ista(h, sd[p + "ista.weight"], eta, lam, steps)
+        codes.append(code)
+    x = layer_norm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"])
+    return x @ sd["lm_head.weight"].T, codes
+
+
+def random_official_state_dict(n_layer, n_embd, vocab, block, overcomplete=4, separate=False, seed=0):
+    """Random weights under the official key names (scaled so activations are non-trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape, s=0.2: torch.randn(*shape, generator=g, dtype=torch.float64) * s  # noqa: E731
+    sd = {"transformer.wte.weight": r(vocab, n_embd, s=1.0), "transformer.wpe.weight": r(block, n_embd, s=0.5),
+          "transformer.ln_f.weight": 1 + r(n_embd), "transformer.ln_f.bias": r(n_embd)}
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        sd.update({
+            p + "prenorm_1.weight": 1 + r(n_embd), p + "prenorm_1.bias": r(n_embd),
+            p + "attn.c_attn.weight": r((3 if separate else 1) * n_embd, n_embd),
+            p + "attn.c_proj.weight": r(n_embd, n_embd), p + "attn.c_proj.bias": r(n_embd),
+            p + "prenorm_2.weight": 1 + r(n_embd), p + "prenorm_2.bias": r(n_embd),
+            p + "ista.weight": r(overcomplete * n_embd, n_embd, s=0.3),
+        })
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd

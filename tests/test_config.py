@@ -1,0 +1,88 @@
+import pytest
+
+from cratelab.config import ConfigError, RunConfig, apply_overrides, config_from_dict, dump_toml, load_config
+
+
+def test_defaults_are_valid():
+    cfg = load_config(None)
+    assert cfg.model.ista_lambda == 0.1 and cfg.model.ista_step_size == 0.1 and cfg.model.ista_steps == 2
+    assert cfg.model.overcomplete == 4 and cfg.model.mlp_act == "relu" and cfg.model.qkv == "shared"
+
+
+@pytest.mark.parametrize("section,key,value,field", [
+    ("model", "n_embd", 130, "model.n_embd"),  # not divisible by n_head=4
+    ("model", "ista_lambda", -0.1, "model.ista_lambda"),
+    ("model", "ista_step_size", -1.0, "model.ista_step_size"),
+    ("model", "ista_step_size", 0.0, "model.ista_step_size"),
+    ("model", "ista_steps", 0, "model.ista_steps"),
+    ("model", "arch", "lstm", "model.arch"),
+    ("model", "qkv", "tied", "model.qkv"),
+    ("model", "mlp_act", "swish", "model.mlp_act"),
+    ("model", "dropout", 1.0, "model.dropout"),
+    ("model", "n_layer", 0, "model.n_layer"),
+    ("train", "lr", 0.0, "train.lr"),
+    ("train", "min_lr", 1.0, "train.min_lr"),
+    ("train", "device", "tpu", "train.device"),
+    ("train", "dtype", "int8", "train.dtype"),
+    ("data", "tokenizer", "words", "data.tokenizer"),
+    ("data", "val_fraction", 0.0, "data.val_fraction"),
+    ("eval", "tokens", 0, "eval.tokens"),
+])
+def test_bad_values_name_the_field(section, key, value, field):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({section: {key: value}})
+    assert err.value.field == field
+    assert str(err.value).startswith(field)
+
+
+def test_unknown_keys_and_sections_are_rejected():
+    with pytest.raises(ConfigError, match="model.n_layers: unknown key"):
+        config_from_dict({"model": {"n_layers": 2}})
+    with pytest.raises(ConfigError, match="optim: unknown section"):
+        config_from_dict({"optim": {}})
+
+
+def test_wrong_types_are_rejected():
+    with pytest.raises(ConfigError, match="model.n_layer: expected int, got str"):
+        config_from_dict({"model": {"n_layer": "two"}})
+    with pytest.raises(ConfigError, match="train.compile: expected bool"):
+        config_from_dict({"train": {"compile": 1}})
+    assert config_from_dict({"model": {"ista_lambda": 1}}).model.ista_lambda == 1.0  # int is a fine float
+
+
+def test_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\narch = "crate"\nn_layer = 2\n')
+    cfg = load_config(path, ["model.arch=gpt", "model.n_layer=3", "model.ista_lambda=0.2", 'data.corpus="fixture"',
+                             "train.compile=true"])
+    assert (cfg.model.arch, cfg.model.n_layer, cfg.model.ista_lambda) == ("gpt", 3, 0.2)
+    assert cfg.data.corpus == "fixture" and cfg.train.compile is True
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.n_layer", "expected section.key=value"),
+    ("n_layer=3", "expected section.key=value"),
+    ("model.n_layer=three", "model.n_layer: expected int"),
+    ("model.nope=1", "model.nope: unknown key"),
+])
+def test_malformed_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = load_config(None, ["model.arch=gpt", "train.max_steps=7"])
+    path = tmp_path / "saved.toml"
+    path.write_text(dump_toml(cfg))
+    assert load_config(path) == cfg
+    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+    assert isinstance(RunConfig().to_dict()["model"], dict)
