@@ -1,0 +1,175 @@
+"""Token shards: a corpus tokenized once into train.bin / val.bin, cached under a content-derived key.
+
+Layout of ``cache_dir/datasets/<key>/``: ``train.bin`` and ``val.bin`` (flat token ids, the EOT token
+after every document), ``tokenizer.json`` (Tokenizer.to_dict) and ``meta.json`` (counts, hashes,
+settings). The key hashes the corpus content and the tokenizer settings, so any change rebuilds and
+an unchanged corpus is never tokenized twice. A dataset is built in a temporary folder and renamed
+into place, so a folder under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cratelab.config import DataConfig
+from cratelab.data.corpus import Document, default_cache_dir, load_documents, split_of
+from cratelab.data.tokenizer import Tokenizer, load_tokenizer
+from cratelab.errors import CratelabError
+
+FORMAT = 1  # bump when the dataset layout changes: it is part of the cache key
+SPLITS = ("train", "val")
+MIN_SPLIT_TOKENS = 1024  # below this a split cannot fill even one evaluation batch of a small model
+BATCH_DOCS = 256  # documents per encode_batch call
+
+
+@dataclass
+class TokenDataset:
+    path: Path
+    train: np.memmap  # read-only, 1-D token ids
+    val: np.memmap
+    meta: dict[str, Any]
+    tokenizer: Tokenizer
+
+    @classmethod
+    def open(cls, path: str | Path) -> TokenDataset:
+        path = Path(path)
+        if not (path / "meta.json").is_file():
+            raise CratelabError(f"{path} is not a prepared dataset (no meta.json): run `cratelab prepare`")
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        tokenizer = Tokenizer.from_dict(json.loads((path / "tokenizer.json").read_text(encoding="utf-8")))
+        arrays = {}
+        for split in SPLITS:
+            arrays[split] = np.memmap(path / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+            expected = meta["splits"][split]["tokens"]
+            if len(arrays[split]) != expected:
+                raise CratelabError(f"{path}/{split}.bin holds {len(arrays[split])} tokens, meta.json says "
+                                    f"{expected}: delete {path} and run `cratelab prepare` again")
+        return cls(path, arrays["train"], arrays["val"], meta, tokenizer)
+
+
+def _documents(cfg: DataConfig, cache_dir: Path, progress: bool) -> Callable[[], Iterator[Document]]:
+    """A function that yields the corpus' documents afresh on each call (we read them in passes)."""
+    corpus = cfg.corpus
+    if corpus.startswith("hf:"):
+        from cratelab.data.hf import fetch_hf_corpus
+
+        corpus = str(fetch_hf_corpus(cfg, cache_dir, progress))
+    load_documents(corpus, cache_dir)  # raise a missing-corpus error before any work
+    return lambda: load_documents(corpus, cache_dir)
+
+
+def _used_settings(cfg: DataConfig) -> dict[str, Any]:
+    """The DataConfig fields that change the tokens (cache_dir does not)."""
+    used = {"corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "val_fraction": cfg.val_fraction}
+    if cfg.tokenizer == "bpe":
+        used["bpe_vocab_size"] = cfg.bpe_vocab_size
+    if cfg.corpus.startswith("hf:"):
+        used.update({k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("hf_")})
+    return used
+
+
+def _scan(docs: Iterator[Document], val_fraction: float) -> tuple[str, dict[str, int], int]:
+    """Content hash of the corpus (sha256 of its documents as JSON lines [source, doc_id, text]),
+    documents per split, and total UTF-8 bytes of text."""
+    h, counts, n_bytes = hashlib.sha256(), dict.fromkeys(SPLITS, 0), 0
+    for d in docs:
+        raw = json.dumps([d.source, d.doc_id, d.text], ensure_ascii=False).encode("utf-8")
+        h.update(raw + b"\n")
+        counts[split_of(d.doc_id, val_fraction)] += 1
+        n_bytes += len(d.text.encode("utf-8"))
+    return h.hexdigest(), counts, n_bytes
+
+
+def _tokenize(documents: Callable[[], Iterator[Document]], tok: Tokenizer, val_fraction: float, out: Path,
+              total_bytes: int, progress: bool) -> dict[str, Any]:
+    """Write <split>.bin under out; return the counts and hashes for meta.json."""
+    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+    zero = {"documents": 0, "tokens": 0, "bytes": 0}
+    splits = {s: dict(zero) for s in SPLITS}
+    sources: dict[str, dict[str, dict[str, int]]] = {}
+    hashes = {s: hashlib.sha256() for s in SPLITS}
+    files = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
+    docs = documents()
+    try:
+        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress) as bar:
+            while batch := list(itertools.islice(docs, BATCH_DOCS)):
+                for doc, ids in zip(batch, tok.encode_batch([d.text for d in batch])):
+                    split = split_of(doc.doc_id, val_fraction)
+                    data = np.array(ids + [tok.eot_id], dtype=dtype).tobytes()
+                    files[split].write(data)
+                    hashes[split].update(data)
+                    n_bytes = len(doc.text.encode("utf-8"))
+                    per_source = sources.setdefault(doc.source, {s: dict(zero) for s in SPLITS})
+                    for counts in (splits[split], per_source[split]):
+                        counts["documents"] += 1
+                        counts["tokens"] += len(ids) + 1
+                        counts["bytes"] += n_bytes
+                    bar.update(n_bytes)
+    finally:
+        for f in files.values():
+            f.close()
+    return {"dtype": np.dtype(dtype).name,
+            "splits": {s: {**splits[s], "sha256": hashes[s].hexdigest()} for s in SPLITS},
+            "sources": dict(sorted(sources.items()))}
+
+
+def _dataset_key(corpus_sha256: str, used: dict[str, Any]) -> str:
+    """Readable and content-addressed: <corpus>-<tokenizer>-<hash of the corpus text and settings>."""
+    digest = hashlib.sha256(json.dumps({"format": FORMAT, "corpus_sha256": corpus_sha256, **used},
+                                       sort_keys=True).encode()).hexdigest()
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", used["corpus"]).strip("-.")[-40:] or "corpus"
+    return f"{slug}-{used['tokenizer']}{used.get('bpe_vocab_size', '')}-{digest[:12]}"
+
+
+def prepare_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
+    """Tokenize cfg's corpus into cached train/val shards (built once, then reused)."""
+    cache_dir = default_cache_dir(cfg.cache_dir)
+    documents = _documents(cfg, cache_dir, progress)
+    corpus_sha256, doc_counts, total_bytes = _scan(documents(), cfg.val_fraction)
+    for split in SPLITS:
+        if doc_counts[split] == 0:
+            raise CratelabError(f"the {split} split is empty: data.corpus = {cfg.corpus!r} has "
+                                f"{sum(doc_counts.values())} documents and data.val_fraction = {cfg.val_fraction} "
+                                f"(the split is by whole document); add documents or change data.val_fraction")
+    used = _used_settings(cfg)
+    key = _dataset_key(corpus_sha256, used)
+    path = cache_dir / "datasets" / key
+    if (path / "meta.json").is_file():
+        return TokenDataset.open(path)
+
+    tmp = path.with_name(f".{key}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True)
+        train_texts = (d.text for d in documents() if split_of(d.doc_id, cfg.val_fraction) == "train")
+        tok = load_tokenizer(cfg.tokenizer, train_texts, cfg.bpe_vocab_size, progress)
+        counts = _tokenize(documents, tok, cfg.val_fraction, tmp, total_bytes, progress)
+        for split in SPLITS:
+            n = counts["splits"][split]["tokens"]
+            if n < MIN_SPLIT_TOKENS:
+                raise CratelabError(f"the {split} split has only {n} tokens (at least {MIN_SPLIT_TOKENS} are "
+                                    f"needed): use a larger corpus than {cfg.corpus!r} or change data.val_fraction")
+        tokenizer = {"name": tok.name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id}
+        meta = {"format": FORMAT, "tokenizer": tokenizer, **counts, "corpus_sha256": corpus_sha256, "data": used}
+        (tmp / "tokenizer.json").write_text(json.dumps(tok.to_dict()), encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / "meta.json").is_file():  # else another process (a DDP rank) finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TokenDataset.open(path)
