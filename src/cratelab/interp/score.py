@@ -1,0 +1,162 @@
+"""Scoring: the paper's protocols (which records explain, which score), the pooled correlation, and
+layer summaries with bootstrap confidence intervals.
+
+Score of a neuron = ONE Pearson correlation between the simulated and the raw activations over all
+tokens of all scoring records pooled (not a mean of per-record correlations). It is undefined when
+either side is constant; such a neuron gets score None and a reason, and summaries count it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import CratelabError
+from .explain import Explainer
+from .records import ActivationRecord, NeuronRecord
+from .simulate import Simulator
+
+
+@dataclass(frozen=True)
+class ScoringProtocol:
+    """Indices of the records that explain a neuron and of those that score the explanation.
+
+    Indices point into NeuronRecord's lists: top records (strongest first), random records, the
+    records of every quantile bin, and snippets (cut from the top records). `short` selects the
+    short-window records of the Anthropic-style protocol instead of the full windows.
+    """
+
+    name: str
+    short: bool
+    explain_top: tuple[int, ...]
+    explain_random: tuple[int, ...] = ()
+    explain_quantile: tuple[int, ...] = ()  # taken from every bin
+    score_top: tuple[int, ...] = ()
+    score_random: tuple[int, ...] = ()
+    score_quantile: tuple[int, ...] = ()
+    score_snippets: tuple[int, ...] = ()
+
+    def explanation_records(self, record: NeuronRecord) -> list[ActivationRecord]:
+        return self._select(record, self.explain_top, self.explain_random, self.explain_quantile, ())
+
+    def scoring_records(self, record: NeuronRecord) -> list[ActivationRecord]:
+        return self._select(record, self.score_top, self.score_random, self.score_quantile, self.score_snippets)
+
+    def _select(self, record: NeuronRecord, top: tuple[int, ...], random: tuple[int, ...],
+                quantile: tuple[int, ...], snippets: tuple[int, ...]) -> list[ActivationRecord]:
+        tops, randoms = (record.top_short, record.random_short) if self.short else (record.top, record.random)
+        picks = [(tops, top, "top records"), (randoms, random, "random records"),
+                 (record.snippets, snippets, "top records")]
+        picks += [(b, quantile, "records per quantile bin") for b in record.quantiles]
+        for records, indices, kind in picks:
+            if indices and max(indices) >= len(records):
+                raise CratelabError(
+                    f"protocol {self.name!r} needs {max(indices) + 1} {kind}, neuron "
+                    f"{record.layer}.{record.neuron} has {len(records)}: stream more tokens "
+                    f"(each top record needs its own window of text)")
+        chosen = [tops[i] for i in top] + [randoms[i] for i in random]
+        chosen += [b[i] for b in record.quantiles for i in quantile]
+        return chosen + [record.snippets[i] for i in snippets]
+
+
+TOP_AND_RANDOM = ScoringProtocol(
+    "top-and-random", short=False,
+    explain_top=(0, 2, 4, 6, 8),
+    score_top=(1, 3, 5, 7, 9), score_random=(0, 2, 4, 6, 8),  # random records as in the official code
+)
+
+
+def random_only(n_records: int = 50) -> ScoringProtocol:
+    """Explain from the top records, score on random records only (the paper: 50)."""
+    return ScoringProtocol("random-only", short=False, explain_top=(0, 2, 4, 6, 8),
+                           score_random=tuple(range(n_records)))
+
+
+ANTHROPIC = ScoringProtocol(
+    "anthropic", short=True,  # 8-token records
+    explain_top=tuple(range(15)), explain_quantile=(0, 1), explain_random=tuple(range(5)),
+    score_top=tuple(range(15, 25)), score_quantile=(2, 3), score_random=tuple(range(5, 10)),
+    score_snippets=tuple(range(25, 35)),  # 3-token out-of-context snippets of other top records
+)
+
+PROTOCOLS: dict[str, ScoringProtocol] = {p.name: p for p in (TOP_AND_RANDOM, random_only(), ANTHROPIC)}
+
+
+def get_protocol(protocol: str | ScoringProtocol) -> ScoringProtocol:
+    if isinstance(protocol, ScoringProtocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        raise CratelabError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[protocol]
+
+
+def pooled_correlation(real: Sequence[np.ndarray], simulated: Sequence[np.ndarray]) -> tuple[float | None, str | None]:
+    """Pearson correlation over all tokens of all records pooled; (None, reason) when undefined."""
+    x = np.concatenate([np.asarray(a, dtype=np.float64) for a in real]) if real else np.zeros(0)
+    y = np.concatenate([np.asarray(a, dtype=np.float64) for a in simulated]) if simulated else np.zeros(0)
+    if x.shape != y.shape:
+        raise ValueError(f"{x.size} real activations but {y.size} simulated ones")
+    if x.size < 2 or np.ptp(x) == 0:
+        return None, "real activations are constant on the scoring records (dead or silent neuron)"
+    if np.ptp(y) == 0:
+        return None, "simulated activations are constant (the explanation predicts no variation)"
+    x, y = x - x.mean(), y - y.mean()
+    r = float(x @ y / np.sqrt((x @ x) * (y @ y)))
+    return float(np.clip(r, -1.0, 1.0)), None
+
+
+@dataclass
+class NeuronScore:
+    layer: int
+    neuron: int
+    protocol: str
+    score: float | None  # None when unscorable; see reason
+    explanation: str
+    reason: str | None
+    firing_rate: float
+    max_activation: float
+
+
+def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Explainer,
+                 simulator: Simulator) -> NeuronScore:
+    explanation = explainer.explain(protocol.explanation_records(record))
+    scoring = protocol.scoring_records(record)
+    simulated = simulator.simulate(explanation, [r.tokens for r in scoring])
+    score, reason = pooled_correlation([r.activations for r in scoring], simulated)
+    return NeuronScore(record.layer, record.neuron, protocol.name, score, explanation, reason,
+                       record.firing_rate, record.max_activation)
+
+
+@dataclass
+class LayerSummary:
+    layer: int
+    protocol: str
+    mean: float | None  # mean score over the scorable neurons
+    ci_low: float | None  # bootstrap confidence interval of the mean, over neurons
+    ci_high: float | None
+    n_neurons: int
+    n_scored: int
+    n_unscorable: int
+    unscorable_reasons: dict[str, int]
+
+
+def summarize_layer(scores: Sequence[NeuronScore], *, n_bootstrap: int = 1000, confidence: float = 0.95,
+                    seed: int = 0) -> LayerSummary:
+    """Layer mean with a percentile bootstrap interval over neurons; unscorable neurons are counted."""
+    keys = {(s.layer, s.protocol) for s in scores}
+    if len(keys) != 1:
+        raise ValueError(f"summarize one layer and protocol at a time, got {sorted(keys)}")
+    (layer, protocol), = keys
+    values = np.array([s.score for s in scores if s.score is not None], dtype=np.float64)
+    reasons = Counter(s.reason for s in scores if s.score is None)
+    mean = low = high = None
+    if values.size:
+        rng = np.random.default_rng(seed)
+        boot = values[rng.integers(0, values.size, (n_bootstrap, values.size))].mean(axis=1)
+        tail = 100 * (1 - confidence) / 2
+        mean, low, high = float(values.mean()), float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))
+    return LayerSummary(layer, protocol, mean, low, high, len(scores), int(values.size),
+                        len(scores) - int(values.size), dict(reasons))

@@ -1,0 +1,38 @@
+"""A synthetic token stream of real words with planted neurons whose truth is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+WORDS = [" the", " a", " of", " and", " to", " in", " is", " was", " he", " she", " it", " said",
+         " cat", " dog", " house", " city", " river", " people", " year", " time", " new", " old",
+         " great", " small", " United", " States", " Kingdom", " Nations", ".", ","]
+RARE = " zebra"
+EOT = "<|endoftext|>"
+NEURONS = ("cat", "united-states", "noise", "dead", "zebra")
+
+
+def planted_stream(n_rows: int = 64, length: int = 128, seed: int = 0) -> tuple[list[list[str]], np.ndarray]:
+    """Rows of tokens and activations (n_rows, length, 5), one planted neuron per NEURONS entry:
+    cat: fires on " cat"; united-states: fires on " States" right after " United" only (" States"
+    also occurs elsewhere, " United" before other words); noise: relu(gaussian), no pattern;
+    dead: always 0; zebra: fires on a rare token.
+    """
+    rng = np.random.default_rng(seed)
+    vocab = np.array(WORDS + [RARE, EOT])
+    p = np.full(len(vocab), 1.0)
+    p[-2], p[-1] = len(WORDS) / 800, len(WORDS) / 150  # zebra ~1/800 tokens, a document end ~1/150
+    ids = rng.choice(len(vocab), size=(n_rows, length), p=p / p.sum())
+    united, states = WORDS.index(" United"), WORDS.index(" States")
+    follow = (ids[:, :-1] == united) & (rng.random((n_rows, length - 1)) < 0.6)
+    ids[:, 1:][follow] = states
+    tokens = vocab[ids]
+    after_united = np.zeros_like(follow, shape=ids.shape)
+    after_united[:, 1:] = ids[:, :-1] == united
+    acts = np.zeros((n_rows, length, len(NEURONS)), dtype=np.float32)
+    jitter = rng.random((n_rows, length, 3))
+    acts[..., 0] = (tokens == " cat") * (4 + jitter[..., 0])
+    acts[..., 1] = ((ids == states) & after_united) * (3 + jitter[..., 1])
+    acts[..., 2] = np.maximum(rng.standard_normal((n_rows, length)), 0)
+    acts[..., 4] = (tokens == RARE) * (2 + jitter[..., 2])
+    return tokens.tolist(), acts
