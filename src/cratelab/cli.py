@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     final = train(cfg, Path(args.out), fresh=args.fresh)
-    if final:
+    if final and os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         print(json.dumps(final))
 
 
@@ -135,11 +136,11 @@ def cmd_generate(args) -> None:
 
 def cmd_import_official(args) -> None:
     from .checkpoint import save_model_checkpoint
-    from .data.tokenizer import gpt2_tokenizer
+    from .data.tokenizer import GPT2Tokenizer
     from .models import load_official_checkpoint
 
     model = load_official_checkpoint(args.path)
-    out = save_model_checkpoint(model, gpt2_tokenizer(), Path(args.out))
+    out = save_model_checkpoint(model, GPT2Tokenizer(), Path(args.out))
     c = model.config
     print(f"imported CRATE {c.n_layer}L d={c.n_embd} heads={c.n_head} vocab={c.vocab_size} "
           f"({model.num_params() / 1e6:.2f}M parameters) -> {out}")

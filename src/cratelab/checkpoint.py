@@ -1,0 +1,150 @@
+"""Run checkpoints: a folder holding ``ckpt.pt`` and ``config.toml`` (and, for training runs, ``metrics.jsonl``).
+
+``ckpt.pt`` holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``
+(no code runs when a checkpoint is opened). Its keys: ``format``, ``version``, ``model`` (state dict),
+``config`` (the RunConfig as a dict), ``tokenizer`` (the tokenizer's ``to_dict()``), ``step``, ``tokens``,
+``metrics`` (of the last evaluation) and, for a training run, ``train`` (optimizer, grad scaler, RNG and
+batch-sampler states, elapsed time) so that a run resumes exactly.
+
+Files are replaced atomically: a new checkpoint is written to a temporary file in the same folder,
+flushed to disk, then renamed over the old one, so an interrupted save leaves the previous good
+checkpoint in place. On load, the zip container's CRC-32 checksums are verified first, because
+``torch.load`` itself does not check them and would silently load flipped bits.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from .config import ConfigError, DataConfig, RunConfig, config_from_dict, dump_toml
+from .data.tokenizer import Tokenizer
+from .errors import CratelabError
+from .models import LanguageModel, build_model
+
+CKPT_NAME = "ckpt.pt"
+CONFIG_NAME = "config.toml"
+FORMAT = "cratelab-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model: LanguageModel  # on the CPU, in eval mode
+    config: RunConfig
+    tokenizer: Tokenizer
+    step: int
+    tokens: int  # training tokens seen
+    metrics: dict[str, Any]  # of the last evaluation ({} for an imported model)
+    path: Path  # the checkpoint folder
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The file itself, or the ckpt.pt of a checkpoint folder."""
+    path = Path(path)
+    return path if path.is_file() else path / CKPT_NAME
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file so that readers see either the old complete file or the new complete file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # same folder: rename is atomic
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_config(cfg: RunConfig, out_dir: Path) -> None:
+    atomic_write(out_dir / CONFIG_NAME, lambda f: f.write(dump_toml(cfg).encode("utf-8")))
+
+
+def save_checkpoint(model: torch.nn.Module, cfg: RunConfig, tokenizer: Tokenizer, out_dir: str | Path, *,
+                    step: int = 0, tokens: int = 0, metrics: dict[str, Any] | None = None,
+                    train_state: dict[str, Any] | None = None) -> Path:
+    """Write ``out_dir/ckpt.pt`` and ``out_dir/config.toml``; ``cfg.model.vocab_size`` must be resolved."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT, "version": VERSION,
+        "model": model.state_dict(),
+        "config": cfg.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "step": step, "tokens": tokens, "metrics": dict(metrics or {}),
+    }
+    if train_state is not None:
+        state["train"] = train_state
+    path = out_dir / CKPT_NAME
+    atomic_write(path, lambda f: torch.save(state, f))
+    write_config(cfg, out_dir)
+    return path
+
+
+def save_model_checkpoint(model: LanguageModel, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+    """A checkpoint of a model without training state (e.g. imported weights), loadable by `load_checkpoint`."""
+    cfg = RunConfig(model=model.config, data=DataConfig(tokenizer=tokenizer.name))
+    return save_checkpoint(model, cfg, tokenizer, out_dir)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw contents of a checkpoint, verified; any damage is a CratelabError naming the file."""
+    file = checkpoint_file(path)
+    if not file.is_file():
+        raise CratelabError(f"no checkpoint at {path}: expected a run folder holding {CKPT_NAME}, or that file")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            damaged = archive.testzip()  # reads every member and checks its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise CratelabError(f"{file}: truncated or corrupted checkpoint ({err})") from None
+    if damaged is not None:
+        raise CratelabError(f"{file}: corrupted checkpoint (checksum mismatch in {damaged})")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file for the user
+        raise CratelabError(f"{file}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CratelabError(f"{file}: not a cratelab checkpoint (for the authors' released weights use "
+                            "`cratelab import-official`)")
+    if state.get("version") != VERSION:
+        raise CratelabError(f"{file}: checkpoint format version {state.get('version')} is not supported "
+                            f"by this cratelab (expects {VERSION})")
+    return state
+
+
+def config_of(state: dict[str, Any], file: Path) -> RunConfig:
+    try:
+        return config_from_dict(state["config"])
+    except ConfigError as err:
+        raise CratelabError(f"{file}: the stored config is not valid for this cratelab ({err})") from None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint folder (or its ckpt.pt) as a ready model on the CPU in eval mode, with its config and tokenizer."""
+    file = checkpoint_file(path)
+    state = read_checkpoint(file)
+    cfg = config_of(state, file)
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CratelabError(f"{file}: weights do not match the stored model config ({err})") from None
+    return Checkpoint(model=model.eval(), config=cfg, tokenizer=Tokenizer.from_dict(state["tokenizer"]),
+                      step=int(state["step"]), tokens=int(state["tokens"]), metrics=dict(state["metrics"]),
+                      path=file.parent)

@@ -1,0 +1,363 @@
+"""The training loop: one process, or one process per GPU under torchrun (DDP); resumable exactly.
+
+Read `train` top to bottom, as nanoGPT's train.py: processes and device, output folder, data, model,
+optimizer, resume, then the loop (lr schedule, micro-steps with gradient accumulation, clip, step,
+and every ``eval_interval`` steps: evaluate, log, checkpoint). Small helpers come first.
+
+Run folder: ``config.toml``, ``ckpt.pt`` (see checkpoint.py), ``metrics.jsonl`` (one JSON line per
+evaluation: step, tokens, train_loss, val_loss, lr, tokens_per_s, elapsed_s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from .checkpoint import CKPT_NAME, atomic_write, config_of, read_checkpoint, save_checkpoint, write_config
+from .config import RunConfig, TrainConfig
+from .data.batches import TrainBatches, eval_windows
+from .data.shards import prepare_dataset
+from .data.tokenizer import Tokenizer
+from .errors import CratelabError
+from .models import build_model
+
+METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices (embeddings, projections, ISTA dictionaries), not on biases or LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]  # a tied weight is listed once
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``train.device`` as a torch device; 'auto' picks CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"  # under torchrun: one GPU per process
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CratelabError(f"train.device = {name!r} but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CratelabError("train.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32. Low precision only on CUDA: a CPU without bf16
+    units emulates bf16 hundreds of times slower than fp32."""
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if name == "auto":
+        return torch.bfloat16 if bf16_ok else None
+    if name == "float32":
+        return None
+    if name == "bfloat16" and not bf16_ok:
+        raise CratelabError(f"train.dtype = 'bfloat16' needs a CUDA GPU with bf16 support (device: {device}); "
+                            "use 'auto' or 'float32'")
+    if name == "float16" and device.type != "cuda":
+        raise CratelabError(f"train.dtype = 'float16' needs a CUDA GPU (device: {device}); use 'auto' or 'float32'")
+    return getattr(torch, name)
+
+
+def resolve_vocab_size(cfg: RunConfig, tokenizer: Tokenizer) -> RunConfig:
+    """``model.vocab_size = 0`` means the tokenizer's; a larger value pads it (GPT-2's 50257 -> 50304)."""
+    vocab = cfg.model.vocab_size or tokenizer.vocab_size
+    if vocab < tokenizer.vocab_size:
+        raise CratelabError(f"model.vocab_size = {vocab} is smaller than the tokenizer's vocabulary "
+                            f"({tokenizer.vocab_size} tokens); set it to 0 to use the tokenizer's size")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+
+
+def check_same_run(state: dict[str, Any], cfg: RunConfig, tokenizer: Tokenizer, file: Path) -> None:
+    """Resuming only makes sense for the same model on the same token ids."""
+    if "train" not in state:
+        raise CratelabError(f"{file} holds a model without training state (e.g. imported weights), which cannot be "
+                            "resumed; pass --fresh to start over, or choose another output folder")
+    old = config_of(state, file)
+    diffs = [f"model.{f.name} {getattr(old.model, f.name)!r} -> {getattr(cfg.model, f.name)!r}"
+             for f in dataclasses.fields(cfg.model) if getattr(old.model, f.name) != getattr(cfg.model, f.name)]
+    if state["tokenizer"] != tokenizer.to_dict():
+        diffs.append(f"tokenizer {old.data.tokenizer!r} -> {cfg.data.tokenizer!r} (a different vocabulary)")
+    if diffs:
+        raise CratelabError(f"{file.parent} holds a checkpoint of a different run ({'; '.join(diffs)}); "
+                            "pass --fresh to start over, or choose another output folder")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metric lines up to ``step``: lines written after the checkpoint a run resumes from would
+    otherwise appear twice. Also drops a line cut short by a crash."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The global RNG state of this process (used by dropout)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng_states(saved: list[dict[str, torch.Tensor | None]], rank: int, world_size: int,
+                       device: torch.device, seed: int) -> None:
+    if len(saved) != world_size:  # resumed with another number of processes: new streams, same seed
+        torch.manual_seed(seed + rank + 1_000_003 * world_size)
+        return
+    torch.set_rng_state(saved[rank]["torch"])
+    if device.type == "cuda" and saved[rank]["cuda"] is not None:
+        torch.cuda.set_rng_state(saved[rank]["cuda"], device)
+
+
+def open_external_log(cfg: RunConfig, out_dir: Path) -> Callable[[dict[str, Any]], None] | None:
+    """TensorBoard or Weights & Biases, when ``train.log`` asks for it; a function that logs one metrics dict."""
+    if cfg.train.log == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise CratelabError("train.log = 'tensorboard' needs the tensorboard package: "
+                                "pip install tensorboard") from None
+        writer = SummaryWriter(str(out_dir / TENSORBOARD_DIR))
+
+        def log_tensorboard(metrics: dict[str, Any]) -> None:
+            for key, value in metrics.items():
+                if key != "step":
+                    writer.add_scalar(key, value, metrics["step"])
+            writer.flush()
+        return log_tensorboard
+    if cfg.train.log == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise CratelabError("train.log = 'wandb' needs the wandb package: pip install wandb") from None
+        run = wandb.init(project=cfg.train.wandb_project, name=out_dir.name, dir=str(out_dir), config=cfg.to_dict())
+        return lambda metrics: run.log(metrics, step=metrics["step"])
+    return None
+
+
+def nan_message(what: str, value: float, step: int, ckpt_path: Path) -> str:
+    kept = f"last good checkpoint kept at {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+    return (f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at step {step}; {kept}. "
+            "Try a lower train.lr, or train.grad_clip = 1.0")
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, autocast: AbstractContextManager,
+                  device: torch.device, ddp: bool) -> float:
+    """Mean next-token loss over the evaluation windows; under DDP each process holds a share of them."""
+    model.eval()
+    nats, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size].to(device)
+        with autocast:
+            loss = model(batch[:, :-1], batch[:, 1:])[1]
+        n = batch[:, 1:].numel()
+        nats, count = nats + loss.item() * n, count + n
+    model.train()
+    if ddp:
+        total = torch.tensor([nats, count], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        nats, count = total.tolist()
+    return nats / count
+
+
+def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Train (or resume) the run in ``out_dir``; returns the metrics of the final evaluation.
+
+    ``fresh`` deletes an existing checkpoint and metrics first. ``progress``: a tqdm bar (True), plain
+    log lines (False), or a bar only when stderr is a terminal (None).
+    """
+    cfg.validate()
+    # torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process it starts
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(cfg.train.device, local_rank)
+    own_group = ddp and not dist.is_initialized()
+    if own_group:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, Path(out_dir), fresh, progress, ddp, device)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, ddp: bool,
+           device: torch.device) -> dict[str, Any]:
+    tc = cfg.train
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    master = rank == 0  # the one process that writes files and logs
+    show_bar = master and (sys.stderr.isatty() if progress is None else progress)
+
+    def log(message: str) -> None:
+        if master:
+            tqdm.write(message, file=sys.stderr)
+
+    def barrier() -> None:
+        if ddp:
+            dist.barrier()
+
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: several times faster on Ampere+, ample precision
+    torch.backends.cudnn.allow_tf32 = True
+    amp_dtype = autocast_dtype(tc.dtype, device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    # ---- output folder: start over if asked
+    ckpt_path, metrics_path = out_dir / CKPT_NAME, out_dir / METRICS_NAME
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            ckpt_path.unlink(missing_ok=True)
+            metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(out_dir / TENSORBOARD_DIR, ignore_errors=True)
+    external_log = open_external_log(cfg, out_dir) if master else None  # a missing package fails before any work
+    barrier()
+
+    # ---- data: rank 0 builds the token cache first, the other processes then read it
+    if not master:
+        barrier()
+    dataset = prepare_dataset(cfg.data, progress=show_bar)
+    if master:
+        barrier()
+    cfg = resolve_vocab_size(cfg, dataset.tokenizer)
+    block_size = cfg.model.block_size
+    batches = TrainBatches(dataset.train, block_size, tc.batch_size, tc.grad_accum, tc.seed, rank, world_size, device)
+    val_windows = eval_windows(dataset.val, block_size, cfg.eval.tokens)[rank::world_size]
+
+    # ---- an existing checkpoint in out_dir is resumed, if it is of the same run
+    resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if resume is not None:
+        check_same_run(resume, cfg, dataset.tokenizer, ckpt_path)
+    if master:
+        write_config(cfg, out_dir)
+
+    # ---- model and optimizer. Seeds differ per process so that dropout masks do; DDP copies rank 0's
+    # initial weights to every process, so the start is the single-process one.
+    torch.manual_seed(tc.seed + rank)
+    model = build_model(cfg.model).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+                                  fused=True if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only: bf16 has fp32's range
+
+    step, tokens, elapsed, metrics = 0, 0, 0.0, {}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["train"]["optimizer"])
+        scaler.load_state_dict(resume["train"]["scaler"])
+        batches.load_state_dict(resume["train"]["batches"])
+        restore_rng_states(resume["train"]["rng"], rank, world_size, device, tc.seed)
+        step, tokens, metrics = resume["step"], resume["tokens"], resume["metrics"]
+        elapsed = resume["train"]["elapsed_s"]
+        log(f"resuming {out_dir} at step {step:,}")
+        del resume  # the optimizer state can be large
+    if master:
+        truncate_metrics(metrics_path, step)
+
+    raw_model = model  # the plain module: its state dict is what checkpoints hold
+    if tc.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_model = model.module if ddp else model  # evaluation shards differ per process: no DDP sync there
+
+    tokens_per_step = tc.batch_size * tc.grad_accum * world_size * block_size
+    log(f"training {raw_model.num_params() / 1e6:.2f}M parameters on {device} x {world_size}, "
+        f"{tokens_per_step:,} tokens per step, steps {step:,} -> {tc.max_steps:,}")
+
+    # ---- the loop
+    model.train()
+    loss_sum, loss_steps, train_time = 0.0, 0, 0.0  # since the last evaluation
+    start = time.perf_counter() - elapsed
+    with tqdm(total=tc.max_steps, initial=step, disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
+        while step < tc.max_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = batches.next()
+            step_loss = torch.zeros((), device=device)
+            for micro in range(tc.grad_accum):
+                # DDP all-reduces gradients during backward: only needed on the last micro-step
+                sync = model.no_sync() if ddp and micro < tc.grad_accum - 1 else nullcontext()
+                with sync:
+                    with autocast:
+                        loss = model(x[micro], y[micro])[1]  # holding no reference to the logits frees them early
+                        loss = loss / tc.grad_accum  # gradients sum over micro-steps: this makes them a mean
+                    scaler.scale(loss).backward()
+                step_loss += loss.detach()
+            if ddp:  # the global batch's loss, the same in every process (so all stop together on NaN)
+                dist.all_reduce(step_loss)
+                step_loss /= world_size
+            train_loss = step_loss.item()
+            if not math.isfinite(train_loss):
+                raise CratelabError(nan_message("loss", train_loss, step + 1, ckpt_path))
+            if tc.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step, tokens = step + 1, tokens + tokens_per_step
+            loss_sum, loss_steps = loss_sum + train_loss, loss_steps + 1
+            train_time += time.perf_counter() - t0
+            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update()
+
+            if step % tc.eval_interval == 0 or step == tc.max_steps:
+                val_loss = evaluate_loss(eval_model, val_windows, tc.batch_size, autocast, device, ddp)
+                if not math.isfinite(val_loss):
+                    raise CratelabError(nan_message("validation loss", val_loss, step, ckpt_path))
+                metrics = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_steps, "val_loss": val_loss,
+                           "lr": lr, "tokens_per_s": loss_steps * tokens_per_step / train_time,
+                           "elapsed_s": time.perf_counter() - start}
+                rng = [rng_states(device)]
+                if ddp:
+                    rng = [None] * world_size
+                    dist.all_gather_object(rng, rng_states(device))
+                if master:
+                    with metrics_path.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(metrics) + "\n")
+                    train_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                   "batches": batches.state_dict(), "rng": rng, "elapsed_s": metrics["elapsed_s"]}
+                    save_checkpoint(raw_model, cfg, dataset.tokenizer, out_dir, step=step, tokens=tokens,
+                                    metrics=metrics, train_state=train_state)
+                    if external_log is not None:
+                        external_log(metrics)
+                log(f"step {step:,}/{tc.max_steps:,} | train_loss {metrics['train_loss']:.4f} | "
+                    f"val_loss {val_loss:.4f} | lr {lr:.2e} | {metrics['tokens_per_s']:,.0f} tokens/s")
+                loss_sum, loss_steps, train_time = 0.0, 0, 0.0
+    return metrics

@@ -1,0 +1,233 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import cratelab.train as train_module
+from cratelab.checkpoint import load_checkpoint, read_checkpoint, save_model_checkpoint
+from cratelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, dump_toml, load_config
+from cratelab.data.tokenizer import BPETokenizer
+from cratelab.errors import CratelabError
+from cratelab.models import build_model
+from cratelab.train import (autocast_dtype, lr_at, open_external_log, param_groups, resolve_vocab_size, train,
+                            truncate_metrics)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+METRIC_KEYS = {"step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s"}
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> str:
+    """One token cache for the session: the fixture corpus is tokenized once."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def tiny(data_cache):
+    """A run config small enough for a few steps per second on one CPU thread."""
+    def make(**train) -> RunConfig:
+        settings = dict(batch_size=4, max_steps=6, eval_interval=2, warmup_steps=2, lr=1e-2, device="cpu", threads=1)
+        return RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16),
+                         data=DataConfig(corpus="fixture", bpe_vocab_size=300, cache_dir=data_cache),
+                         train=TrainConfig(**(settings | train)), eval=EvalConfig(tokens=512))
+    return make
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- pieces of the loop
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    lrs = [lr_at(step, cfg) for step in range(111)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert all(b > a for a, b in zip(lrs[:10], lrs[1:11]))  # rising during warm-up
+    assert lrs[10] == pytest.approx(1.0)
+    assert all(b < a for a, b in zip(lrs[10:110], lrs[11:111]))  # then falling
+    assert lrs[60] == pytest.approx(0.55)  # half way through the decay: the mean of lr and min_lr
+    assert lrs[110] == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+    assert lr_at(0, replace(cfg, warmup_steps=0)) == pytest.approx(1.0)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=50, block_size=8))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"wte.weight", "wpe.weight", "blocks.0.ista.weight", "blocks.1.attn.c_attn.weight"} <= decayed
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"blocks.0.ln_1.weight", "blocks.0.attn.c_proj.bias"}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))  # tied weight once
+
+
+def test_vocab_size_comes_from_the_tokenizer_unless_set():
+    tok = BPETokenizer.train(["some text to learn a few merges from"] * 10, vocab_size=270)
+    assert resolve_vocab_size(RunConfig(), tok).model.vocab_size == tok.vocab_size
+    padded = RunConfig(model=ModelConfig(vocab_size=320))
+    assert resolve_vocab_size(padded, tok).model.vocab_size == 320
+    with pytest.raises(CratelabError, match="model.vocab_size"):
+        resolve_vocab_size(RunConfig(model=ModelConfig(vocab_size=100)), tok)
+
+
+def test_no_bf16_on_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("float32", cpu) is None
+    for dtype in ("bfloat16", "float16"):
+        with pytest.raises(CratelabError, match=f"train.dtype = '{dtype}'"):
+            autocast_dtype(dtype, cpu)
+
+
+@pytest.mark.parametrize("log, module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
+def test_a_missing_logging_package_is_named(log, module, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail, installed or not
+    with pytest.raises(CratelabError, match=f"train.log = '{log}' needs the {log} package"):
+        open_external_log(RunConfig(train=TrainConfig(log=log)), tmp_path)
+    assert open_external_log(RunConfig(), tmp_path) is None
+
+
+def test_truncating_metrics_drops_later_and_partial_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2}\n{"step": 4}\n{"step": 6}\n{"ste')
+    truncate_metrics(path, 4)
+    assert path.read_text() == '{"step": 2}\n{"step": 4}\n'
+
+
+@pytest.mark.parametrize("name", ["paper-1l", "paper-2l", "paper-3l", "paper-s", "paper-b"])
+def test_paper_presets_follow_the_recipe(name):
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    m, t = cfg.model, cfg.train
+    assert (m.arch, m.vocab_size, m.block_size, cfg.data.tokenizer) == ("crate", 50304, 1024, "gpt2")
+    assert (t.lr, t.min_lr, t.warmup_steps, t.max_steps) == (6e-4, 6e-5, 2000, 600_000)
+    assert (t.weight_decay, t.beta1, t.beta2, t.grad_clip) == (0.1, 0.9, 0.95, 1.0)
+    expected = {"paper-1l": (1, 128, 4), "paper-2l": (2, 128, 4), "paper-3l": (3, 128, 4),
+                "paper-s": (6, 768, 12), "paper-b": (12, 768, 12)}[name]
+    assert (m.n_layer, m.n_embd, m.n_head) == expected
+
+
+# ---------------------------------------------------------------- training runs
+
+@pytest.mark.e2e
+def test_metrics_checkpoint_and_rerun(tiny, tmp_path):
+    out = tmp_path / "run"
+    final = train(tiny(max_steps=5), out, progress=False)
+    lines = read_metrics(out)
+    assert [m["step"] for m in lines] == [2, 4, 5]  # every eval_interval steps and at the end
+    assert all(set(m) >= METRIC_KEYS for m in lines)
+    assert [m["tokens"] for m in lines] == [s * 4 * 16 for s in (2, 4, 5)]
+    assert all(math.isfinite(m["val_loss"]) and m["tokens_per_s"] > 0 for m in lines)
+    assert final == lines[-1]
+    ckpt = load_checkpoint(out)
+    assert ckpt.step == 5 and ckpt.metrics == final and ckpt.config.model.vocab_size == ckpt.tokenizer.vocab_size
+    assert load_config(out / "config.toml") == ckpt.config
+    assert isinstance(torch.load(out / "ckpt.pt", weights_only=True)["train"]["optimizer"], dict)
+    assert train(tiny(max_steps=5), out, progress=False) == final  # already done: nothing to train
+    assert len(read_metrics(out)) == 3
+
+
+@pytest.mark.e2e
+def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tiny, tmp_path, monkeypatch):
+    cfg = tiny(max_steps=6, eval_interval=2)
+    cfg.model.dropout = 0.1  # the dropout masks after resuming must be those of the uninterrupted run too
+    whole = train(cfg, tmp_path / "whole", progress=False)
+
+    save = train_module.save_checkpoint
+
+    def preempted_at_step_4(*args, step, **kwargs):
+        if step == 4:  # the metrics line of step 4 is written, its checkpoint is not
+            raise KeyboardInterrupt
+        return save(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", preempted_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "resumed").step == 2
+    resumed = train(cfg, tmp_path / "resumed", progress=False)
+
+    assert resumed["val_loss"] == whole["val_loss"] and resumed["train_loss"] == whole["train_loss"]
+    a, b = (load_checkpoint(tmp_path / name).model.state_dict() for name in ("whole", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines, expected = read_metrics(tmp_path / "resumed"), read_metrics(tmp_path / "whole")
+    assert [m["step"] for m in lines] == [2, 4, 6]  # no duplicated lines
+    assert [m["val_loss"] for m in lines] == [m["val_loss"] for m in expected]
+
+
+@pytest.mark.e2e
+def test_a_different_model_in_the_folder_is_refused_unless_fresh(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny(max_steps=2), out, progress=False)
+    wider = replace(tiny(max_steps=2), model=ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16))
+    with pytest.raises(CratelabError, match=r"model.n_embd 16 -> 32.*--fresh"):
+        train(wider, out, progress=False)
+    train(wider, out, fresh=True, progress=True)
+    assert "2/2" in capsys.readouterr().err  # the progress bar
+    assert load_checkpoint(out).config.model.n_embd == 32
+    assert [m["step"] for m in read_metrics(out)] == [2]
+
+    save_model_checkpoint(load_checkpoint(out).model, load_checkpoint(out).tokenizer, tmp_path / "imported")
+    with pytest.raises(CratelabError, match="without training state.*--fresh"):
+        train(wider, tmp_path / "imported", progress=False)
+
+
+@pytest.mark.e2e
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    build = train_module.build_model
+
+    def build_poisoned(cfg):
+        """The real model, whose training loss turns NaN from the third training step on."""
+        model = build(cfg)
+        forward, calls = model.forward, []
+
+        def forward_with_nan(idx, targets=None):
+            logits, loss = forward(idx, targets)
+            if model.training:
+                calls.append(1)
+                if len(calls) >= 3:
+                    loss = loss * float("nan")
+            return logits, loss
+
+        model.forward = forward_with_nan
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(CratelabError, match=f"loss became NaN at step 3; last good checkpoint kept at {out}"):
+        train(tiny(max_steps=6, eval_interval=2), out, progress=False)
+    ckpt = load_checkpoint(out)
+    assert ckpt.step == 2 and all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+    assert [m["step"] for m in read_metrics(out)] == [2]
+
+
+@pytest.mark.e2e
+def test_two_processes_match_one_process_with_gradient_accumulation(tiny, tmp_path):
+    single = train(tiny(batch_size=2, grad_accum=2, max_steps=4), tmp_path / "single", progress=False)
+
+    (tmp_path / "ddp.toml").write_text(dump_toml(tiny(batch_size=2, grad_accum=1, max_steps=4)))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # torchrun
+                    "-m", "cratelab", "train", str(tmp_path / "ddp.toml"), "--out", str(tmp_path / "ddp")],
+                   check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300, capture_output=True)
+    ddp = read_metrics(tmp_path / "ddp")[-1]
+
+    assert ddp["step"] == single["step"] and ddp["tokens"] == single["tokens"]
+    assert ddp["val_loss"] == pytest.approx(single["val_loss"], abs=1e-4)
+    assert ddp["train_loss"] == pytest.approx(single["train_loss"], abs=1e-4)
+    a, b = load_checkpoint(tmp_path / "single").model.state_dict(), load_checkpoint(tmp_path / "ddp").model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert len(read_checkpoint(tmp_path / "ddp")["train"]["rng"]) == 2  # every process's RNG state
+
+
+@pytest.mark.e2e
+def test_tiny_config_trains_end_to_end(data_cache, tmp_path):
+    cfg = load_config(CONFIGS / "tiny.toml", [f"data.cache_dir={json.dumps(data_cache)}"])
+    final = train(cfg, tmp_path / "tiny", progress=False)
+    assert final["step"] == cfg.train.max_steps
+    assert final["val_loss"] < math.log(cfg.data.bpe_vocab_size) - 1.0  # well below a uniform guess
