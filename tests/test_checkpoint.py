@@ -73,7 +73,7 @@ def test_damaged_files_give_a_clear_error_naming_the_file(run, damage):
 
 
 def test_other_files_are_refused(tmp_path):
-    with pytest.raises(CratelabError, match="no checkpoint found"):
+    with pytest.raises(CratelabError, match="no checkpoint at"):
         load_checkpoint(tmp_path)
     torch.save({"model": {}, "model_args": {}}, tmp_path / "official.pt")
     with pytest.raises(CratelabError, match="import-official"):
