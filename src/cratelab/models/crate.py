@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..config import ModelConfig
 from .base import CausalSelfAttention, LanguageModel
 from .hooks import HookPoint
+from .ista import ista_encode
 
 
 class ISTA(nn.Module):
@@ -36,13 +36,7 @@ class ISTA(nn.Module):
         self.hook_post = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eta, threshold = self.step_size, self.step_size * self.lambd
-        Wx = F.linear(x, self.weight)  # D^T x is the same at every step: compute it once
-        code = F.relu(eta * Wx - threshold)  # the first step from A_0 = 0
-        for _ in range(self.steps - 1):
-            gram_code = F.linear(code @ self.weight, self.weight)  # D^T D A
-            code = F.relu(code + (eta * (Wx - gram_code) - threshold))
-        code = self.hook_post(code)
+        code = self.hook_post(ista_encode(x, self.weight, self.step_size, self.lambd, self.steps))
         return code @ self.weight  # decode with the same dictionary: D A_T
 
 
