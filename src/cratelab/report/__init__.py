@@ -1,0 +1,16 @@
+"""The ablation report: tables with confidence intervals, answers to the study's questions, and plots,
+from a sweep output folder. Entry point: `write_report(OUT)`.
+
+Modules, data flowing down: load (the sweep folder), stats (pure statistics), analysis (metrics and
+contrasts between conditions), plots (PNG figures), document (Markdown/HTML rendering), write (the sections).
+"""
+
+from .load import Condition, Run, Sweep, load_sweep
+from .stats import (Interval, contrast_by_seed, hierarchical_bootstrap, mean_ci, resample_run_scores, run_score,
+                    slope_weights, t_critical)
+from .write import write_report
+
+__all__ = [
+    "Condition", "Interval", "Run", "Sweep", "contrast_by_seed", "hierarchical_bootstrap", "load_sweep",
+    "mean_ci", "resample_run_scores", "run_score", "slope_weights", "t_critical", "write_report",
+]

@@ -1,0 +1,165 @@
+"""What the report estimates: the metrics, the contrasts between conditions, and their intervals.
+
+A contrast maps conditions to weights ({c: 1} is c's mean, {c: 1, ref: -1} a paired difference); it is
+evaluated per seed on the seeds that have a run of every condition in it, then averaged over those seeds.
+Seed-level metrics get a t interval over seeds; interpretability metrics also get a hierarchical bootstrap
+over seeds and neurons (see stats.envelope for why both).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .load import PROTOCOLS, Condition, Run, Sweep, interp_column
+from .stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, mean_ci, percentile_interval,
+                    resample_run_scores, run_score, slope_weights)
+
+Contrast = dict[Condition, float]
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str  # results.csv column
+    label: str
+    digits: int
+    scale: float = 1.0  # shown multiplied by this (correlations x 100, as in the paper)
+    protocol: str | None = None  # interpretability metrics: the scoring protocol of the neuron scores
+
+    def fmt(self, value: float | None, signed: bool = False) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value * self.scale:{'+' if signed else ''}.{self.digits}f}"
+
+
+SEED_METRICS = (
+    Metric("val_loss", "val loss (nats/token)", 4),
+    Metric("bpb", "bits per byte", 4),
+    Metric("zero_frac", "zero fraction", 4),
+    Metric("l0", "L0 (active neurons/token)", 1),
+    Metric("dead_frac", "dead fraction", 4),
+)
+INTERP_METRICS = tuple(Metric(interp_column(p), f"interp {p} (corr×100)", 2, 100.0, p) for p in PROTOCOLS)
+METRICS = SEED_METRICS + INTERP_METRICS
+
+
+def has_neuron_scores(run: Run, protocol: str) -> bool:
+    return any(len(scores) for scores in run.neuron_scores.get(protocol, []))
+
+
+def run_value(run: Run, metric: Metric) -> float | None:
+    """A run's value of a metric; for interpretability, recomputed from the neuron scores when present,
+    so the point estimate and the bootstrap rest on the same numbers."""
+    if metric.protocol and has_neuron_scores(run, metric.protocol):
+        return run_score(run.neuron_scores[metric.protocol])
+    return run.values.get(metric.column)
+
+
+def _stable_seed(*parts: str) -> int:
+    """An RNG seed that depends on names only, so each interval is the same whatever else is computed."""
+    return zlib.crc32("\x1f".join(parts).encode("utf-8"))
+
+
+class Estimator:
+    """Intervals of contrasts over one sweep, with the neuron resamples of each run cached."""
+
+    def __init__(self, sweep: Sweep, confidence: float = 0.95, seed: int = 0, n_boot: int = 2000):
+        self.sweep, self.confidence, self.seed, self.n_boot = sweep, confidence, seed, n_boot
+        self._runs = {c: sweep.by_seed(c) for c in sweep.conditions}
+        self._n_draws = max(1, len(sweep.seeds))
+        self._resampled: dict[tuple[str, str], np.ndarray] = {}
+        self._estimates: dict[tuple, Interval] = {}
+
+    def runs(self, condition: Condition) -> dict[int, Run]:
+        return self._runs.get(condition, {})
+
+    def seed_values(self, metric: Metric, contrast: Contrast) -> dict[int, float]:
+        """The contrast's value per seed, for the seeds where every condition has a run with the metric."""
+        per_condition = [{seed: v for seed, run in self.runs(c).items() if (v := run_value(run, metric)) is not None}
+                         for c in contrast]
+        return contrast_by_seed(per_condition, list(contrast.values()))
+
+    def estimate(self, metric: Metric, contrast: Contrast) -> Interval:
+        """Mean of the contrast over seeds, with its interval (memoized: tables and plots ask twice)."""
+        key = (metric, tuple(contrast.items()))
+        if key not in self._estimates:
+            self._estimates[key] = self._estimate(metric, contrast)
+        return self._estimates[key]
+
+    def _estimate(self, metric: Metric, contrast: Contrast) -> Interval:
+        values = self.seed_values(metric, contrast)
+        t_interval = mean_ci(list(values.values()), self.confidence)
+        if metric.protocol is None or not values:
+            return t_interval
+        units = [[self.runs(c)[seed] for c in contrast] for seed in values]
+        if not all(has_neuron_scores(r, metric.protocol) for unit in units for r in unit):
+            return Interval(t_interval.estimate, t_interval.low, t_interval.high, t_interval.n,
+                            t_interval.method + "; neuron-level scores missing, so no bootstrap over neurons")
+        resampled = [[self._resample(r, metric.protocol) for r in unit] for unit in units]
+        key = "|".join(f"{c.label}:{w:g}" for c, w in contrast.items())
+        rng = np.random.default_rng([self.seed, _stable_seed("seeds", metric.column, key)])
+        replicates = hierarchical_bootstrap(resampled, list(contrast.values()), rng)
+        return envelope(t_interval, *percentile_interval(replicates, self.confidence))
+
+    def _resample(self, run: Run, protocol: str) -> np.ndarray:
+        key = (run.name, protocol)
+        if key not in self._resampled:
+            rng = np.random.default_rng([self.seed, _stable_seed("neurons", run.name, protocol)])
+            self._resampled[key] = resample_run_scores(run.neuron_scores[protocol], (self.n_boot, self._n_draws), rng)
+        return self._resampled[key]
+
+
+# ---------------------------------------------------------------- the contrasts the report asks for
+
+def mean_of(condition: Condition) -> Contrast:
+    return {condition: 1.0}
+
+
+def difference(condition: Condition, reference: Condition) -> Contrast:
+    """condition - reference, paired by seed."""
+    return {condition: 1.0, reference: -1.0}
+
+
+def crate_qkvs(sweep: Sweep) -> list[str]:
+    """The Q,K,V variants of the sweep's CRATE runs, shared first."""
+    return sorted({c.qkv for c in sweep.conditions if c.is_crate}, key=lambda q: (q != "shared", q))
+
+
+def crate_lambdas(sweep: Sweep, qkv: str) -> list[float]:
+    return sorted(c.ista_lambda for c in sweep.conditions
+                  if c.is_crate and c.qkv == qkv and c.ista_lambda is not None)
+
+
+def lambda_slope(sweep: Sweep, qkv: str) -> tuple[Contrast, list[float]] | None:
+    """Least-squares slope over log2(lambda), i.e. the change per doubling of lambda, and the lambdas it
+    uses: the positive ones, since a doubling of 0 means nothing (None with fewer than two)."""
+    lambdas = [lam for lam in crate_lambdas(sweep, qkv) if lam > 0]
+    if len(lambdas) < 2:
+        return None
+    weights = slope_weights([math.log2(lam) for lam in lambdas])
+    return {Condition("crate", qkv, lam): float(w) for lam, w in zip(lambdas, weights)}, lambdas
+
+
+def qkv_effect(sweep: Sweep) -> tuple[Contrast, list[float]] | None:
+    """separate - shared Q,K,V averaged over the lambdas both have, and those lambdas."""
+    lambdas = sorted(set(crate_lambdas(sweep, "shared")) & set(crate_lambdas(sweep, "separate")))
+    if not lambdas:
+        return None
+    contrast: Contrast = {}
+    for lam in lambdas:
+        contrast[Condition("crate", "separate", lam)] = 1.0 / len(lambdas)
+        contrast[Condition("crate", "shared", lam)] = -1.0 / len(lambdas)
+    return contrast, lambdas
+
+
+def layer_intervals(est: Estimator, condition: Condition, column: str) -> dict[int, Interval]:
+    """A results_layers.csv column per layer: mean and t interval over the condition's seeds."""
+    per_layer: dict[int, list[float]] = {}
+    for run in est.runs(condition).values():
+        for row in run.layers:
+            if row.get("layer") is not None and row.get(column) is not None:
+                per_layer.setdefault(int(row["layer"]), []).append(float(row[column]))
+    return {layer: mean_ci(values, est.confidence) for layer, values in sorted(per_layer.items())}

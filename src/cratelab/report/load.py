@@ -1,0 +1,171 @@
+"""Reading a sweep output folder into runs grouped by condition.
+
+The folder (written by the sweep): results.csv (one row per finished run), results_layers.csv (one row per
+run and layer), and per run `runs/<name>/`: eval.json (firing-density histograms), metrics.jsonl (training
+curve), interp/scores.jsonl (neuron scores), interp/cards/index.html, config.toml. Everything but
+results.csv may be missing: a partial sweep still gets a report, with the gaps stated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import read_toml
+from ..errors import CratelabError
+from ..interp.run import read_jsonl
+
+RESULTS, LAYERS, SWEEP_CONFIG = "results.csv", "results_layers.csv", "sweep.toml"
+PROTOCOLS = ("top-and-random", "random-only", "anthropic")  # interp_<protocol with _> columns
+
+
+def interp_column(protocol: str) -> str:
+    return "interp_" + protocol.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One cell of the ablation grid; ordered CRATE shared, CRATE separate (by lambda), then GPT."""
+
+    arch: str
+    qkv: str
+    ista_lambda: float | None  # None for GPT
+
+    @property
+    def is_crate(self) -> bool:
+        return self.arch == "crate"
+
+    @property
+    def label(self) -> str:
+        if not self.is_crate:
+            return "GPT-ReLU" if self.arch == "gpt" else self.arch
+        return f"CRATE λ={self.ista_lambda:g} {self.qkv}"
+
+    def sort_key(self) -> tuple:
+        return (not self.is_crate, self.arch, self.qkv != "shared", self.qkv, self.ista_lambda or 0.0)
+
+
+@dataclass
+class Run:
+    name: str
+    condition: Condition
+    seed: int
+    values: dict[str, float | None]  # the numeric columns of results.csv
+    layers: list[dict[str, float | None]] = field(default_factory=list)  # results_layers.csv rows, by layer
+    # per protocol, the scored neurons' scores of each interpreted layer (absent without scores.jsonl)
+    neuron_scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    unscorable: dict[str, Counter] = field(default_factory=dict)  # per protocol: reason -> neurons
+    method: str | None = None  # the explainer/simulator that scored the neurons
+    density: list[dict[str, Any]] = field(default_factory=list)  # eval.json layers: layer, n_neurons, hist
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (tokens, val_loss)
+    cards: Path | None = None
+    model: dict[str, Any] | None = None  # config.toml's [model] section
+
+
+@dataclass
+class Sweep:
+    out_dir: Path
+    runs: list[Run]
+
+    @property
+    def conditions(self) -> list[Condition]:
+        return sorted({r.condition for r in self.runs}, key=Condition.sort_key)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.runs})
+
+    def by_seed(self, condition: Condition) -> dict[int, Run]:
+        return {r.seed: r for r in self.runs if r.condition == condition}
+
+
+def _number(text: str | None) -> float | None:
+    """A CSV cell as a float; empty, unparsable or non-finite cells are missing values."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _condition(row: dict[str, str]) -> Condition:
+    arch = row.get("arch", "").strip()
+    lam = _number(row.get("ista_lambda")) if arch == "crate" else None
+    return Condition(arch, row.get("qkv", "").strip() or "separate", lam)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _numeric(row: dict[str, str], skip: tuple[str, ...]) -> dict[str, float | None]:
+    return {k: _number(v) for k, v in row.items() if k is not None and k not in skip}
+
+
+def _neuron_scores(rows: list[dict[str, Any]]) -> tuple[dict[str, list[np.ndarray]], dict[str, Counter]]:
+    scored: dict[str, dict[int, list[float]]] = {}
+    unscorable: dict[str, Counter] = {}
+    for row in rows:
+        protocol, layer, score = str(row["protocol"]), int(row["layer"]), row.get("score")
+        scored.setdefault(protocol, {}).setdefault(layer, [])
+        if score is None or not math.isfinite(float(score)):
+            unscorable.setdefault(protocol, Counter())[str(row.get("reason") or "no reason given")] += 1
+        else:
+            scored[protocol][layer].append(float(score))
+    arrays = {p: [np.asarray(layers[k]) for k in sorted(layers)] for p, layers in scored.items()}
+    return arrays, unscorable
+
+
+def _curve(path: Path) -> list[tuple[float, float]]:
+    points = []
+    for row in read_jsonl(path):
+        tokens, loss = row.get("tokens"), row.get("val_loss")
+        if tokens is not None and loss is not None and math.isfinite(float(loss)):
+            points.append((float(tokens), float(loss)))
+    return sorted(points)
+
+
+def _attach_files(run: Run, folder: Path) -> None:
+    """Add what the run folder holds; a missing file leaves its field empty."""
+    if (folder / "eval.json").is_file():
+        run.density = json.loads((folder / "eval.json").read_text(encoding="utf-8")).get("layers", [])
+    run.curve = _curve(folder / "metrics.jsonl")
+    scores = read_jsonl(folder / "interp" / "scores.jsonl")
+    if scores:
+        run.neuron_scores, run.unscorable = _neuron_scores(scores)
+        run.method = next((str(r["method"]) for r in scores if r.get("method")), None)
+    cards = folder / "interp" / "cards" / "index.html"
+    run.cards = cards if cards.is_file() else None
+    if (folder / "config.toml").is_file():
+        run.model = read_toml(folder / "config.toml").get("model")
+
+
+def load_sweep(out_dir: Path) -> Sweep:
+    out_dir = Path(out_dir)
+    if not (out_dir / RESULTS).is_file():
+        raise CratelabError(f"{out_dir / RESULTS} not found: is {out_dir} a sweep output folder?")
+    runs = []
+    for row in _read_csv(out_dir / RESULTS):
+        seed = _number(row.get("seed"))
+        if seed is None:
+            raise CratelabError(f"{out_dir / RESULTS}: run {row.get('name')!r} has no seed")
+        runs.append(Run(name=row["name"], condition=_condition(row), seed=int(seed),
+                        values=_numeric(row, ("name", "arch", "qkv", "ista_lambda", "seed"))))
+    if (out_dir / LAYERS).is_file():
+        layer_rows: dict[str, list[dict[str, float | None]]] = {}
+        for row in _read_csv(out_dir / LAYERS):
+            layer_rows.setdefault(row["name"], []).append(
+                _numeric(row, ("name", "arch", "qkv", "ista_lambda", "seed")))
+        for run in runs:
+            run.layers = sorted(layer_rows.get(run.name, []), key=lambda r: r.get("layer") or 0.0)
+    for run in runs:
+        _attach_files(run, out_dir / "runs" / run.name)
+    return Sweep(out_dir, runs)

@@ -1,0 +1,481 @@
+"""The ablation report: `write_report(OUT)` reads a sweep folder and writes OUT/report.md, OUT/report.html
+(the same content) and OUT/plots/*.png.
+
+Sections, in order: what was run; how the numbers are computed; answers to the study's two questions
+(effect of lambda; shared vs separate Q,K,V); per-condition results; paired differences against the
+reference condition; the GPT baseline; the paper's numbers; per-layer results; plots; the runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Estimator, Metric, crate_lambdas, crate_qkvs,
+                       difference, lambda_slope, layer_intervals, mean_of, qkv_effect, run_value)
+from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
+from .load import LAYERS, PROTOCOLS, RESULTS, SWEEP_CONFIG, Condition, Run, Sweep, load_sweep
+from .plots import plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_vs_lambda
+from .stats import Interval, t_critical
+
+TITLE = "CRATE seed ablation: report"
+# the paper's default-lambda results (paper-facts section 4): CRATE, GPT-2; correlations x 100
+PAPER = {
+    1: {"val_loss": (4.06, 3.83), "top-and-random": (3.9, 8.8), "random-only": (4.8, 8.9), "anthropic": (10.1, 14.2)},
+    2: {"val_loss": (3.55, 3.23), "top-and-random": (8.05, 4.2), "random-only": (6.95, 1.95),
+        "anthropic": (11.35, 10.2)},
+    3: {"val_loss": (3.46, 3.11), "top-and-random": (9.1, 3.57), "random-only": (8.43, 1.37),
+        "anthropic": (11.23, 9.2)},
+}
+
+
+# ---------------------------------------------------------------- wording of numbers
+
+def pct(confidence: float) -> str:
+    return f"{100 * confidence:g}%"
+
+
+def fmt_interval(iv: Interval, metric: Metric, signed: bool = False) -> str:
+    if iv.estimate is None:
+        return "n/a"
+    if not iv.has_ci:
+        return f"{metric.fmt(iv.estimate, signed)} (n={iv.n}, no CI)"
+    return f"{metric.fmt(iv.estimate, signed)} [{metric.fmt(iv.low, signed)}, {metric.fmt(iv.high, signed)}]"
+
+
+def verdict(iv: Interval, confidence: float) -> str:
+    """Plain words: is the difference distinguishable from 0?"""
+    if iv.estimate is None:
+        return "not tested: no seed has both runs"
+    if not iv.has_ci:
+        return f"not tested: {iv.method}"
+    if iv.significant:
+        extra = " (over neurons only: 1 seed)" if iv.n == 1 else ""  # one seed has a CI only from neurons
+        return f"significant at {pct(confidence)}: the CI excludes 0{extra}"
+    return f"not significant at {pct(confidence)}: the CI includes 0"
+
+
+def direction(iv: Interval) -> str:
+    return "increases" if iv.estimate > 0 else "decreases"
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def lambda_set(lambdas: list[float]) -> str:
+    return "{" + ", ".join(f"{x:g}" for x in lambdas) + "}"
+
+
+def span(values: list[float]) -> str:
+    """A sorted list of counts as one value or a range."""
+    if not values:
+        return "n/a"
+    return f"{values[0]:,.0f}" if values[0] == values[-1] else f"{values[0]:,.0f} to {values[-1]:,.0f}"
+
+
+def find_condition(sweep: Sweep, arch: str, qkv: str, ista_lambda: float | None) -> Condition:
+    """The sweep's condition matching these settings (lambda compared with a tolerance), else a new one."""
+    for c in sweep.conditions:
+        if c.arch == arch and c.qkv == qkv and (
+                c.ista_lambda == ista_lambda or (c.ista_lambda is not None and ista_lambda is not None
+                                                 and math.isclose(c.ista_lambda, ista_lambda, rel_tol=1e-9))):
+            return c
+    return Condition(arch, qkv, ista_lambda)
+
+
+def gpt_condition(sweep: Sweep) -> Condition | None:
+    return next((c for c in sweep.conditions if not c.is_crate), None)
+
+
+def measured_metrics(est: Estimator) -> list[Metric]:
+    """Metrics with at least one value: the interpretability ones drop out of a sweep that did not score."""
+    return [m for m in METRICS if any(run_value(r, m) is not None for r in est.sweep.runs)]
+
+
+# ---------------------------------------------------------------- header and methods
+
+def model_description(sweep: Sweep) -> str:
+    model = next((r.model for r in sweep.runs if r.model), None)
+    n_layers = max((len(r.layers) for r in sweep.runs), default=0)
+    if model is None:
+        return (f"{n_layers} layers (from {LAYERS}); no run folder has a config.toml" if n_layers
+                else "shape unknown (no config.toml, no per-layer results)")
+    neurons = model.get("overcomplete", 4) * model.get("n_embd", 0)
+    vocab = model.get("vocab_size") or "the tokenizer's"
+    return (f"{model.get('n_layer')} layers, d={model.get('n_embd')}, {model.get('n_head')} heads, "
+            f"context {model.get('block_size')}, vocabulary {vocab}, {neurons} interpreted neurons per layer")
+
+
+def n_layers(sweep: Sweep) -> int | None:
+    model = next((r.model for r in sweep.runs if r.model), None)
+    if model and model.get("n_layer"):
+        return int(model["n_layer"])
+    return max((len(r.layers) for r in sweep.runs), default=0) or None
+
+
+def parameter_counts(sweep: Sweep, crate_only: bool = False) -> str:
+    counts: dict[str, set[float]] = {}
+    for run in sweep.runs:
+        if run.values.get("params") is not None and (run.condition.is_crate or not crate_only):
+            label = f"CRATE {run.condition.qkv}" if run.condition.is_crate else run.condition.label
+            counts.setdefault(label, set()).add(run.values["params"])
+    return ", ".join(f"{label} {'/'.join(f'{p:,.0f}' for p in sorted(v))}" for label, v in counts.items()) or "n/a"
+
+
+def missing_runs(sweep: Sweep) -> list[str]:
+    return [f"{c.label} seed {seed}" for c in sweep.conditions for seed in sweep.seeds
+            if seed not in sweep.by_seed(c)]
+
+
+def header(est: Estimator, reference: Condition, generated: datetime) -> list[Block]:
+    sweep = est.sweep
+    runs = sweep.runs
+    train_s = [r.values["train_s"] for r in runs if r.values.get("train_s") is not None]
+    tokens = sorted({r.values["tokens"] for r in runs if r.values.get("tokens") is not None})
+    methods = sorted({r.method for r in runs if r.method})
+    lambdas = sorted({lam for qkv in crate_qkvs(sweep) for lam in crate_lambdas(sweep, qkv)})
+    qkvs = crate_qkvs(sweep)
+    files: list = ["Files: "]
+    for name in (RESULTS, LAYERS, SWEEP_CONFIG):
+        if (sweep.out_dir / name).is_file():
+            files += [Link(name, name), " "]
+    missing = missing_runs(sweep)
+    items: list[Text] = [
+        f"Runs: {len(runs)} finished, {len(sweep.conditions)} conditions, seeds "
+        f"{', '.join(map(str, sweep.seeds)) or 'none'}.",
+        f"Conditions: CRATE with λ in {lambda_set(lambdas)} × Q,K,V {{{', '.join(qkvs)}}}"
+        + (", and the GPT-ReLU baseline." if gpt_condition(sweep) else "; no GPT baseline."),
+        "Missing runs (not in results.csv): " + ("; ".join(missing) + "." if missing else "none."),
+        f"Model: {model_description(sweep)}. Parameters: {parameter_counts(sweep)}.",
+        f"Training tokens per run: {span(tokens)}.",
+        f"Total training time: {duration(sum(train_s))} over {len(train_s)} runs"
+        + (f" (mean {duration(sum(train_s) / len(train_s))} a run)." if train_s else "."),
+        "Interpretability scored with: " + (", ".join(methods) if methods else "no neuron-level scores found") + ".",
+        f"Reference condition for paired differences: {reference.label}.",
+        files,
+    ]
+    return [Heading(1, TITLE), Paragraph(f"Generated {generated:%Y-%m-%d %H:%M} UTC from {sweep.out_dir}."),
+            Bullets(items)]
+
+
+def methods(est: Estimator, n_intervals: int) -> list[Block]:
+    conf = pct(est.confidence)
+    n = len(est.sweep.seeds)
+    t_note = (f"with the sweep's n = {n} seeds the t quantile is {t_critical(est.confidence, n - 1):.2f}, so only "
+              f"large effects can show" if n >= 2 else "with a single seed there is no interval at all")
+    return [Heading(2, "How the numbers are computed"), Bullets([
+        f"Loss and sparsity: mean over seeds and a {conf} t interval (df = n − 1; {t_note}). "
+        f"n is stated wherever fewer seeds contribute.",
+        "Interpretability: pooled Pearson correlation × 100 (as in the paper); a run's score is the mean over "
+        "layers of the mean over its scored neurons. Its interval is the union of a hierarchical bootstrap "
+        f"({est.n_boot} resamples, seed {est.seed}: seeds with replacement, then neurons with replacement within "
+        "each layer of each drawn run) and the t interval over seeds. A bootstrap over a few seeds alone covers "
+        "too little, the t interval alone rests on normality; a difference is called significant only if both "
+        "exclude 0.",
+        "Differences are paired by seed: per seed, condition minus reference; then mean and interval over the "
+        "seeds that have both runs.",
+        f"Significant means the {conf} CI excludes 0. There is no correction for multiple comparisons: of the "
+        f"{n_intervals} difference intervals below, about {(1 - est.confidence) * n_intervals:.0f} would exclude 0 "
+        f"by chance "
+        "with no real effect at all, so a lone borderline result is weak evidence.",
+        "Unscorable neurons (a constant real or simulated side) have no score: they are counted below and left "
+        "out of the means, never hidden.",
+    ])]
+
+
+# ---------------------------------------------------------------- answers
+
+def effect_items(est: Estimator, contrast: Contrast, metrics: list[Metric]) -> tuple[list[Text], dict[str, list[str]]]:
+    """One line per metric, and the metrics sorted by outcome: a significant effect (worded), a CI that
+    includes 0, no interval at all."""
+    items: list[Text] = []
+    outcome: dict[str, list[str]] = {"shown": [], "nothing": [], "untested": []}
+    for metric in metrics:
+        iv = est.estimate(metric, contrast)
+        n = f" (n={iv.n})" if iv.has_ci else ""
+        items.append(f"{metric.label}: {fmt_interval(iv, metric, signed=True)}{n}: {verdict(iv, est.confidence)}")
+        if iv.significant:
+            outcome["shown"].append(f"{metric.label} {direction(iv)}")
+        elif iv.has_ci:
+            outcome["nothing"].append(metric.label)
+        else:
+            outcome["untested"].append(metric.label)
+    return items, outcome
+
+
+def summary_line(outcome: dict[str, list[str]]) -> str:
+    shown, nothing, untested = outcome["shown"], outcome["nothing"], outcome["untested"]
+    text = "The data show: " + ("; ".join(shown) if shown else "no significant effect on any tested metric") + "."
+    if nothing:
+        text += " They show nothing (CI includes 0) for: " + ", ".join(nothing) + "."
+    if untested:
+        text += " Not tested (no interval, too few seeds): " + ", ".join(untested) + "."
+    return text
+
+
+def answers(est: Estimator) -> list[Block]:
+    sweep, metrics = est.sweep, measured_metrics(est)
+    blocks: list[Block] = [Heading(2, "Answers"), Heading(3, "1. Effect of the sparsity penalty λ")]
+    if not crate_qkvs(sweep):
+        blocks.append(Paragraph("Not answerable from this sweep: it has no CRATE run."))
+    for qkv in crate_qkvs(sweep):
+        slope = lambda_slope(sweep, qkv)
+        if slope is None:
+            blocks.append(Paragraph(f"Q,K,V {qkv}: only λ in {lambda_set(crate_lambdas(sweep, qkv))}: a λ effect "
+                                    f"needs at least two positive values."))
+            continue
+        contrast, lambdas = slope
+        items, outcome = effect_items(est, contrast, metrics)
+        blocks += [Paragraph(f"Q,K,V {qkv}: change per doubling of λ (least-squares slope over log2 λ for λ in "
+                             f"{lambda_set(lambdas)}, per seed, then mean over the seeds "
+                             f"that have every λ):"), Bullets(items), Paragraph(summary_line(outcome))]
+    blocks.append(Heading(3, "2. Shared or separate Q, K, V"))
+    effect = qkv_effect(sweep)
+    if effect is None:
+        blocks.append(Paragraph("Not answerable from this sweep: no λ has both a shared and a separate run."))
+        return blocks
+    contrast, lambdas = effect
+    items, outcome = effect_items(est, contrast, metrics)
+    blocks += [Paragraph(f"Separate minus shared, paired by seed and averaged over λ in {lambda_set(lambdas)} "
+                         f"(parameters: {parameter_counts(sweep, crate_only=True)}):"),
+               Bullets(items), Paragraph(summary_line(outcome))]
+    return blocks
+
+
+# ---------------------------------------------------------------- per condition
+
+def condition_cell(est: Estimator, metric: Metric, condition: Condition, n_seeds: int) -> str:
+    iv = est.estimate(metric, mean_of(condition))
+    text = fmt_interval(iv, metric)
+    return text + (f" (n={iv.n})" if iv.has_ci and iv.n < n_seeds else "")
+
+
+def condition_table(est: Estimator, metrics: list[Metric], caption: str) -> Table:
+    rows = []
+    for condition in est.sweep.conditions:
+        runs = est.runs(condition)
+        params = sorted({r.values["params"] for r in runs.values() if r.values.get("params") is not None})
+        rows.append([condition.label, str(len(runs)), "/".join(f"{p:,.0f}" for p in params) or "n/a"]
+                    + [condition_cell(est, m, condition, len(runs)) for m in metrics])
+    return Table(["condition", "seeds", "params"] + [m.label for m in metrics], rows, caption,
+                 numeric=set(range(1, 3 + len(metrics))))
+
+
+def unscorable_counts(runs: list[Run], protocol: str) -> tuple[int | None, int | None, Counter]:
+    """Scored and unscorable neurons summed over runs, with reasons; from scores.jsonl where every run has
+    one, else the unscorable count of results_layers.csv (scored unknown)."""
+    if runs and all(protocol in r.neuron_scores for r in runs):
+        scored = sum(len(s) for r in runs for s in r.neuron_scores[protocol])
+        reasons = sum((r.unscorable.get(protocol, Counter()) for r in runs), Counter())
+        return scored, sum(reasons.values()), reasons
+    column = "nan_" + protocol.replace("-", "_")
+    values = [row[column] for r in runs for row in r.layers if row.get(column) is not None]
+    return None, (int(sum(values)) if values else None), Counter()
+
+
+def unscorable_table(est: Estimator) -> Table:
+    rows = []
+    for condition in est.sweep.conditions:
+        runs = list(est.runs(condition).values())
+        for protocol in PROTOCOLS:
+            scored, unscorable, reasons = unscorable_counts(runs, protocol)
+            if scored is None and unscorable is None:
+                continue
+            reason = "; ".join(f"{n}: {text}" for text, n in reasons.most_common(2))
+            rows.append([condition.label, protocol, "n/a" if scored is None else str(scored),
+                         "n/a" if unscorable is None else str(unscorable), reason])
+    return Table(["condition", "protocol", "scored neurons", "unscorable (NaN)", "main reasons"], rows,
+                 "Unscorable neurons, summed over seeds and layers", numeric={2, 3})
+
+
+def per_condition(est: Estimator) -> list[Block]:
+    interp = [m for m in measured_metrics(est) if m.protocol]
+    blocks: list[Block] = [Heading(2, "Results per condition"),
+                           condition_table(est, list(SEED_METRICS),
+                                           f"Loss and sparsity: mean [{pct(est.confidence)} CI] over seeds")]
+    if not interp:
+        return blocks + [Paragraph("No interpretability scores in this sweep (the interp columns are empty).")]
+    blocks.append(condition_table(est, interp, f"Interpretability, correlation × 100: mean "
+                                               f"[{pct(est.confidence)} CI over seeds and neurons]"))
+    table = unscorable_table(est)
+    nan_total = sum(r.values.get("nan_neurons") or 0 for r in est.sweep.runs)
+    blocks.append(table if table.rows else Paragraph(
+        f"Unscorable neurons: {nan_total:.0f} in total (nan_neurons of results.csv); no per-protocol counts."))
+    return blocks
+
+
+# ---------------------------------------------------------------- differences
+
+def difference_table(est: Estimator, contrast: Contrast, caption: str) -> Table:
+    rows = []
+    for metric in measured_metrics(est):
+        iv = est.estimate(metric, contrast)
+        rows.append([metric.label, str(iv.n), fmt_interval(iv, metric, signed=True), verdict(iv, est.confidence)])
+    return Table(["metric", "seed pairs", f"difference [{pct(est.confidence)} CI]", "verdict"], rows, caption,
+                 numeric={1, 2})
+
+
+def differences(est: Estimator, reference: Condition) -> list[Block]:
+    blocks: list[Block] = [Heading(2, f"Paired differences against the reference ({reference.label})")]
+    if not est.runs(reference):
+        return blocks + [Paragraph(f"The reference condition {reference.label} has no runs: no paired differences.")]
+    for condition in est.sweep.conditions:
+        if condition.is_crate and condition != reference:
+            blocks += [Heading(3, f"{condition.label} − reference"),
+                       difference_table(est, difference(condition, reference),
+                                        f"{condition.label} minus {reference.label}, paired by seed")]
+    return blocks
+
+
+def gpt_section(est: Estimator, reference: Condition) -> list[Block]:
+    gpt = gpt_condition(est.sweep)
+    blocks: list[Block] = [Heading(2, "GPT-ReLU baseline against the reference CRATE")]
+    if gpt is None or not est.runs(reference):
+        return blocks + [Paragraph("Not available: the sweep lacks the GPT baseline or the reference condition.")]
+    return blocks + [difference_table(est, difference(gpt, reference),
+                                      f"{gpt.label} minus {reference.label}, paired by seed")]
+
+
+def count_difference_intervals(est: Estimator, reference: Condition) -> int:
+    """How many difference intervals the report shows (for the multiple-comparisons warning)."""
+    sweep = est.sweep
+    tables = 0
+    if est.runs(reference):
+        tables = sum(1 for c in sweep.conditions if c != reference and (c.is_crate or c == gpt_condition(sweep)))
+    slopes = sum(1 for q in crate_qkvs(sweep) if lambda_slope(sweep, q))
+    return len(measured_metrics(est)) * (tables + slopes + (qkv_effect(sweep) is not None))
+
+
+# ---------------------------------------------------------------- the paper
+
+def paper_section(est: Estimator, reference: Condition) -> list[Block]:
+    sweep = est.sweep
+    depth = n_layers(sweep)
+    row = depth if depth in PAPER else 2
+    gpt = gpt_condition(sweep)
+    tokens = max((r.values.get("tokens") or 0 for r in sweep.runs), default=0)
+    blocks: list[Block] = [Heading(2, f"Comparison with the paper (default λ = 0.1, {row}-layer models)"), Paragraph(
+        f"The paper (Bai & Ma, arXiv 2410.16443) trained {row}-layer d=128 models on the Pile for 600k steps "
+        f"(hundreds of thousands of tokens per step, GPT-2 vocabulary of 50k) and scored neurons with "
+        f"Mistral-7B explanations simulated by LLaMA-2-7B. Here each model saw {tokens:,.0f} tokens of a small "
+        f"corpus ({model_description(sweep)}) and neurons were scored by "
+        f"{', '.join(sorted({r.method for r in sweep.runs if r.method})) or 'no scorer'}. The levels are not "
+        f"comparable (loss depends on corpus, vocabulary and model size; correlations depend on the explainer "
+        f"and simulator, and the offline token-pattern one is a floor for LLM scores); only the direction of "
+        f"CRATE minus GPT is."
+        + ("" if depth in PAPER else f" Our models have {depth} layers; the paper's 2-layer row is used."))]
+    rows = []
+    for metric in [SEED_METRICS[0]] + list(INTERP_METRICS):
+        paper_crate, paper_gpt = PAPER[row][metric.protocol or metric.column]
+        ours = [est.estimate(metric, mean_of(c)) if c and est.runs(c) else None for c in (reference, gpt)]
+        diff = est.estimate(metric, difference(reference, gpt)) if all(ours) else None
+        rows.append([metric.label, f"{paper_crate:g}", f"{paper_gpt:g}", f"{paper_crate - paper_gpt:+.2f}",
+                     fmt_interval(ours[0], metric) if ours[0] else "n/a",
+                     fmt_interval(ours[1], metric) if ours[1] else "n/a",
+                     fmt_interval(diff, metric, signed=True) if diff else "n/a",
+                     agreement(paper_crate - paper_gpt, diff)])
+    return blocks + [Table(["quantity", "paper CRATE", "paper GPT", "paper CRATE − GPT", f"ours {reference.label}",
+                            "ours GPT-ReLU", f"ours CRATE − GPT [{pct(est.confidence)} CI]", "direction"], rows,
+                           numeric={1, 2, 3, 4, 5, 6})]
+
+
+def agreement(paper_difference: float, ours: Interval | None) -> str:
+    if ours is None or ours.estimate is None:
+        return "n/a"
+    if not ours.significant:
+        return "undecided: our CI includes 0" if ours.has_ci else "undecided: no CI"
+    same = (ours.estimate > 0) == (paper_difference > 0)
+    return "same as the paper" if same else "opposite to the paper"
+
+
+# ---------------------------------------------------------------- per layer, plots, runs
+
+LAYER_COLUMNS = (Metric("zero_frac", "zero fraction", 4), Metric("l0", "L0", 1),
+                 Metric("dead_frac", "dead fraction", 4), Metric("dictionary_norm", "dictionary norm", 3))
+
+
+def per_layer(est: Estimator) -> list[Block]:
+    rows = []
+    for condition in est.sweep.conditions:
+        columns = [layer_intervals(est, condition, m.column) for m in LAYER_COLUMNS]
+        for layer in sorted({layer for c in columns for layer in c}):
+            rows.append([condition.label, str(layer)] + [fmt_interval(c[layer], m) if layer in c else "n/a"
+                                                         for c, m in zip(columns, LAYER_COLUMNS)])
+    if not rows:
+        return [Heading(2, "Per layer"), Paragraph(f"No per-layer results ({LAYERS} missing or empty).")]
+    return [Heading(2, "Per layer"), Table(["condition", "layer"] + [m.label for m in LAYER_COLUMNS], rows,
+                                           f"Mean [{pct(est.confidence)} CI] over seeds", numeric={1, 2, 3, 4, 5})]
+
+
+def figures(est: Estimator, plots_dir: Path) -> list[Block]:
+    interp = [m for m in INTERP_METRICS if any(run_value(r, m) is not None for r in est.sweep.runs)]
+    specs: list[tuple[str, str, Callable[[Path], bool]]] = [
+        ("loss_vs_lambda.png", "Loss against λ",
+         lambda p: plot_vs_lambda(est, list(SEED_METRICS[:2]), p, "Loss against λ")),
+        ("sparsity_vs_lambda.png", "Sparsity against λ",
+         lambda p: plot_vs_lambda(est, [SEED_METRICS[2], SEED_METRICS[3]], p, "Sparsity against λ")),
+        ("interp_vs_lambda.png", "Interpretability against λ",
+         lambda p: bool(interp) and plot_vs_lambda(est, interp, p, "Interpretability against λ")),
+        ("interp_vs_loss.png", "Interpretability against loss", lambda p: plot_interp_vs_loss(est, p)),
+        ("layer_sparsity.png", "Per-layer sparsity", lambda p: plot_layer_sparsity(est, p)),
+        ("firing_density.png", "Firing-density histograms", lambda p: plot_density(est.sweep, p)),
+        ("training_curves.png", "Training curves", lambda p: plot_curves(est.sweep, p)),
+    ]
+    blocks: list[Block] = [Heading(2, "Plots")]
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for filename, title, draw in specs:
+        path = plots_dir / filename
+        path.unlink(missing_ok=True)  # a stale figure from an earlier report must not survive
+        if draw(path):
+            blocks += [Heading(3, title), Image(f"{plots_dir.name}/{filename}", title)]
+        else:
+            blocks += [Heading(3, title), Paragraph("Not drawn: the sweep has no data for it.")]
+    return blocks
+
+
+def runs_section(est: Estimator) -> list[Block]:
+    rows = []
+    out = est.sweep.out_dir
+    for run in sorted(est.sweep.runs, key=lambda r: (r.condition.sort_key(), r.seed)):
+        v = run.values
+        cards: Text = [Link("cards", run.cards.relative_to(out).as_posix())] if run.cards else "none"
+        rows.append([run.name, run.condition.label, str(run.seed),
+                     *(f"{v[k]:,.0f}" if v.get(k) is not None else "n/a" for k in ("params", "tokens", "train_s")),
+                     SEED_METRICS[0].fmt(v.get("val_loss")), SEED_METRICS[2].fmt(v.get("zero_frac")),
+                     "n/a" if v.get("nan_neurons") is None else f"{v['nan_neurons']:.0f}", cards])
+    return [Heading(2, "Runs"), Table(["run", "condition", "seed", "params", "tokens", "train s", "val loss",
+                                       "zero fraction", "unscorable neurons", "neuron cards"], rows,
+                                      numeric={2, 3, 4, 5, 6, 7, 8})]
+
+
+# ---------------------------------------------------------------- entry point
+
+def build(est: Estimator, reference: Condition, plots_dir: Path, generated: datetime) -> list[Block]:
+    if not est.sweep.runs:
+        return header(est, reference, generated) + [Paragraph(f"{RESULTS} lists no finished run yet: nothing to "
+                                                              f"report.")]
+    return (header(est, reference, generated) + methods(est, count_difference_intervals(est, reference))
+            + answers(est) + per_condition(est) + differences(est, reference) + gpt_section(est, reference)
+            + paper_section(est, reference) + per_layer(est) + figures(est, plots_dir) + runs_section(est))
+
+
+def write_report(out_dir: Path, reference_lambda: float = 0.1, reference_qkv: str = "shared",
+                 confidence: float = 0.95, seed: int = 0, n_boot: int = 2000) -> Path:
+    """Write OUT/report.md, OUT/report.html and OUT/plots/*.png for the sweep folder OUT; returns report.md.
+
+    reference_*: the CRATE condition that paired differences are taken against. seed and n_boot: the
+    bootstrap's RNG seed and resamples (the same seed gives the same report numbers)."""
+    out_dir = Path(out_dir)
+    sweep = load_sweep(out_dir)
+    est = Estimator(sweep, confidence=confidence, seed=seed, n_boot=n_boot)
+    reference = find_condition(sweep, "crate", reference_qkv, reference_lambda)
+    blocks = build(est, reference, out_dir / "plots", datetime.now(timezone.utc))
+    (out_dir / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    (out_dir / "report.html").write_text(to_html(TITLE, blocks), encoding="utf-8")
+    return out_dir / "report.md"

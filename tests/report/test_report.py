@@ -1,0 +1,169 @@
+import math
+from pathlib import Path
+
+import pytest
+
+from cratelab.errors import CratelabError
+from cratelab.report import load_sweep, write_report
+from cratelab.report.analysis import (INTERP_METRICS, SEED_METRICS, Estimator, difference, lambda_slope, mean_of,
+                                      qkv_effect)
+from cratelab.report.load import Condition
+
+from .synthetic import Spec, full_grid, make_sweep
+
+N_BOOT = 300  # enough for the tests, fast on 2 cores
+PLOTS = ("loss_vs_lambda", "sparsity_vs_lambda", "interp_vs_lambda", "interp_vs_loss", "layer_sparsity",
+         "firing_density", "training_curves")
+METRIC = {m.column: m for m in SEED_METRICS + INTERP_METRICS}
+REFERENCE = Condition("crate", "shared", 0.1)
+
+
+def section(md: str, title: str) -> str:
+    """The text under a heading, up to the next heading of the same or a higher level."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip() == title)
+    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    end = next((j for j in range(start + 1, len(lines))
+                if lines[j].startswith("#") and len(lines[j]) - len(lines[j].lstrip("#")) <= level), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def line_of(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    hostile = Spec("crate", "shared", 0.1, 3, name="<script>alert(1)</script>")  # a fourth seed of the reference
+    out = make_sweep(tmp_path_factory.mktemp("sweep"), full_grid() + [hostile])
+    write_report(out, n_boot=N_BOOT)
+    return out
+
+
+@pytest.fixture(scope="module")
+def estimator(full):
+    return Estimator(load_sweep(full), n_boot=N_BOOT)
+
+
+def test_report_files_and_plots(full):
+    assert (full / "report.md").is_file() and (full / "report.html").is_file()
+    for name in PLOTS:
+        assert (full / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{name}.png" in (full / "report.html").read_text()
+
+
+def test_report_flags_the_planted_effect_and_not_the_null_one(full):
+    md = (full / "report.md").read_text()
+    table = section(md, "CRATE λ=0.2 shared − reference")
+    assert "significant at 95%: the CI excludes 0" in line_of(table, "| zero fraction |")
+    assert "not significant at 95%: the CI includes 0" in line_of(table, "| dead fraction |")
+    assert "not significant at 95%: the CI includes 0" in line_of(table, "| interp top-and-random")
+    answers = section(md, "1. Effect of the sparsity penalty λ")
+    assert "The data show: val loss (nats/token) increases" in md_unescape(answers)
+    assert "zero fraction increases" in answers
+    q2 = md_unescape(section(md, "2. Shared or separate Q, K, V"))
+    assert "The data show: val loss (nats/token) decreases" in q2
+    assert "They show nothing (CI includes 0) for: zero fraction" in q2
+
+
+def md_unescape(text: str) -> str:
+    return text.replace("\\", "")
+
+
+def test_planted_effects_lie_in_their_intervals(estimator):
+    sweep = estimator.sweep
+    shared, lambdas = lambda_slope(sweep, "shared")
+    assert lambdas == [0.05, 0.1, 0.2]
+    zero = estimator.estimate(METRIC["zero_frac"], shared)
+    assert zero.low <= 0.03 <= zero.high and zero.significant
+    loss = estimator.estimate(METRIC["val_loss"], lambda_slope(sweep, "separate")[0])
+    assert loss.low <= 0.04 <= loss.high
+    contrast, lambdas = qkv_effect(sweep)
+    assert lambdas == [0.05, 0.1, 0.2]
+    qkv = estimator.estimate(METRIC["val_loss"], contrast)
+    assert qkv.low <= -0.05 <= qkv.high and qkv.n == 3  # seed 3 has only one condition: not paired
+
+
+def test_interpretability_interval_covers_seeds_and_neurons(estimator):
+    metric = METRIC["interp_top_and_random"]
+    iv = estimator.estimate(metric, mean_of(REFERENCE))
+    assert iv.n == 4 and "hierarchical bootstrap" in iv.method
+    t_only = estimator.seed_values(metric, mean_of(REFERENCE))
+    assert iv.estimate == pytest.approx(sum(t_only.values()) / 4)
+    gpt = estimator.estimate(metric, difference(Condition("gpt", "separate", None), REFERENCE))
+    assert gpt.n == 3 and gpt.has_ci
+
+
+def test_intervals_are_deterministic_given_the_seed(full):
+    sweep = load_sweep(full)
+    metric = METRIC["interp_random_only"]
+    contrast = difference(Condition("crate", "separate", 0.2), REFERENCE)
+    a = Estimator(sweep, n_boot=N_BOOT, seed=5).estimate(metric, contrast)
+    b = Estimator(sweep, n_boot=N_BOOT, seed=5).estimate(metric, contrast)
+    assert a == b
+
+
+def test_unscorable_neurons_are_counted(full):
+    md = (full / "report.md").read_text()
+    row = line_of(section(md, "Results per condition"), "| CRATE λ=0.1 shared | anthropic |")
+    # 4 runs (seeds 0-3) x 2 layers x 2 unscorable neurons; 62 scored per layer
+    assert "| 496 | 16 |" in row and "real activations are constant" in row
+
+
+def test_paper_comparison_and_header(full):
+    md = md_unescape((full / "report.md").read_text())
+    assert "8.05" in md and "3.23" in md and "only the direction of CRATE minus GPT" in md
+    assert "Training tokens per run: 524,288" in md
+    assert "2 layers, d=16, 4 heads" in md
+
+
+def test_html_escapes_a_hostile_run_name(full):
+    page = (full / "report.html").read_text()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'href="runs/%3Cscript%3Ealert%281%29%3C/script%3E/interp/cards/index.html"' in page
+    assert "\\<script\\>alert(1)\\</script\\>" in (full / "report.md").read_text()
+
+
+def test_partial_sweep_without_interpretability(tmp_path):
+    specs = [s for s in full_grid() if s.arch == "crate" and not (s.ista_lambda == 0.2 and s.seed == 2)]
+    out = make_sweep(tmp_path, specs, interp=False)
+    md = md_unescape(write_report(out, n_boot=N_BOOT).read_text())
+    assert "Missing runs (not in results.csv): CRATE λ=0.2 shared seed 2; CRATE λ=0.2 separate seed 2." in md
+    assert "No interpretability scores in this sweep" in md
+    assert "interp top" not in section(md, "Answers") and "interp top" not in section(md, "Results per condition")
+    assert "the sweep lacks the GPT baseline" in md
+    assert not (out / "plots" / "interp_vs_lambda.png").exists()
+    assert (out / "plots" / "loss_vs_lambda.png").is_file()
+
+
+def test_single_seed_gives_no_seed_interval_and_says_so(tmp_path):
+    out = make_sweep(tmp_path, full_grid(seeds=(0,)))
+    md = md_unescape(write_report(out, n_boot=N_BOOT).read_text())
+    assert "with a single seed there is no interval at all" in md
+    row = line_of(section(md, "CRATE λ=0.2 shared − reference"), "| zero fraction |")
+    assert "no CI" in row and "not tested: 1 seed: no confidence interval" in row
+    interp = line_of(section(md, "CRATE λ=0.2 shared − reference"), "| interp top-and-random")
+    assert "[" in interp  # neuron-level interval only, and its verdict says so when significant
+    assert math.isfinite(float(interp.split("|")[3].split("[")[0]))
+
+
+def test_missing_reference_and_missing_folder(tmp_path):
+    out = make_sweep(tmp_path / "s", full_grid(seeds=(0, 1)), interp=False)
+    md = md_unescape(write_report(out, reference_lambda=0.3, n_boot=N_BOOT).read_text())
+    assert "The reference condition CRATE λ=0.3 shared has no runs" in md
+    with pytest.raises(CratelabError, match="results.csv"):
+        write_report(Path(tmp_path / "nothing"))
+
+
+def test_empty_results_give_a_short_report(tmp_path):
+    (tmp_path / "results.csv").write_text("name,arch,qkv,ista_lambda,seed\n")
+    assert "lists no finished run yet" in write_report(tmp_path).read_text()
+
+
+def test_lambda_zero_is_shown_but_left_out_of_the_slope(tmp_path):
+    specs = [Spec("crate", "shared", lam, seed) for lam in (0.0, 0.1, 0.2) for seed in (0, 1)]
+    md = md_unescape(write_report(make_sweep(tmp_path, specs, interp=False), n_boot=N_BOOT).read_text())
+    assert "| CRATE λ=0 shared | 2 |" in md
+    assert "least-squares slope over log2 λ for λ in {0.1, 0.2}" in md
+    assert (tmp_path / "plots" / "loss_vs_lambda.png").is_file()

@@ -1,0 +1,150 @@
+import itertools
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from cratelab.report.stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, mean_ci,
+                                   percentile_interval, resample_run_scores, run_score, slope_weights, t_cdf,
+                                   t_critical)
+
+# two-sided critical values from the standard t table
+T_TABLE = {(0.95, 1): 12.706, (0.95, 2): 4.303, (0.95, 3): 3.182, (0.95, 4): 2.776, (0.95, 5): 2.571,
+           (0.95, 10): 2.228, (0.95, 20): 2.086, (0.95, 30): 2.042, (0.99, 1): 63.657, (0.99, 2): 9.925,
+           (0.99, 10): 3.169, (0.90, 1): 6.314, (0.90, 3): 2.353, (0.90, 30): 1.697}
+
+
+@pytest.mark.parametrize("key", sorted(T_TABLE))
+def test_t_critical_matches_the_table(key):
+    confidence, df = key
+    assert t_critical(confidence, df) == pytest.approx(T_TABLE[key], abs=1e-3)
+
+
+def test_t_quantile_closed_forms_for_df_1_and_2():
+    for p in (0.6, 0.9, 0.975, 0.995):
+        confidence = 2 * p - 1
+        assert t_critical(confidence, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
+        assert t_critical(confidence, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+    assert t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-12)  # Cauchy
+    assert t_cdf(-2.0, 7) == pytest.approx(1 - t_cdf(2.0, 7), abs=1e-12)
+
+
+def test_t_critical_tends_to_the_normal_quantile():
+    assert t_critical(0.95, 5000) == pytest.approx(1.959964, abs=1e-5)
+    assert t_critical(0.95, 999) == pytest.approx(1.962341, abs=1e-5)
+    with pytest.raises(ValueError):
+        t_critical(0.95, 0)
+
+
+def test_mean_ci_is_the_t_interval_of_numpy_mean_and_std():
+    x = np.array([3.1, 2.9, 3.4, 3.0])
+    iv = mean_ci(x, 0.95)
+    half = 3.182446 * x.std(ddof=1) / 2
+    assert iv.estimate == pytest.approx(x.mean())
+    assert (iv.low, iv.high) == pytest.approx((x.mean() - half, x.mean() + half), abs=1e-6)
+    assert iv.n == 4 and "t over 4 seeds" in iv.method
+
+
+def test_mean_ci_without_enough_seeds_has_no_interval():
+    one = mean_ci([2.5])
+    assert one.estimate == 2.5 and not one.has_ci and one.significant is None and "1 seed" in one.method
+    assert mean_ci([]).estimate is None
+
+
+def test_significance_means_the_interval_excludes_zero():
+    assert Interval(1.0, 0.5, 1.5, 3, "").significant is True
+    assert Interval(-1.0, -1.5, -0.5, 3, "").significant is True
+    assert Interval(0.2, -0.1, 0.5, 3, "").significant is False
+
+
+def test_contrast_by_seed_pairs_by_seed():
+    reference = {0: 1.0, 1: 2.0, 2: 3.0}
+    other = {0: 1.5, 2: 2.0, 5: 9.0}
+    assert contrast_by_seed([other, reference], [1.0, -1.0]) == {0: 0.5, 2: -1.0}
+    assert contrast_by_seed([reference], [1.0]) == reference
+
+
+def test_slope_weights_give_the_least_squares_slope():
+    x = np.log2([0.05, 0.1, 0.2])
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        y = rng.normal(size=3)
+        assert slope_weights(x) @ y == pytest.approx(np.polyfit(x, y, 1)[0], abs=1e-12)
+
+
+def test_run_score_is_the_mean_of_layer_means_without_empty_layers():
+    layers = [np.array([0.1, 0.3]), np.array([]), np.array([0.5, 0.5, 0.8])]
+    assert run_score(layers) == pytest.approx((0.2 + 0.6) / 2)
+    with pytest.raises(ValueError):
+        run_score([np.array([])])
+
+
+def test_neuron_resamples_centre_on_the_run_score_with_the_bootstrap_spread():
+    scores = np.random.default_rng(0).normal(0.1, 0.2, 50)
+    resampled = resample_run_scores([scores], (4000, 2), np.random.default_rng(1))
+    assert resampled.shape == (4000, 2)
+    assert resampled.mean() == pytest.approx(scores.mean(), abs=0.003)
+    assert resampled.std() == pytest.approx(scores.std() / math.sqrt(50), rel=0.05)  # plug-in SE
+
+
+def exact_distribution(seeds: list[list[np.ndarray]], weights: list[float]) -> Counter:
+    """Every outcome of the two-stage bootstrap, enumerated: draw the seeds, then for each drawn seed and
+    each condition draw its neurons; one-layer runs."""
+    n = len(seeds)
+    probs: Counter = Counter()
+    for picks in itertools.product(range(n), repeat=n):
+        per_draw = []
+        for s in picks:  # each draw: all neuron resamples of each condition's run, equally likely
+            options = [[float(np.mean(run[list(idx)])) for idx in itertools.product(range(len(run)), repeat=len(run))]
+                       for run in seeds[s]]
+            per_draw.append([sum(w * v for w, v in zip(weights, combo)) for combo in itertools.product(*options)])
+        total = math.prod(len(d) for d in per_draw) * n ** n
+        for combo in itertools.product(*per_draw):
+            probs[round(float(np.mean(combo)), 9)] += 1 / total
+    return probs
+
+
+def test_hierarchical_bootstrap_matches_brute_force_enumeration():
+    seeds = [[np.array([0.0, 1.0]), np.array([0.5, 0.25])],   # seed 0: condition a, condition b
+             [np.array([10.0, 30.0]), np.array([4.0, 8.0])]]  # seed 1
+    weights = [1.0, -1.0]
+    exact = exact_distribution(seeds, weights)
+    rng = np.random.default_rng(3)
+    n_boot = 40_000
+    resampled = [[resample_run_scores([run], (n_boot, 2), rng) for run in runs] for runs in seeds]
+    replicates = hierarchical_bootstrap(resampled, weights, rng)
+    seen = Counter(round(float(v), 9) for v in replicates)
+    assert set(seen) <= set(exact)
+    for value, p in exact.items():
+        assert seen[value] / n_boot == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n_boot) + 1e-4)
+
+
+def test_hierarchical_bootstrap_is_deterministic_given_the_rng():
+    seeds = [[np.random.default_rng(s).normal(size=20)] for s in range(3)]
+
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        resampled = [[resample_run_scores([layer], (500, 3), rng) for layer in runs] for runs in seeds]
+        return hierarchical_bootstrap(resampled, [1.0], rng)
+
+    assert np.array_equal(run(7), run(7))
+    assert not np.array_equal(run(7), run(8))
+
+
+def test_hierarchical_bootstrap_needs_a_neuron_resample_per_drawn_seed():
+    resampled = [[np.zeros((10, 1))], [np.zeros((10, 1))]]
+    with pytest.raises(ValueError):
+        hierarchical_bootstrap(resampled, [1.0], np.random.default_rng(0))
+
+
+def test_percentile_interval_is_numpy_quantile():
+    x = np.random.default_rng(0).normal(size=1001)
+    assert percentile_interval(x, 0.9) == pytest.approx(tuple(np.quantile(x, [0.05, 0.95])))
+
+
+def test_envelope_is_the_union_and_says_when_seeds_are_missing():
+    t = Interval(1.0, 0.5, 1.5, 3, "t")
+    assert (envelope(t, 0.7, 1.8).low, envelope(t, 0.7, 1.8).high) == (0.5, 1.8)
+    one_seed = envelope(Interval(1.0, None, None, 1, "1 seed"), 0.9, 1.1)
+    assert (one_seed.low, one_seed.high) == (0.9, 1.1) and "neurons only" in one_seed.method
