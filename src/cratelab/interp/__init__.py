@@ -9,26 +9,49 @@ Data flows one way: activations -> RecordBuilder -> LayerRecords -> NeuronRecord
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import fields
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import CratelabError
-from .explain import Explainer, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view, fit_token_patterns
+from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
+                      fit_token_patterns)
+from .llm import EndpointConfig, endpoint_backend
+from .local_llm import LocalConfig, local_backend
 from .records import ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, RecordConfig, Windows
 from .score import (ANTHROPIC, PROTOCOLS, TOP_AND_RANDOM, LayerSummary, NeuronScore, ScoringProtocol,
                     get_protocol, pooled_correlation, random_only, score_neuron, summarize_layer)
 from .simulate import Simulator, TokenPatternSimulator
 
-METHODS = ("token-pattern",)
+METHODS = ("token-pattern", "local:PATH", "openai:MODEL")
 
 
-def make_backend(method: str) -> tuple[Explainer, Simulator]:
-    """The explainer and simulator of an explanation method."""
+def make_backend(method: str, **options: Any) -> tuple[Explainer, Simulator]:
+    """The explainer and simulator of an explanation method.
+
+    token-pattern: offline, deterministic (options: TokenPatternExplainer's fields).
+    local:PATH: a transformers model directory or .gguf file (options: LocalConfig's fields).
+    openai:MODEL: an OpenAI-compatible endpoint, by default from $OPENAI_BASE_URL and $OPENAI_API_KEY
+    (options: EndpointConfig's fields, e.g. base_url, cache_dir, max_concurrency).
+    """
+    kind, _, target = method.partition(":")
     if method == "token-pattern":
-        return TokenPatternExplainer(), TokenPatternSimulator()
+        return TokenPatternExplainer(**_options(method, TokenPatternExplainer, options)), TokenPatternSimulator()
+    if kind == "local" and target:
+        return local_backend(target, LocalConfig(**_options(method, LocalConfig, options)))
+    if kind == "openai" and target:
+        return endpoint_backend(EndpointConfig(model=target, **_options(method, EndpointConfig, options)))
     raise CratelabError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _options(method: str, config: type, options: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in fields(config)} - {"model"}  # an endpoint's model is named in the method
+    if unknown := sorted(set(options) - known):
+        raise CratelabError(f"unknown option(s) {', '.join(unknown)} for {method!r}; "
+                            f"known: {', '.join(sorted(known)) or 'none'}")
+    return options
 
 
 def build_records(tokens: Sequence[Sequence[str]], activations: np.ndarray | torch.Tensor, *, seed: int = 0,
@@ -73,7 +96,8 @@ def score_activations(tokens: Sequence[Sequence[str]], activations: np.ndarray |
 
 __all__ = [
     "ANTHROPIC", "METHODS", "PROTOCOLS", "TOP_AND_RANDOM",
-    "ActivationRecord", "Explainer", "LayerRecords", "LayerSummary", "NeuronRecord", "NeuronScore",
+    "ActivationRecord", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary", "LocalConfig",
+    "NeuronFailure", "NeuronRecord", "NeuronScore",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",
     "TokenPatternSimulator", "TokenPatterns", "Windows",
     "build_records", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend",

@@ -28,6 +28,11 @@ class Explainer(Protocol):
     def explain(self, records: Sequence[ActivationRecord]) -> str: ...
 
 
+class NeuronFailure(Exception):
+    """An explainer or simulator gave up on one neuron (e.g. an LLM request still failing after its
+    retries). Scoring reports that neuron as unscorable, with this message as the reason, and goes on."""
+
+
 def explainer_view(records: Sequence[ActivationRecord]) -> list[np.ndarray]:
     """The activations as the protocol shows them to an explainer: 10 * relu(a) / max over the records.
 

@@ -3,7 +3,8 @@ layer summaries with bootstrap confidence intervals.
 
 Score of a neuron = ONE Pearson correlation between the simulated and the raw activations over all
 tokens of all scoring records pooled (not a mean of per-record correlations). It is undefined when
-either side is constant; such a neuron gets score None and a reason, and summaries count it.
+either side is constant, or when the explainer or simulator gave up on the neuron (NeuronFailure, e.g. an
+LLM request that kept failing); such a neuron gets score None and a reason, and summaries count it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import CratelabError
-from .explain import Explainer
+from .explain import Explainer, NeuronFailure
 from .records import ActivationRecord, NeuronRecord
 from .simulate import Simulator
 
@@ -122,9 +123,14 @@ class NeuronScore:
 
 def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Explainer,
                  simulator: Simulator) -> NeuronScore:
-    explanation = explainer.explain(protocol.explanation_records(record))
-    scoring = protocol.scoring_records(record)
-    simulated = simulator.simulate(explanation, [r.tokens for r in scoring])
+    explaining, scoring = protocol.explanation_records(record), protocol.scoring_records(record)
+    explanation = ""
+    try:
+        explanation = explainer.explain(explaining)
+        simulated = simulator.simulate(explanation, [r.tokens for r in scoring])
+    except NeuronFailure as failure:
+        return NeuronScore(record.layer, record.neuron, protocol.name, None, explanation, str(failure),
+                           record.firing_rate, record.max_activation)
     score, reason = pooled_correlation([r.activations for r in scoring], simulated)
     return NeuronScore(record.layer, record.neuron, protocol.name, score, explanation, reason,
                        record.firing_rate, record.max_activation)

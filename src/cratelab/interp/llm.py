@@ -1,0 +1,356 @@
+"""An OpenAI-compatible HTTP endpoint (vLLM, OpenAI, Ollama, llama.cpp server, ...) as explainer and simulator.
+
+- explain: chat/completions, the token-activation-pair prompt, a bounded number of tokens.
+- simulate, all at once: completions with `echo` and top logprobs; the expected value over the digit
+  tokens at each activation slot. Servers that give no prompt logprobs get chat/completions asking for
+  a JSON list of integers instead, validated (a wrong number of values is an error). simulation="auto"
+  uses logprobs until the server shows it cannot give them, then JSON for the rest of the run.
+- every request: at most `max_concurrency` in flight over all threads, a socket timeout, and up to
+  `max_attempts` attempts with exponential backoff and jitter after timeouts, connection errors, 408,
+  429, 5xx and malformed answers. Then the neuron fails (NeuronFailure, with the last reason) and the
+  run goes on.
+- validated answers go to an on-disk cache keyed by a hash of what determines them (model, prompt,
+  parameters; not the server's address, never the key), so reruns and resumes send nothing.
+- the API key is read from an environment variable, only ever put in the Authorization header, and
+  scrubbed from error texts before they reach logs or reasons.
+
+Standard library only (urllib): the two endpoints need no client package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import CratelabError
+from .explain import NeuronFailure
+from .prompts import (MAX_ACTIVATION, digit_probabilities, expected_activation, explanation_messages,
+                      json_simulation_messages, parse_explanation, parse_json_activations, simulation_prompt,
+                      slot_positions)
+from .records import ActivationRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+SIMULATIONS = ("auto", "logprobs", "json")
+# statuses by which a server says it does not offer what was asked (no completions endpoint, no echo
+# with logprobs, too many logprobs): simulation="auto" then falls back to JSON answers
+UNSUPPORTED = (400, 404, 405, 422)
+
+
+def default_cache_dir() -> Path:
+    """$CRATELAB_LLM_CACHE, else cratelab/llm in the user's cache directory."""
+    if env := os.environ.get("CRATELAB_LLM_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cratelab" / "llm"
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    model: str
+    base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's API
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key: keys stay out of configs
+    simulation: str = "auto"  # "logprobs", "json", or "auto" (logprobs while the server gives them)
+    top_logprobs: int = 20  # alternatives per prompt token; the digits must be among them
+    max_explanation_tokens: int = 60
+    temperature: float = 0.0  # a cached answer should be the answer
+    max_concurrency: int = 8  # requests in flight at once, over all threads
+    timeout_s: float = 120.0  # socket timeout of one request
+    max_attempts: int = 4
+    backoff_s: float = 1.0  # wait before the first retry; doubles each retry, with jitter
+    max_backoff_s: float = 60.0
+    cache_dir: str | Path | None = field(default_factory=default_cache_dir)  # None: no cache
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise CratelabError("the endpoint needs a model name (method 'openai:MODEL')")
+        if self.simulation not in SIMULATIONS:
+            raise CratelabError(f"simulation must be one of {', '.join(SIMULATIONS)}, got {self.simulation!r}")
+        for name in ("top_logprobs", "max_explanation_tokens", "max_concurrency", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise CratelabError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.timeout_s > 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise CratelabError("timeout_s must be > 0, backoff_s and max_backoff_s >= 0")
+
+
+class RequestFailed(NeuronFailure):
+    """A request that failed for good; `status` is the last HTTP status, when the server answered."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class LogprobsUnavailable(Exception):
+    """The server's answer has no logprobs to read the activation slots from."""
+
+
+class _AttemptFailed(Exception):
+    """One attempt failed; `retry` says whether another may succeed, `wait` what the server asked for."""
+
+    def __init__(self, reason: str, *, retry: bool, status: int | None = None, wait: float = 0.0):
+        super().__init__(reason)
+        self.reason, self.retry, self.status, self.wait = reason, retry, status, wait
+
+
+class ResponseCache:
+    """Validated answers on disk: one small JSON file per request, named by the request's hash."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    @staticmethod
+    def key(kind: str, path: str, payload: dict[str, Any]) -> str:
+        """Hash of what determines an answer; `kind` names how it was extracted from the response."""
+        blob = json.dumps({"kind": kind, "path": path, "request": payload}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _file(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Any | None:
+        try:
+            return json.loads(self._file(key).read_text(encoding="utf-8"))["value"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):  # missing, or not ours: ask the server
+            return None
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        file = self._file(key)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(entry, f, ensure_ascii=False)
+        os.replace(tmp, file)  # atomic: a crash or a concurrent run never leaves half a file
+
+
+class Endpoint:
+    """POSTs JSON to an OpenAI-compatible server with bounded concurrency, retries and a cache."""
+
+    def __init__(self, config: EndpointConfig):
+        self.config = config
+        self.base_url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https"):
+            raise CratelabError(f"the endpoint's base URL must be http(s)://..., got {self.base_url!r}")
+        self._api_key = os.environ.get(config.api_key_env) or None
+        if self._api_key is None and self.base_url == DEFAULT_BASE_URL:
+            raise CratelabError(f"OpenAI's API needs a key: set {config.api_key_env} "
+                                f"(or point OPENAI_BASE_URL / base_url at another server)")
+        self.cache = ResponseCache(config.cache_dir) if config.cache_dir is not None else None
+        self._in_flight = threading.BoundedSemaphore(config.max_concurrency)
+
+    def call(self, path: str, payload: dict[str, Any], extract: Callable[[Any], Any], kind: str) -> Any:
+        """extract(response) for one request: from the cache, else from the server, retrying.
+
+        extract raises ValueError (or KeyError, IndexError, TypeError) on a malformed answer, which is
+        retried; its value must be JSON-serialisable, as it is what the cache keeps.
+        """
+        key = ResponseCache.key(kind, path, payload)
+        if self.cache is not None and (cached := self.cache.get(key)) is not None:
+            return cached
+        attempts, attempt = self.config.max_attempts, 1
+        while True:
+            try:
+                value = self._attempt(path, payload, extract)
+            except _AttemptFailed as failed:
+                if not failed.retry:
+                    raise RequestFailed(f"llm failed: {failed.reason}", failed.status) from None
+                if attempt == attempts:
+                    raise RequestFailed(f"llm failed: {failed.reason} after {attempts} attempts",
+                                        failed.status) from None
+                delay = self._backoff(attempt, failed.wait)
+                attempt += 1
+                log.info("%s%s: %s; retrying in %.2f s (attempt %d of %d)", self.base_url, path, failed.reason,
+                         delay, attempt, attempts)
+                time.sleep(delay)
+                continue
+            if self.cache is not None:
+                self.cache.put(key, {"kind": kind, "model": payload.get("model"), "value": value})
+            return value
+
+    def _backoff(self, attempt: int, server_wait: float) -> float:
+        # exponential with "equal jitter": waits grow, and clients that failed together spread out;
+        # a server's Retry-After is honoured up to max_backoff_s
+        step = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
+        return max(min(server_wait, self.config.max_backoff_s), step / 2 + random.uniform(0, step / 2))
+
+    def _attempt(self, path: str, payload: dict[str, Any], extract: Callable[[Any], Any]) -> Any:
+        response = self._post(path, payload)
+        try:
+            return extract(response)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise _AttemptFailed(f"malformed answer ({self._scrub(str(e))})", retry=True) from None
+
+    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        request = urllib.request.Request(self.base_url + path, json.dumps(payload).encode(), headers, method="POST")
+        with self._in_flight:
+            try:
+                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                    body = response.read()
+            except urllib.error.HTTPError as e:
+                raise self._http_error(e) from None
+            except urllib.error.URLError as e:
+                if isinstance(e.reason, TimeoutError):
+                    raise _AttemptFailed("timed out", retry=True) from None
+                raise _AttemptFailed(f"connection failed ({self._scrub(str(e.reason))})", retry=True) from None
+            except TimeoutError:
+                raise _AttemptFailed("timed out", retry=True) from None
+            except (ConnectionError, http.client.HTTPException) as e:
+                raise _AttemptFailed(f"connection failed ({type(e).__name__})", retry=True) from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise _AttemptFailed("malformed answer (not JSON)", retry=True) from None
+
+    def _http_error(self, e: urllib.error.HTTPError) -> _AttemptFailed:
+        status = e.code
+        if status in (408, 429) or status >= 500:
+            retry_after = e.headers.get("Retry-After", "") if e.headers else ""
+            wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
+            return _AttemptFailed(f"HTTP {status}", retry=True, status=status, wait=wait)
+        try:
+            body = e.read(2000).decode("utf-8", "replace")
+        except OSError:
+            body = ""
+        try:
+            detail = json.loads(body)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = body
+        detail = " ".join(str(detail).split())[:200] or (e.reason or "")
+        return _AttemptFailed(f"HTTP {status} ({self._scrub(detail)})", retry=False, status=status)
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the API key: server messages may quote it."""
+        return text.replace(self._api_key, "[API key]") if self._api_key else text
+
+
+def _first_choice(response: Any) -> dict[str, Any]:
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("no choices in the answer")
+    return choices[0]
+
+
+def _message_text(response: Any) -> str:
+    message = _first_choice(response).get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise ValueError("no message content in the answer")
+    return content
+
+
+def _slot_digit_probabilities(slots: Sequence[int], response: Any) -> list[list[float]]:
+    """Per activation slot, the probabilities of the activations 0-10 (0 where not among the top tokens)."""
+    logprobs = _first_choice(response).get("logprobs")
+    if not isinstance(logprobs, dict) or not logprobs.get("top_logprobs") or not logprobs.get("text_offset"):
+        raise LogprobsUnavailable("the server gave no prompt logprobs")
+    try:
+        positions = slot_positions(logprobs["text_offset"], slots)
+    except ValueError as e:
+        raise LogprobsUnavailable(f"the server's tokens do not match the prompt: {e}") from None
+    rows = []
+    for p in positions:
+        top = logprobs["top_logprobs"][p] if p < len(logprobs["top_logprobs"]) else None
+        if not isinstance(top, dict):
+            raise LogprobsUnavailable("no top logprobs at an activation slot")
+        probs = digit_probabilities({str(k): float(v) for k, v in top.items()})
+        rows.append([probs.get(v, 0.0) for v in range(MAX_ACTIVATION + 1)])
+    return rows
+
+
+class EndpointExplainer:
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+
+    def explain(self, records: Sequence[ActivationRecord]) -> str:
+        cfg = self.endpoint.config
+        payload = {"model": cfg.model, "messages": explanation_messages(records),
+                   "max_tokens": cfg.max_explanation_tokens, "temperature": cfg.temperature}
+        return self.endpoint.call("/chat/completions", payload, lambda r: parse_explanation(_message_text(r)),
+                                  kind="explain-1")
+
+
+class EndpointSimulator:
+    """All-at-once simulation, the sequences of a neuron in parallel (bounded by the endpoint)."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self._logprobs = endpoint.config.simulation != "json"  # "auto" starts with logprobs
+        self._lock = threading.Lock()
+
+    def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        if not sequences:
+            return []
+        pool = ThreadPoolExecutor(min(len(sequences), self.endpoint.config.max_concurrency))
+        try:
+            return list(pool.map(partial(self._simulate_one, explanation), sequences))
+        finally:
+            pool.shutdown(cancel_futures=True)  # a failed sequence fails the neuron: skip the queued rest
+
+    def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
+        if not tokens:
+            return np.zeros(0)
+        strict = self.endpoint.config.simulation == "logprobs"
+        if self._logprobs:
+            try:
+                return self._by_logprobs(explanation, tokens)
+            except RequestFailed as e:
+                if strict or e.status not in UNSUPPORTED:
+                    raise
+                self._fall_back(str(e))
+            except LogprobsUnavailable as e:
+                if strict:
+                    raise NeuronFailure(f"llm failed: {e}") from None
+                self._fall_back(str(e))
+        return self._by_json(explanation, tokens)
+
+    def _fall_back(self, reason: str) -> None:
+        with self._lock:
+            if self._logprobs:
+                self._logprobs = False
+                log.warning("%s: no logprob simulation (%s); asking for JSON answers from now on",
+                            self.endpoint.base_url, reason)
+
+    def _by_logprobs(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
+        cfg = self.endpoint.config
+        prompt = simulation_prompt(explanation, tokens)
+        # max_tokens=1, not 0: not every server accepts 0; the one generated token is ignored
+        payload = {"model": cfg.model, "prompt": prompt.text, "max_tokens": 1, "temperature": 0.0,
+                   "echo": True, "logprobs": cfg.top_logprobs}
+        rows = self.endpoint.call("/completions", payload, partial(_slot_digit_probabilities, prompt.slots),
+                                  kind="simulate-logprobs-1")
+        return np.array([expected_activation(dict(enumerate(row))) for row in rows])
+
+    def _by_json(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
+        cfg = self.endpoint.config
+        payload = {"model": cfg.model, "messages": json_simulation_messages(explanation, tokens),
+                   "max_tokens": 16 + 4 * len(tokens), "temperature": cfg.temperature}
+        values = self.endpoint.call(
+            "/chat/completions", payload,
+            lambda r: parse_json_activations(_message_text(r), len(tokens)).tolist(), kind="simulate-json-1")
+        return np.asarray(values, dtype=np.float64)
+
+
+def endpoint_backend(config: EndpointConfig) -> tuple[EndpointExplainer, EndpointSimulator]:
+    """Explainer and simulator sharing one endpoint (one concurrency bound, one cache)."""
+    endpoint = Endpoint(config)
+    return EndpointExplainer(endpoint), EndpointSimulator(endpoint)

@@ -1,0 +1,146 @@
+"""A local causal LM through transformers (a model directory or a .gguf file) as explainer and simulator.
+
+Explainer: the explanation prompt through the model's chat template (plain text without one), greedy,
+at most `max_explanation_tokens` new tokens. Simulator: one forward pass over the all-at-once prompt per
+sequence; at each activation slot, the next-token distribution over the digit tokens gives the
+expected activation. A digit string the tokenizer splits (SmolLM2 writes "10" as "1" "0") cannot be
+read at one position and is left out of the expectation.
+
+transformers (with gguf and accelerate for .gguf files) is imported only when a model is loaded; nothing
+is fetched from a hub (local_files_only). A .gguf file is dequantised on loading, to `dtype`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CratelabError
+from .explain import NeuronFailure
+from .prompts import (MAX_ACTIVATION, Message, SimulationPrompt, expected_activation, explanation_messages,
+                      parse_explanation, simulation_prompt, slot_positions)
+from .records import ActivationRecord
+
+INSTALL = "pip install 'cratelab[llm]' (transformers, gguf, accelerate)"
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str = "float32"  # float32 on CPU (no fast half precision there); bfloat16 halves GPU memory
+    max_explanation_tokens: int = 40
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise CratelabError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.max_explanation_tokens < 1:
+            raise CratelabError(f"max_explanation_tokens must be >= 1, got {self.max_explanation_tokens}")
+
+
+class LocalLLM:
+    """A tokenizer and causal LM loaded once, shared by the explainer and the simulator."""
+
+    def __init__(self, path: str | Path, device: str | None = None, dtype: str = "float32"):
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            raise CratelabError(f"local LLM backends need transformers: {INSTALL}") from None
+        path = Path(path)
+        if not path.exists():
+            raise CratelabError(f"no model directory or .gguf file at {path}")
+        directory, extra = path, {}
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise CratelabError(f"{path}: expected a model directory or a .gguf file")
+            # transformers reads .gguf files with gguf and places their weights with accelerate
+            if missing := [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]:
+                raise CratelabError(f"loading {path.name} needs {' and '.join(missing)}: {INSTALL}")
+            directory, extra = path.parent, {"gguf_file": path.name}
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
+            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
+                                                         dtype=getattr(torch, dtype), **extra)
+        except ImportError as e:
+            raise CratelabError(f"loading {path} needs a missing package ({e}): {INSTALL}") from None
+        except (OSError, ValueError) as e:
+            raise CratelabError(f"cannot load a language model from {path}: {e}") from None
+        self.model = model.to(self.device).eval()
+        digits = {v: self.tokenizer.encode(str(v), add_special_tokens=False) for v in range(MAX_ACTIVATION + 1)}
+        self.digit_values = [v for v, ids in digits.items() if len(ids) == 1]
+        if not self.digit_values:
+            raise CratelabError(f"{path}: no digit is a single token, so activations cannot be read off")
+        self.digit_ids = torch.tensor([digits[v][0] for v in self.digit_values], device=self.device)
+        # one computation at a time: scoring threads would only fight over the same cores
+        self._lock = threading.Lock()
+
+    def chat(self, messages: Sequence[Message], max_new_tokens: int) -> str:
+        """The model's greedy answer to chat messages."""
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+            special = False  # the template writes its own special tokens
+        else:  # a base model: the conversation as plain text, to be continued
+            text = "".join(m["content"] + ("\n\n" if m["role"] != "user" else "") for m in messages)
+            special = True
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=special).to(self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def slot_probabilities(self, prompt: SimulationPrompt) -> list[dict[int, float]]:
+        """Per activation slot, the next-token probabilities of the single-token digits.
+
+        Raises ValueError when a slot does not start a token of this tokenizer.
+        """
+        enc = self.tokenizer(prompt.text, return_tensors="pt", return_offsets_mapping=True)
+        positions = slot_positions(enc["offset_mapping"][0, :, 0].tolist(), prompt.slots)
+        # logits at the token before a slot predict the slot; compute them there only (vocab-sized rows)
+        before = torch.tensor([p - 1 for p in positions], device=self.device)
+        with self._lock, torch.inference_mode():
+            logits = self.model(input_ids=enc["input_ids"].to(self.device),
+                                attention_mask=enc["attention_mask"].to(self.device), logits_to_keep=before).logits[0]
+        probs = torch.softmax(logits.float(), dim=-1)[:, self.digit_ids]
+        return [dict(zip(self.digit_values, row)) for row in probs.tolist()]
+
+
+class LocalExplainer:
+    def __init__(self, llm: LocalLLM, max_new_tokens: int = 40):
+        self.llm, self.max_new_tokens = llm, max_new_tokens
+
+    def explain(self, records: Sequence[ActivationRecord]) -> str:
+        answer = self.llm.chat(explanation_messages(records), self.max_new_tokens)
+        try:
+            return parse_explanation(answer)
+        except ValueError as e:  # greedy decoding: asking again would give the same answer
+            raise NeuronFailure(f"llm failed: {e}") from None
+
+
+class LocalSimulator:
+    def __init__(self, llm: LocalLLM):
+        self.llm = llm
+
+    def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        out = []
+        for tokens in sequences:
+            try:
+                slots = self.llm.slot_probabilities(simulation_prompt(explanation, tokens)) if tokens else []
+            except ValueError as e:
+                raise NeuronFailure(f"llm failed: {e}") from None
+            out.append(np.array([expected_activation(p) for p in slots], dtype=np.float64))
+        return out
+
+
+def local_backend(path: str | Path, config: LocalConfig = LocalConfig()) -> tuple[LocalExplainer, LocalSimulator]:
+    """Explainer and simulator sharing one loaded model."""
+    llm = LocalLLM(path, config.device, config.dtype)
+    return LocalExplainer(llm, config.max_explanation_tokens), LocalSimulator(llm)

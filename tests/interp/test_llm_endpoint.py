@@ -1,0 +1,211 @@
+"""The OpenAI-compatible endpoint backend against a loopback server started by the tests."""
+
+import logging
+
+import pytest
+
+from cratelab.errors import CratelabError
+from cratelab.interp import (ActivationRecord, NeuronFailure, RecordConfig, build_records, make_backend,
+                             score_records, summarize_layer)
+
+from .llm_server import FakeLLM, strongest_token
+from .synthetic import EOT, NEURONS, planted_stream
+
+KEY = "sk-test-4f1c9e0b-never-in-files"
+CAT, US, NOISE, DEAD = (NEURONS.index(n) for n in ("cat", "united-states", "noise", "dead"))
+RECORDS = [ActivationRecord([" a", " cat", " sat"], [0.0, 5.0, 0.0])]
+
+
+@pytest.fixture(scope="module")
+def records():
+    tokens, acts = planted_stream(n_rows=16, length=128)
+    return build_records(tokens, acts, eot_token=EOT, config=RecordConfig(window=16))
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """Start loopback servers: serve(**FakeLLM options) -> a running FakeLLM, stopped after the test."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # loopback requests must not go through a proxy
+    monkeypatch.setenv("TEST_LLM_KEY", KEY)
+    servers = []
+
+    def start(**options):
+        servers.append(FakeLLM(**options).__enter__())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+def backend(server, cache_dir, **options):
+    settings = dict(base_url=server.url, api_key_env="TEST_LLM_KEY", cache_dir=cache_dir, timeout_s=10.0,
+                    backoff_s=0.001, max_backoff_s=0.01)
+    return make_backend("openai:fake-model", **{**settings, **options})
+
+
+def run(records, server, cache_dir, neurons, **options):
+    explainer, simulator = backend(server, cache_dir, **options)
+    return score_records(records, "top-and-random", explainer=explainer, simulator=simulator, neurons=neurons)
+
+
+def test_logprob_simulation_explains_and_scores_planted_neurons(records, serve, tmp_path):
+    server = serve()
+    cat, us, dead = run(records, server, tmp_path, [CAT, US, DEAD])
+    assert cat.explanation == 'the token "cat"' and cat.score > 0.9
+    assert us.explanation == 'the token "States"' and us.score > 0.3  # " States" fires only after " United"
+    assert dead.score is None and "constant" in dead.reason
+    explains = [body for path, body, _ in server.requests if path == "/chat/completions"]
+    assert len(explains) == 3 and all("Tokens (" not in b["messages"][-1]["content"] for b in explains)
+    assert server.paths().count("/completions") == 30  # 10 scoring records a neuron, one request each
+    assert all(headers["Authorization"] == f"Bearer {KEY}" for _, _, headers in server.requests)
+
+
+@pytest.mark.parametrize("server_options, options", [
+    (dict(logprobs=False), {}),  # completions without logprobs
+    (dict(completions=False), {}),  # no completions endpoint (HTTP 404)
+    ({}, dict(simulation="json")),
+])
+def test_json_simulation_when_logprobs_are_unavailable_or_not_wanted(records, serve, tmp_path, server_options,
+                                                                    options):
+    server = serve(**server_options)
+    # one request at a time, so exactly one logprob request shows the server cannot give them
+    cat, = run(records, server, tmp_path, [CAT], max_concurrency=1, **options)
+    assert cat.score > 0.9
+    assert server.paths().count("/completions") == (0 if options else 1)
+    assert server.paths().count("/chat/completions") == 1 + 10
+
+
+def test_strict_logprob_simulation_fails_the_neuron_without_logprobs(records, serve, tmp_path):
+    server = serve(logprobs=False)
+    cat, = run(records, server, tmp_path, [CAT], simulation="logprobs")
+    assert cat.score is None and cat.reason == "llm failed: the server gave no prompt logprobs"
+    assert cat.explanation == 'the token "cat"'
+
+
+@pytest.mark.parametrize("faults", [[429, 500], [503, 429, 502], ["garbage", "unparseable"]])
+def test_transient_faults_are_retried(serve, tmp_path, faults):
+    server = serve()
+    server.queue += faults
+    explainer, _ = backend(server, tmp_path)
+    assert explainer.explain(RECORDS) == 'the token "cat"'
+    assert len(server.requests) == len(faults) + 1
+
+
+def test_timeouts_are_retried(serve, tmp_path):
+    server = serve()
+    server.queue += ["timeout", "timeout"]
+    explainer, _ = backend(server, tmp_path, timeout_s=0.3)
+    assert explainer.explain(RECORDS) == 'the token "cat"'
+    assert len(server.requests) >= 3
+
+
+def test_a_neuron_whose_requests_keep_failing_is_unscorable_and_the_run_goes_on(records, serve, tmp_path):
+    def fail_cat(path, body):
+        last = body.get("messages", [{}])[-1].get("content", "")
+        return 500 if "Neuron 2" in last and strongest_token(last) == "cat" else None
+
+    server = serve()
+    server.fault = fail_cat
+    cat, us = run(records, server, tmp_path, [CAT, US])
+    assert cat.score is None and cat.reason == "llm failed: HTTP 500 after 4 attempts" and cat.explanation == ""
+    assert us.score is not None
+    summary = summarize_layer([cat, us])
+    assert summary.n_unscorable == 1 and summary.unscorable_reasons == {"llm failed: HTTP 500 after 4 attempts": 1}
+
+    # resume: the failed neuron is asked again, the scored one comes from the cache
+    server.fault = lambda path, body: None
+    before = len(server.requests)
+    cat, us_again = run(records, server, tmp_path, [CAT, US])
+    assert cat.score > 0.9 and us_again == us
+    assert len(server.requests) - before == 1 + 10
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("unparseable", "llm failed: malformed answer (empty explanation) after 4 attempts"),
+    ("garbage", "llm failed: malformed answer (not JSON) after 4 attempts"),
+    (404, "llm failed: HTTP 404 (fault 404; key was Bearer [API key])"),
+])
+def test_failed_explanations_raise_with_a_reason(serve, tmp_path, fault, reason):
+    server = serve()
+    server.fault = lambda path, body: fault
+    explainer, _ = backend(server, tmp_path)
+    with pytest.raises(NeuronFailure) as failure:
+        explainer.explain(RECORDS)
+    assert str(failure.value) == reason
+    assert len(server.requests) == (1 if isinstance(fault, int) else 4)  # client errors are not retried
+
+
+def test_a_wrong_number_of_simulated_tokens_is_retried_then_fails(serve, tmp_path):
+    server = serve()
+    server.fault = lambda path, body: "short"
+    _, simulator = backend(server, tmp_path, simulation="json", max_attempts=3)
+    with pytest.raises(NeuronFailure, match=r"^llm failed: malformed answer \(expected 3 activations, got 2\) "
+                                            r"after 3 attempts$"):
+        simulator.simulate('the token "cat"', [[" a", " cat", " sat"]])
+    server.queue.append("short")
+    server.fault = lambda path, body: None
+    simulated, = simulator.simulate('the token "cat"', [[" a", " cat", " sat"]])
+    assert simulated.tolist() == [0, 10, 0]
+
+
+def test_the_cache_makes_a_rerun_send_nothing_and_never_holds_the_key(records, serve, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cratelab.interp.llm")
+    server = serve()
+    server.queue += [500, "timeout"]  # retries get logged: the key must not be in the logs either
+    first = run(records, server, tmp_path, [CAT, NOISE], timeout_s=0.5)
+    sent = len(server.requests)
+    assert sent >= 2 * (1 + 10)
+    assert run(records, server, tmp_path, [CAT, NOISE]) == first
+    assert len(server.requests) == sent
+    # another server (another port), same model and prompts: still nothing sent
+    other = serve()
+    assert run(records, other, tmp_path, [CAT, NOISE]) == first and other.requests == []
+
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 2 * (1 + 10) and all(p.suffix == ".json" for p in files)
+    assert not any(KEY in p.read_text() or "Bearer" in p.read_text() for p in files)
+    assert "retrying" in caplog.text and KEY not in caplog.text
+
+
+def test_no_cache_when_disabled(serve, tmp_path):
+    server = serve()
+    explainer, _ = backend(server, None)
+    explainer.explain(RECORDS)
+    explainer.explain(RECORDS)
+    assert len(server.requests) == 2 and not any(tmp_path.iterdir())
+
+
+def test_concurrency_is_bounded(serve, tmp_path):
+    server = serve(delay_s=0.1)
+    _, simulator = backend(server, tmp_path, max_concurrency=2)
+    sequences = [[" a", f" w{i}", " cat"] for i in range(6)]
+    simulated = simulator.simulate('the token "cat"', sequences)
+    assert [s.round(1).tolist() for s in simulated] == [[0.1, 0.1, 9.0]] * 6
+    assert server.max_in_flight == 2
+
+
+def test_endpoint_settings_are_checked(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(CratelabError, match="set OPENAI_API_KEY"):
+        make_backend("openai:gpt-4o-mini", cache_dir=tmp_path)
+    with pytest.raises(CratelabError, match="http"):
+        make_backend("openai:m", base_url="file:///etc", cache_dir=tmp_path)
+    with pytest.raises(CratelabError, match="simulation must be one of"):
+        make_backend("openai:m", base_url="http://127.0.0.1:9/v1", simulation="guess", cache_dir=tmp_path)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    explainer, _ = make_backend("openai:m", cache_dir=tmp_path)
+    assert explainer.endpoint.base_url == "http://127.0.0.1:9/v1"
+
+
+def test_a_corrupt_cache_file_is_asked_again(serve, tmp_path):
+    server = serve()
+    explainer, _ = backend(server, tmp_path)
+    explainer.explain(RECORDS)
+    file, = [p for p in tmp_path.rglob("*.json")]
+    file.write_text("{truncated")
+    assert explainer.explain(RECORDS) == 'the token "cat"' and len(server.requests) == 2
+    explainer.explain(RECORDS)
+    assert len(server.requests) == 2
