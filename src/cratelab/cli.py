@@ -47,8 +47,9 @@ def cmd_prepare(args) -> None:
         meta = dataset.meta
         print(f"dataset: {dataset.path}  (tokenizer {dataset.tokenizer.name}, vocab {dataset.tokenizer.vocab_size}, "
               f"train {len(dataset.train):,} tokens, val {len(dataset.val):,} tokens)")
-        for source, counts in meta.get("sources", {}).items():
-            print(f"  {source}: {counts}")
+        for source, splits in meta.get("sources", {}).items():
+            print(f"  {source:<12}" + "   ".join(f"{split} {c['documents']:,} docs {c['tokens']:,} tokens"
+                                               for split, c in splits.items()))
 
 
 def cmd_train(args) -> None:
@@ -67,25 +68,12 @@ def _load(path: str):
 
 
 def cmd_eval(args) -> None:
-    from .data.batches import eval_windows
-    from .data.shards import prepare_dataset
-    from .evaluate import evaluate, format_table
-    from .train import resolve_device
+    from .evaluate import EVAL_JSON, evaluate_checkpoint, format_table
 
     ckpt = _load(args.checkpoint)
-    cfg = ckpt.config
-    if args.tokens:
-        cfg.eval.tokens = args.tokens
-    device = resolve_device(args.device)
-    dataset = prepare_dataset(cfg.data, progress=sys.stderr.isatty())
-    windows = eval_windows(dataset.val, cfg.model.block_size, cfg.eval.tokens)
-    result = evaluate(ckpt.model.to(device), windows, dataset.tokenizer.token_byte_lengths(),
-                      dense_threshold=cfg.eval.dense_threshold, device=device)
-    report = result.to_dict() | {"checkpoint": str(args.checkpoint), "step": ckpt.step}
-    out = Path(args.json) if args.json else Path(ckpt.path) / "eval.json"
-    out.write_text(json.dumps(report, indent=2))
+    result = evaluate_checkpoint(ckpt, tokens=args.tokens, device=args.device, progress=sys.stderr.isatty())
     print(format_table(result))
-    print(f"\nwritten: {out}")
+    print(f"\nwritten: {ckpt.path / EVAL_JSON}")
 
 
 _NEURON = re.compile(r"^(\d+):(\d+)=(-?[0-9.]+(?:e-?\d+)?)$")
@@ -146,6 +134,70 @@ def cmd_import_official(args) -> None:
           f"({model.num_params() / 1e6:.2f}M parameters) -> {out}")
 
 
+def cmd_interpret(args) -> None:
+    from .config import apply_overrides, config_from_dict, parse_override
+    from .interp.run import interpret
+
+    for text in args.overrides:  # the model is the checkpoint's: only what to read and how to score may change
+        path, _ = parse_override(text)
+        if path[0] not in ("interp", "data"):
+            raise ConfigError("--set", f"interpret takes interp.* and data.* overrides, got {text.split('=')[0]!r}")
+    ckpt = _load(args.checkpoint)
+    values = apply_overrides(ckpt.config.to_dict(), args.overrides)
+    flags = {"layers": args.layers, "neurons": args.neurons, "tokens": args.tokens, "method": args.method,
+             "device": args.device, "protocols": ",".join(args.protocol) if args.protocol else None}
+    values["interp"].update({k: v for k, v in flags.items() if v is not None})
+    ckpt.config = config_from_dict(values)
+    summary = interpret(ckpt, Path(args.out), ckpt.config.interp)
+    conf = round(100 * ckpt.config.interp.confidence)
+    print(f"{'protocol':<15} {'layer':>5} {'mean':>7} {f'{conf}% CI':>17} {'scored':>6} {'unscorable':>10}")
+    for s in summary["layers"]:
+        ci = f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s["mean"] is not None else "n/a"
+        mean = f"{s['mean']:.3f}" if s["mean"] is not None else "n/a"
+        print(f"{s['protocol']:<15} {s['layer']:>5} {mean:>7} {ci:>17} {s['n_scored']:>6} {s['n_unscorable']:>10}")
+    for protocol, m in summary["model"].items():
+        mean = f"{m['mean']:.3f}" if m["mean"] is not None else "n/a"
+        print(f"{protocol:<15} {'model':>5} {mean:>7}   (mean over {m['n_layers']} layers)")
+    out = Path(args.out)
+    cards = out / "cards" / "index.html"
+    print(f"\nwritten: {out / 'summary.md'}, {out / 'scores.csv'}" + (f", {cards}" if cards.is_file() else ""))
+
+
+def cmd_ablate(args) -> None:
+    from .report import write_report
+    from .sweep import ablate, expand, load_sweep, print_commands
+
+    out = Path(args.out)
+    if args.workers is not None:
+        args.overrides.append(f"sweep.workers={args.workers}")
+    if args.print_commands:
+        base, sweep = load_sweep(args.config, args.overrides, args.smoke)
+        print_commands(args.config, out, args.overrides, args.smoke, expand(base, sweep))
+        return
+    rows = ablate(args.config, out, args.overrides, smoke=args.smoke, only=args.only)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if args.only:  # one run of a scheduled sweep: `cratelab report` writes the report once all are done
+        print(f"finished {', '.join(args.only)}; {len(rows)} runs done in {out}")
+        return
+    _, sweep = load_sweep(args.config, args.overrides, args.smoke)
+    report = write_report(out, reference_lambda=sweep.reference_lambda, reference_qkv=sweep.reference_qkv)
+    print(f"results: {out / 'results.csv'}\nreport:  {report} (and {report.with_suffix('.html')})")
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+    from .sweep import collect_results, load_sweep
+
+    out = Path(args.out)
+    if not (out / "sweep.toml").is_file():
+        raise ConfigError("", f"{out} is not a sweep folder (no sweep.toml): run `cratelab ablate` first")
+    _, sweep = load_sweep(out / "sweep.toml")
+    collect_results(out)
+    report = write_report(out, reference_lambda=sweep.reference_lambda, reference_qkv=sweep.reference_qkv)
+    print(f"report: {report} (and {report.with_suffix('.html')})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="cratelab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
@@ -166,7 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="val loss, perplexity, bits per byte and neuron sparsity of a checkpoint")
     p.add_argument("checkpoint", help="run folder or its ckpt.pt")
     p.add_argument("--tokens", type=int, default=0, help="held-out tokens to evaluate (default: the run's eval.tokens)")
-    p.add_argument("--json", help="where to write the JSON result (default: CHECKPOINT/eval.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -183,6 +234,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print the K most likely next tokens (before and after steering)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("interpret", help="explain and score a checkpoint's neurons: records, scores, summary, "
+                                         "HTML cards (resumable)")
+    p.add_argument("checkpoint", help="run folder or its ckpt.pt")
+    p.add_argument("--out", required=True, help="run folder of the interpretation; rerun with it to resume")
+    p.add_argument("--layers", help="'all' or a comma list such as 0,2 (default: interp.layers)")
+    p.add_argument("--neurons", type=int, help="neurons scored per layer, a seeded random subset; 0 = all")
+    p.add_argument("--tokens", type=int, help="held-out tokens the records are built from")
+    p.add_argument("--protocol", action="append", metavar="P",
+                   help="top-and-random | random-only | anthropic (repeatable; default: all three)")
+    p.add_argument("--method", help="explanation method, e.g. token-pattern")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    _add_set(p)
+    p.set_defaults(func=cmd_interpret)
+
+    p = sub.add_parser("ablate", help="the seed ablation: train, evaluate and score a grid of runs, then report")
+    p.add_argument("config", help="sweep config, e.g. configs/seed-ablation.toml")
+    p.add_argument("--out", required=True, help="sweep folder; rerun with it to resume")
+    p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in minutes")
+    p.add_argument("--workers", type=int, help="runs at once (default: sweep.workers)")
+    p.add_argument("--only", action="append", default=[], metavar="RUN",
+                   help="run only this run of the grid (repeatable), e.g. from a scheduler")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one command per run (for Slurm arrays or torchrun) instead of running")
+    _add_set(p)
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("report", help="collect the finished runs of a sweep folder and (re)write its report")
+    p.add_argument("out", help="the sweep folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("import-official", help="convert an official crate-lm checkpoint to a cratelab run folder")
     p.add_argument("path", help="e.g. ckpt-crate-12l-overparam-600000.pt")
@@ -202,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Typed, validated run configuration: TOML files with sections [model], [data], [train], [eval].
+"""Typed, validated run configuration: TOML files with sections [model], [data], [train], [eval], [interp].
 
 Every field has a type and a range; unknown keys and bad values raise ConfigError naming the field
 (``section.key``), which the CLI turns into a one-line message and exit code 2.
@@ -141,11 +141,94 @@ class EvalConfig:
 
 
 @dataclass
+class InterpConfig:
+    """`cratelab interpret`: which neurons to explain and score, how, and the records they are scored on."""
+
+    tokens: int = 262_144  # held-out (validation split) tokens the model reads to build the records
+    layers: str = "all"  # "all" or a comma list of layer indices, e.g. "0,2"
+    neurons: int = 0  # neurons scored per layer: 0 = all, else a random subset drawn with `seed`
+    protocols: str = "top-and-random,random-only,anthropic"  # comma list of scoring protocols
+    method: str = "token-pattern"  # explainer and simulator (see cratelab.interp.METHODS)
+    seed: int = 0  # record sampling and the neuron subset
+    batch_size: int = 16  # windows of model.block_size tokens per forward pass
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    workers: int = 1  # neurons explained and scored at once (threads: worth it for LLM backends)
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (1 is steadier on a busy machine)
+    # the records (RecordConfig): tokens per record, and how many of each kind per neuron
+    window: int = 64
+    short_window: int = 8
+    snippet: int = 3
+    n_top: int = 50
+    n_random: int = 50
+    n_bins: int = 11
+    per_bin: int = 4
+    bootstrap: int = 1000  # resamples of the bootstrap confidence interval over neurons
+    confidence: float = 0.95
+    cards: bool = True  # write HTML neuron cards (cards/index.html)
+    max_cards: int = 0  # cards per layer: 0 = one per scored neuron, else the best-scoring ones
+
+    def layer_list(self, n_layer: int | None = None) -> list[int]:
+        """The layers to interpret, given the model's number of layers (checked); without it, only the
+        syntax is checked ("all" gives [])."""
+        name = "interp.layers"
+        if self.layers.strip() == "all":
+            return list(range(n_layer or 0))
+        parts = [part.strip() for part in self.layers.split(",")]
+        _require(all(part.isdigit() for part in parts), name,
+                 f"must be 'all' or a comma list of layer indices such as '0,2', got {self.layers!r}")
+        layers = [int(part) for part in parts]
+        _require(len(set(layers)) == len(layers), name, f"lists a layer twice: {self.layers!r}")
+        if n_layer is not None:
+            for layer in layers:
+                _require(layer < n_layer, name, f"layer {layer} out of range (the model has {n_layer} layers: "
+                                               f"0 to {n_layer - 1})")
+        return sorted(layers)
+
+    def protocol_list(self) -> list[str]:
+        return [part.strip() for part in self.protocols.split(",")]
+
+    def validate(self, prefix: str = "interp") -> None:
+        from .interp import METHODS, PROTOCOLS  # lazily: the names live with their implementations
+
+        p = prefix + "."
+        for name in ("tokens", "batch_size", "workers", "window", "short_window", "snippet", "n_top",
+                     "n_bins", "per_bin", "bootstrap"):
+            _require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("neurons", "seed", "n_random", "max_cards", "threads"):
+            _require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
+        self.layer_list()
+        protocols = self.protocol_list()
+        for protocol in protocols:
+            _choice(protocol, tuple(PROTOCOLS), p + "protocols")
+        _require(len(set(protocols)) == len(protocols), p + "protocols", f"lists a protocol twice: {self.protocols!r}")
+        # METHODS lists names ("token-pattern") and patterns ("openai:MODEL": any non-empty MODEL)
+        _require(any(self.method == m or (":" in m and self.method.startswith(m.split(":")[0] + ":")
+                                          and len(self.method) > len(m.split(":")[0]) + 1) for m in METHODS),
+                 p + "method", f"must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
+        _require(self.device == "auto" or self.device in ("cpu", "mps", "cuda") or self.device.startswith("cuda:"),
+                 p + "device", f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+        _require(self.window >= self.short_window, p + "short_window",
+                 f"must be <= interp.window ({self.window}), got {self.short_window}")
+        _require(self.short_window >= self.snippet, p + "snippet",
+                 f"must be <= interp.short_window ({self.short_window}), got {self.snippet}")
+        _require(0 < self.confidence < 1, p + "confidence", f"must be in (0, 1), got {self.confidence}")
+        for protocol in protocols:  # every chosen protocol must find the records it reads
+            proto = PROTOCOLS[protocol]
+            needs = {"n_top": max(proto.explain_top + proto.score_top + proto.score_snippets, default=-1) + 1,
+                     "n_random": max(proto.explain_random + proto.score_random, default=-1) + 1,
+                     "per_bin": max(proto.explain_quantile + proto.score_quantile, default=-1) + 1}
+            for name, need in needs.items():
+                _require(getattr(self, name) >= need, p + name,
+                         f"protocol {protocol!r} needs at least {need}, got {getattr(self, name)}")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    interp: InterpConfig = field(default_factory=InterpConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -157,6 +240,11 @@ class RunConfig:
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:
     """Check a TOML value against a field type; ints are accepted where floats are expected."""
+    if typing.get_origin(typ) is list:
+        if not isinstance(value, list):
+            raise ConfigError(name, f"expected a list, got {type(value).__name__} {value!r}")
+        (item_type,) = typing.get_args(typ)
+        return [_coerce(item, item_type, f"{name}[{i}]") for i, item in enumerate(value)]
     if typ is bool:
         ok = isinstance(value, bool)
     elif typ is int:

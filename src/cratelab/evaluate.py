@@ -16,6 +16,8 @@ import torch
 
 from .models import LanguageModel, neuron_hook_name
 
+EVAL_JSON = "eval.json"
+
 # log10 firing-rate bins from 1e-7 to 1 (dead neurons are counted apart)
 DENSITY_BIN_EDGES = np.linspace(-7.0, 0.0, 29)
 
@@ -102,3 +104,23 @@ def format_table(result: EvalResult) -> str:
         lines.append(f"{s.layer:>5} {s.n_neurons:>7} {s.zero_frac:>9.4f} {s.l0:>8.2f} {s.l0_frac:>6.3f} "
                      f"{s.dead_frac:>6.3f} {s.dense_frac:>6.3f} {s.mean_activation:>9.4f} {s.dictionary_norm:>9.3f}")
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(ckpt, tokens: int = 0, device: str = "auto", progress: bool = False) -> EvalResult:
+    """Evaluate a loaded checkpoint on its own held-out split and write ``eval.json`` into its folder."""
+    import json
+
+    from .checkpoint import atomic_write
+    from .data.batches import eval_windows
+    from .data.shards import prepare_dataset
+    from .train import resolve_device
+
+    cfg = ckpt.config
+    dataset = prepare_dataset(cfg.data, progress=progress)
+    windows = eval_windows(dataset.val, cfg.model.block_size, tokens or cfg.eval.tokens)
+    target = resolve_device(device)
+    result = evaluate(ckpt.model.to(target), windows, dataset.tokenizer.token_byte_lengths(),
+                      dense_threshold=cfg.eval.dense_threshold, device=target)
+    report = result.to_dict() | {"checkpoint": str(ckpt.path), "step": ckpt.step}
+    atomic_write(ckpt.path / EVAL_JSON, lambda f: f.write(json.dumps(report, indent=2).encode("utf-8")))
+    return result

@@ -1,0 +1,477 @@
+"""`cratelab interpret`: a checkpoint's neurons explained, simulated and scored, in a resumable run folder.
+
+The run folder (delphi-style: a stage whose output exists and is complete is skipped, so a killed
+or extended run picks up where it stopped):
+
+    run.json            what the folder was made from (checkpoint and data hashes, interp settings);
+                        a rerun with other result-changing settings is refused, not mixed in
+    config.toml         the checkpoint's run config with the [interp] section used
+    records/layer{l}/   LayerRecords.save + meta.json (checkpoint hash, data hash, seed, tokens);
+                        written to a temporary folder and renamed, so a folder there is complete
+    scores.jsonl        one line per (layer, neuron, protocol): layer, neuron, protocol, method, score,
+                        explanation, firing_rate, max_activation, reason (score null when unscorable)
+    simulations.jsonl   the simulated activations behind each score (for the cards), same keys
+    scores.csv          scores.jsonl as a table, sorted
+    summary.json / .md  per layer and protocol: mean, bootstrap CI over neurons, scored and
+                        unscorable counts (by reason); per protocol the model mean over layers
+    cards/              HTML neuron cards (cards/index.html)
+
+scores.jsonl is appended a neuron at a time (all its protocols), flushed and fsynced; on restart it
+is read back, a cut-off last line is dropped, and only the missing (layer, neuron, protocol) are
+scored: no neuron is scored twice and none is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import Checkpoint, atomic_write, checkpoint_file, load_checkpoint
+from ..config import InterpConfig, RunConfig, dump_toml
+from ..errors import CratelabError
+from . import make_backend
+from .collect import collect_records
+from .explain import Explainer
+from .records import LayerRecords, NeuronRecord, RecordConfig, _sha256
+from .score import NeuronScore, ScoringProtocol, get_protocol, score_neuron, summarize_layer
+from .simulate import Simulator
+
+FORMAT = "cratelab-interpret-1"
+RUN, CONFIG, RECORDS = "run.json", "config.toml", "records"
+SCORES, SIMULATIONS, SCORES_CSV = "scores.jsonl", "simulations.jsonl", "scores.csv"
+SUMMARY_JSON, SUMMARY_MD, CARDS = "summary.json", "summary.md", "cards"
+SCORE_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate",
+                "max_activation", "reason")
+FSYNC_EVERY_S = 0.5
+# settings that change how fast a run goes or how it is reported, never its records or scores
+EXECUTION_ONLY = ("device", "batch_size", "workers", "threads", "bootstrap", "confidence", "cards", "max_cards")
+
+
+def record_config(icfg: InterpConfig) -> RecordConfig:
+    return RecordConfig(**{f.name: getattr(icfg, f.name) for f in dataclasses.fields(RecordConfig)})
+
+
+def neuron_subset(icfg: InterpConfig, layer: int, n_neurons: int) -> list[int]:
+    """The neurons of a layer to score: all, or `icfg.neurons` of them drawn with (seed, layer)."""
+    if icfg.neurons == 0 or icfg.neurons >= n_neurons:
+        return list(range(n_neurons))
+    rng = np.random.default_rng([icfg.seed, layer])
+    return sorted(rng.choice(n_neurons, icfg.neurons, replace=False).tolist())
+
+
+# ---------------------------------------------------------------- reading and appending JSON lines
+
+def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete lines of a JSON-lines file. A cut-off or garbled LAST line (a crash mid-write) is
+    dropped, and with repair=True cut from the file so appending can go on; damage elsewhere is an error."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # everything after the last newline is an unfinished line
+    lines = data[:end].split(b"\n")[:-1]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError
+            rows.append(row)
+        except ValueError:
+            if i != len(lines) - 1:
+                raise CratelabError(f"{path}: line {i + 1} is not valid JSON (the file is damaged)") from None
+            end -= len(line) + 1  # a garbled last line: written partly before a crash
+    if repair and end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    return rows
+
+
+def cut_unfinished_line(path: Path) -> None:
+    """Truncate a file after its last newline (a line cut off by a crash), reading only its tail."""
+    if not path.is_file():
+        return
+    with open(path, "r+b") as f:
+        size = pos = f.seek(0, os.SEEK_END)
+        end = 0
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            f.seek(pos)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                end = pos + newline + 1
+                break
+        if end < size:
+            f.truncate(end)
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The parsable lines of a JSON-lines file, one at a time (for big files whose damage may be skipped)."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    yield row
+
+
+class _Appender:
+    """Appends groups of lines to a file. Each group is written at once and flushed, so a killed process
+    loses nothing it wrote; with fsync_every > 0 the file is also forced to disk after a group when the
+    last fsync is that many seconds old, and on close (a power cut loses at most that much work, and
+    the reader drops a torn last line). fsync_every = 0 fsyncs every group."""
+
+    def __init__(self, path: Path, fsync_every: float | None = 0.0):
+        self._file, self._every, self._last = open(path, "ab"), fsync_every, time.monotonic()
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+        if data:
+            self._file.write(data)
+            self._file.flush()
+            if self._every is not None and time.monotonic() - self._last >= self._every:
+                self._sync()
+
+    def _sync(self) -> None:
+        os.fsync(self._file.fileno())
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        if self._every is not None:
+            self._sync()
+        self._file.close()
+
+
+def encode_simulation(arrays: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Simulated activations, compactly: record lengths and float16 values (3 significant digits, plenty
+    for predictions on a 0-10 scale), base64. JSON lists of floats cost more time than the scoring."""
+    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
+    return {"lengths": [len(a) for a in arrays],
+            "float16": base64.b64encode(flat.astype("<f2").tobytes()).decode("ascii")}
+
+
+def decode_simulation(row: dict[str, Any]) -> list[np.ndarray]:
+    flat = np.frombuffer(base64.b64decode(row["float16"]), dtype="<f2").astype(np.float64)
+    return np.split(flat, np.cumsum(row["lengths"])[:-1]) if row["lengths"] else []
+
+
+# ---------------------------------------------------------------- scoring one neuron
+
+class _RecordingSimulator:
+    """Passes calls through and keeps the last simulation, for the cards."""
+
+    def __init__(self, inner: Simulator):
+        self.inner, self.last = inner, None
+
+    def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        self.last = self.inner.simulate(explanation, sequences)
+        return self.last
+
+
+def missing_records(record: NeuronRecord, protocol: ScoringProtocol) -> str | None:
+    """Why the neuron lacks records the protocol reads (the stream had too few non-overlapping top
+    windows), or None. The configured record counts are checked up front by InterpConfig.validate."""
+    need = max(protocol.explain_top + protocol.score_top + protocol.score_snippets, default=-1) + 1
+    if len(record.top) < need:
+        return (f"too few top records ({len(record.top)} of the {need} needed): stream more tokens "
+                "(each top record needs its own window of text)")
+    return None
+
+
+def score_protocols(record: NeuronRecord, protocols: Sequence[ScoringProtocol], explainer: Explainer,
+                    simulator: Simulator) -> list[tuple[NeuronScore, list[np.ndarray] | None]]:
+    """The neuron's score under each protocol, with the simulated activations of its scoring records."""
+    out = []
+    for protocol in protocols:
+        reason = missing_records(record, protocol)
+        if reason is not None:
+            out.append((NeuronScore(record.layer, record.neuron, protocol.name, None, "", reason,
+                                    record.firing_rate, record.max_activation), None))
+            continue
+        recording = _RecordingSimulator(simulator)
+        out.append((score_neuron(record, protocol, explainer, recording), recording.last))
+    return out
+
+
+def _score_row(s: NeuronScore, method: str) -> dict[str, Any]:
+    return {"layer": s.layer, "neuron": s.neuron, "protocol": s.protocol, "method": method, "score": s.score,
+            "explanation": s.explanation, "firing_rate": s.firing_rate, "max_activation": s.max_activation,
+            "reason": s.reason}
+
+
+def _key(row: dict[str, Any]) -> tuple[int, int, str]:
+    return int(row["layer"]), int(row["neuron"]), str(row["protocol"])
+
+
+# ---------------------------------------------------------------- the stages
+
+def _check_identity(out: Path, identity: dict[str, Any]) -> None:
+    path = out / RUN
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        flat_old, flat_new = _flatten(old), _flatten(identity)
+        for key in sorted(set(flat_old) | set(flat_new)):
+            if flat_old.get(key) != flat_new.get(key):
+                raise CratelabError(
+                    f"{out} holds a run made with {key} = {flat_old.get(key)!r}, this one has {flat_new.get(key)!r}: "
+                    "use another --out (or delete that folder) to start afresh")
+        return
+    atomic_write(path, lambda f: f.write(json.dumps(identity, indent=2).encode("utf-8")))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
+def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpConfig, identity: dict[str, Any],
+                   progress: bool) -> tuple[dict[int, LayerRecords], bool]:
+    """The records of the layers, collected in one pass for those whose folder is missing; and whether any was."""
+    root = out / RECORDS
+    missing = [layer for layer in layers if not (root / f"layer{layer}" / "meta.json").is_file()]
+    fresh: dict[int, LayerRecords] = {}
+    if missing:
+        from ..data.shards import prepare_dataset
+        from ..train import resolve_device
+
+        dataset = prepare_dataset(ckpt.config.data, progress=progress)
+        _check_tokenizer(ckpt, dataset.tokenizer)
+        tok = ckpt.tokenizer
+        vocab = [tok.token_str(i) for i in range(tok.vocab_size)]
+        fresh = collect_records(ckpt.model, dataset.val, vocab, layers=missing, n_tokens=icfg.tokens,
+                                eot_id=tok.eot_id, seed=icfg.seed, config=record_config(icfg),
+                                batch_size=icfg.batch_size, device=resolve_device(icfg.device), progress=progress)
+        for layer, records in fresh.items():
+            final, tmp = root / f"layer{layer}", root / f".layer{layer}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            records.save(tmp)
+            meta = {**identity, "data_sha256": dataset.meta["splits"]["val"]["sha256"], "layer": layer,
+                    "seed": records.seed, "n_tokens": records.n_tokens, "n_neurons": records.n_neurons}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    records = {layer: fresh[layer] if layer in fresh else LayerRecords.load(root / f"layer{layer}") for layer in layers}
+    return records, bool(fresh)
+
+
+def _check_tokenizer(ckpt: Checkpoint, data_tokenizer) -> None:
+    mine, theirs = ckpt.tokenizer, data_tokenizer
+
+    def digest(tok) -> str:
+        h = hashlib.sha256(f"{tok.name} {tok.vocab_size} {tok.eot_id}".encode())
+        for i in range(tok.vocab_size):
+            h.update(len(tok.token_bytes(i)).to_bytes(4, "little") + tok.token_bytes(i))
+        return h.hexdigest()
+
+    if mine.name != theirs.name or mine.vocab_size != theirs.vocab_size or digest(mine) != digest(theirs):
+        raise CratelabError(f"the dataset of data.corpus = {ckpt.config.data.corpus!r} is tokenized differently "
+                            f"from the checkpoint ({theirs.name}, vocab {theirs.vocab_size} vs {mine.name}, vocab "
+                            f"{mine.vocab_size}): interpret on text tokenized as in training")
+
+
+def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[int, list[int]],
+                   protocols: list[ScoringProtocol], icfg: InterpConfig,
+                   progress: bool) -> tuple[list[dict[str, Any]], int]:
+    """The scores.jsonl rows of every requested (layer, neuron, protocol), scoring the missing ones first;
+    and how many neurons were scored now."""
+    done = {_key(row): row for row in read_jsonl(out / SCORES, repair=True)}
+    cut_unfinished_line(out / SIMULATIONS)
+    todo = [(layer, h) for layer, neurons in subsets.items() for h in neurons
+            if any((layer, h, p.name) not in done for p in protocols)]
+    if todo:
+        explainer, simulator = make_backend(icfg.method)
+        # scores.jsonl is the record of what is done: fsynced, at most FSYNC_EVERY_S apart (an fsync
+        # per neuron here costs 2-4 ms, as much as scoring the neuron offline). The simulations only feed
+        # the cards, which show a neuron without them if a power cut took their last lines.
+        scores, sims = _Appender(out / SCORES, FSYNC_EVERY_S), _Appender(out / SIMULATIONS, None)
+
+        def job(layer: int, h: int) -> list[tuple[NeuronScore, list[np.ndarray] | None]]:
+            wanted = [p for p in protocols if (layer, h, p.name) not in done]
+            return score_protocols(records[layer].neuron(h), wanted, explainer, simulator)
+
+        def save(results: list[tuple[NeuronScore, list[np.ndarray] | None]]) -> None:
+            # simulations first: a kill between the two writes leaves a neuron to rescore, not a score
+            # without its simulation (the cards read the last simulation of a key)
+            sims.write({"layer": s.layer, "neuron": s.neuron, "protocol": s.protocol, **encode_simulation(sim)}
+                       for s, sim in results if sim is not None)
+            rows = [_score_row(s, icfg.method) for s, _ in results]
+            scores.write(rows)
+            done.update((_key(row), row) for row in rows)
+
+        try:
+            with tqdm(total=len(todo), unit="neuron", desc="scoring", disable=not progress) as bar:
+                for results in _run_jobs(job, todo, icfg.workers):
+                    save(results)
+                    bar.update(1)
+        finally:
+            scores.close()
+            sims.close()
+    rows = [done[(layer, h, p.name)] for layer, neurons in subsets.items() for h in neurons for p in protocols]
+    return rows, len(todo)
+
+
+def _run_jobs(job, todo: list[tuple[int, int]], workers: int) -> Iterator[Any]:
+    """job(*args) for each args, results as they finish; with workers > 1 in threads, a bounded number at once."""
+    if workers == 1:
+        for args in todo:
+            yield job(*args)
+        return
+    pending: set[Future] = set()
+    args_left = iter(todo)
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            while True:
+                while len(pending) < 2 * workers and (args := next(args_left, None)) is not None:
+                    pending.add(pool.submit(job, *args))
+                if not pending:
+                    return
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[int], protocols: Sequence[str],
+              icfg: InterpConfig) -> dict[str, Any]:
+    """Per layer and protocol: mean, bootstrap CI, counts; per protocol: the mean over layers."""
+    per_layer, model = [], {}
+    for protocol in protocols:
+        means = []
+        for layer in layers:
+            scores = [NeuronScore(r["layer"], r["neuron"], r["protocol"], r["score"], r["explanation"], r["reason"],
+                                  r["firing_rate"], r["max_activation"])
+                      for r in rows if r["layer"] == layer and r["protocol"] == protocol]
+            if not scores:
+                continue
+            s = summarize_layer(scores, n_bootstrap=icfg.bootstrap, confidence=icfg.confidence, seed=icfg.seed)
+            per_layer.append(dataclasses.asdict(s))
+            if s.mean is not None:
+                means.append(s.mean)
+        model[protocol] = {"mean": float(np.mean(means)) if means else None, "n_layers": len(means)}
+    return {"layers": per_layer, "model": model}
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SCORE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in SCORE_FIELDS})
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    conf = round(100 * summary["settings"]["confidence"])
+    lines = [f"# Neuron interpretability: {summary['checkpoint']}", "",
+             f"step {summary['step']}, method `{summary['method']}`, {summary['n_tokens']:,} held-out tokens, "
+             f"{summary['neurons_per_layer']} neurons scored per layer (of {summary['n_neurons']}), "
+             f"seed {summary['settings']['seed']}. Score: pooled Pearson correlation of simulated and real "
+             "activations (the paper reports it x100).", ""]
+    for protocol, model in summary["model"].items():
+        lines += [f"## {protocol}", "", f"| layer | mean | {conf}% CI | scored | unscorable |", "|---|---|---|---|---|"]
+        for s in summary["layers"]:
+            if s["protocol"] == protocol:
+                ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]" if s["mean"] is not None else "n/a"
+                lines.append(f"| {s['layer']} | {_fmt(s['mean'])} | {ci} | {s['n_scored']} | {s['n_unscorable']} |")
+        lines += ["", f"Model mean over {model['n_layers']} layers: **{_fmt(model['mean'])}**", ""]
+    reasons = [(s["layer"], s["protocol"], reason, n) for s in summary["layers"]
+               for reason, n in s["unscorable_reasons"].items()]
+    if reasons:
+        lines += ["## Unscorable neurons", "", "| layer | protocol | neurons | reason |", "|---|---|---|---|"]
+        lines += [f"| {layer} | {protocol} | {n} | {reason} |" for layer, protocol, reason, n in reasons]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: InterpConfig | None = None,
+              progress: bool | None = None) -> dict[str, Any]:
+    """Records, scores, summary and cards of a checkpoint's neurons in out_dir; returns the summary.
+
+    checkpoint: a loaded Checkpoint (its config's [data] says which held-out text to read) or a path.
+    icfg: defaults to the checkpoint's own [interp] section. Rerunning on the same out_dir resumes.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    icfg = icfg if icfg is not None else ckpt.config.interp
+    icfg.validate()
+    progress = sys.stderr.isatty() if progress is None else progress
+    if icfg.threads:
+        torch.set_num_threads(icfg.threads)
+    mcfg = ckpt.model.config
+    layers = icfg.layer_list(mcfg.n_layer)
+    protocols = [get_protocol(name) for name in icfg.protocol_list()]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # seconds per stage, kept from earlier invocations for the stages this one skips
+    timing: dict[str, float] = {}
+    if (out / SUMMARY_JSON).is_file():
+        timing = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8")).get("timing", {})
+
+    ckpt_file = checkpoint_file(ckpt.path)
+    settings = {k: v for k, v in dataclasses.asdict(icfg).items() if k not in EXECUTION_ONLY}
+    data = {k: v for k, v in dataclasses.asdict(ckpt.config.data).items() if k != "cache_dir"}
+    identity = {"format": FORMAT, "checkpoint_sha256": _sha256(ckpt_file), "data": data, "interp": settings}
+    _check_identity(out, identity)
+    run_cfg = RunConfig(model=ckpt.config.model, data=ckpt.config.data, train=ckpt.config.train,
+                        eval=ckpt.config.eval, interp=icfg)
+    atomic_write(out / CONFIG, lambda f: f.write(dump_toml(run_cfg).encode("utf-8")))
+
+    t0 = time.perf_counter()
+    records, collected = _records_stage(ckpt, out, layers, icfg, identity, progress)
+    if collected:
+        timing["records_s"] = time.perf_counter() - t0
+
+    subsets = {layer: neuron_subset(icfg, layer, mcfg.n_neurons) for layer in layers}
+    t0 = time.perf_counter()
+    rows, scored = _scoring_stage(out, records, subsets, protocols, icfg, progress)
+    if scored:  # a resumed run adds the time it took to finish
+        timing["scoring_s"] = timing.get("scoring_s", 0.0) + time.perf_counter() - t0
+
+    first = records[layers[0]]
+    summary = {
+        "format": FORMAT, "checkpoint": str(ckpt.path), "checkpoint_sha256": identity["checkpoint_sha256"],
+        "step": ckpt.step, "arch": mcfg.arch, "method": icfg.method, "protocols": [p.name for p in protocols],
+        "n_tokens": first.n_tokens, "n_neurons": mcfg.n_neurons, "neurons_per_layer": len(subsets[layers[0]]),
+        "settings": dataclasses.asdict(icfg),
+        **summarize(rows, layers, [p.name for p in protocols], icfg),
+    }
+    _write_csv(out / SCORES_CSV, rows)
+    if icfg.cards and not (out / CARDS / "index.html").is_file():
+        from .cards import write_cards
+
+        t0 = time.perf_counter()
+        write_cards(out, records=records, rows=rows, summary=summary, max_cards=icfg.max_cards, progress=progress)
+        timing["cards_s"] = time.perf_counter() - t0
+    summary["timing"] = timing
+    atomic_write(out / SUMMARY_JSON, lambda f: f.write(json.dumps(summary, indent=2).encode("utf-8")))
+    atomic_write(out / SUMMARY_MD, lambda f: f.write(summary_markdown(summary).encode("utf-8")))
+    return summary

@@ -1,0 +1,232 @@
+"""`interpret`: the run folder, its resume after a real SIGKILL, the summary, and the CLI's errors."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from cratelab.checkpoint import save_checkpoint
+from cratelab.config import ConfigError, DataConfig, InterpConfig, ModelConfig, RunConfig, config_from_dict
+from cratelab.data.shards import prepare_dataset
+from cratelab.errors import CratelabError
+from cratelab.interp import PROTOCOLS
+from cratelab.interp.run import cut_unfinished_line, interpret, neuron_subset, read_jsonl
+from cratelab.models import build_model
+
+DEAD = (3, 5)  # neurons of layer 1 whose dictionary atom is zeroed: they never fire
+ICFG = InterpConfig(tokens=3072, window=16, batch_size=8, device="cpu", bootstrap=200)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A random-weight 2-layer CRATE (h = 32) over the fixture corpus, with two dead neurons in layer 1."""
+    cache = tmp_path_factory.mktemp("cache")
+    data = DataConfig(corpus="fixture", bpe_vocab_size=300, cache_dir=str(cache))
+    tok = prepare_dataset(data, progress=False).tokenizer
+    cfg = RunConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=8, block_size=32, vocab_size=tok.vocab_size),
+                    data=data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        model.blocks[1].ista.weight[list(DEAD)] = 0.0
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(model, cfg, tok, path, step=7)
+    return path
+
+
+def lines(out):
+    return sorted((out / "scores.jsonl").read_text().splitlines())
+
+
+@pytest.fixture(scope="session")
+def reference(checkpoint, tmp_path_factory):
+    """An uninterrupted run."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    summary = interpret(checkpoint, out, ICFG, progress=False)
+    return out, summary
+
+
+def test_run_folder_layout_and_contents(reference):
+    out, summary = reference
+    for name in ("run.json", "config.toml", "scores.jsonl", "simulations.jsonl", "scores.csv", "summary.json",
+                 "summary.md", "cards/index.html", "records/layer0/records.json", "records/layer1/meta.json"):
+        assert (out / name).is_file(), name
+    rows = read_jsonl(out / "scores.jsonl")
+    assert len(rows) == 2 * 32 * 3  # every (layer, neuron, protocol) once
+    assert len({(r["layer"], r["neuron"], r["protocol"]) for r in rows}) == len(rows)
+    assert set(rows[0]) == {"layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate",
+                            "max_activation", "reason"}
+    meta = json.loads((out / "records/layer1/meta.json").read_text())
+    assert meta["seed"] == 0 and len(meta["checkpoint_sha256"]) == 64 and len(meta["data_sha256"]) == 64
+    cfg = config_from_dict(__import__("tomllib").loads((out / "config.toml").read_text()))
+    assert cfg.interp == ICFG and cfg.model.n_embd == 8
+    csv_lines = (out / "scores.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("layer,neuron,protocol,method,score") and len(csv_lines) == len(rows) + 1
+    assert summary["n_tokens"] == 3072 and summary["step"] == 7 and json.loads((out / "summary.json").read_text())
+
+
+def test_summary_counts_unscorable_neurons_per_layer(reference):
+    out, summary = reference
+    rows = read_jsonl(out / "scores.jsonl")
+    dead = [r for r in rows if r["layer"] == 1 and r["neuron"] in DEAD]
+    assert len(dead) == 6 and all(r["score"] is None and "constant" in r["reason"] for r in dead)
+    assert all(r["firing_rate"] == 0 for r in dead)
+    assert len(summary["layers"]) == 6  # 2 layers x 3 protocols
+    for s in summary["layers"]:
+        mine = [r for r in rows if r["layer"] == s["layer"] and r["protocol"] == s["protocol"]]
+        assert s["n_neurons"] == 32 and s["n_unscorable"] == sum(r["score"] is None for r in mine)
+        assert sum(s["unscorable_reasons"].values()) == s["n_unscorable"]
+        assert s["ci_low"] <= s["mean"] <= s["ci_high"]
+        if s["layer"] == 1:
+            dead_reason = next(r["reason"] for r in dead if r["protocol"] == s["protocol"])
+            assert s["unscorable_reasons"][dead_reason] >= len(DEAD)
+    for protocol, model in summary["model"].items():
+        means = [s["mean"] for s in summary["layers"] if s["protocol"] == protocol]
+        assert model["mean"] == pytest.approx(sum(means) / 2) and model["n_layers"] == 2
+    md = (out / "summary.md").read_text()
+    assert "## Unscorable neurons" in md and "| 1 | random-only |" in md
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from cratelab.config import InterpConfig
+    from cratelab.interp import TokenPatternExplainer, TokenPatternSimulator
+    from cratelab.interp import run
+
+    calls = 0
+
+    class Killer(TokenPatternExplainer):
+        def explain(self, records):
+            global calls
+            calls += 1
+            if calls == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)  # a hard kill in the middle of a neuron
+            return super().explain(records)
+
+    run.make_backend = lambda method, **options: (Killer(), TokenPatternSimulator())
+    run.interpret(sys.argv[1], sys.argv[2], InterpConfig(**eval(sys.argv[4])), progress=False)
+""")
+
+
+def test_a_killed_run_resumes_with_no_neuron_lost_or_scored_twice(checkpoint, reference, tmp_path):
+    out = tmp_path / "run"
+    settings = repr(dataclasses.asdict(ICFG))
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(checkpoint), str(out), "41", settings],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (out / "summary.json").exists()
+    done = read_jsonl(out / "scores.jsonl")
+    assert len(done) == 39  # 13 neurons x 3 protocols; the 14th was cut off in its second protocol
+    for name in ("scores.jsonl", "simulations.jsonl"):  # and a crash in the middle of writing a line
+        with open(out / name, "a") as f:
+            f.write('{"layer": 0, "neuron": 13, "protocol": "top-and-ra')
+
+    interpret(checkpoint, out, ICFG, progress=False)
+    assert lines(out) == lines(reference[0])  # the same scores as the uninterrupted run, each once
+    assert json.loads((out / "summary.json").read_text())["layers"] == reference[1]["layers"]
+    before = (out / "scores.jsonl").read_bytes()
+    interpret(checkpoint, out, ICFG, progress=False)  # a finished run: nothing is redone
+    assert (out / "scores.jsonl").read_bytes() == before
+
+
+def test_threads_give_the_same_scores(checkpoint, reference, tmp_path):
+    out = tmp_path / "run"
+    interpret(checkpoint, out, dataclasses.replace(ICFG, workers=3, cards=False), progress=False)
+    assert lines(out) == lines(reference[0])
+
+
+def test_a_rerun_with_other_settings_is_refused(checkpoint, reference):
+    out, _ = reference
+    with pytest.raises(CratelabError, match="interp.seed = 0, this one has 1"):
+        interpret(checkpoint, out, dataclasses.replace(ICFG, seed=1), progress=False)
+    interpret(checkpoint, out, dataclasses.replace(ICFG, workers=2, batch_size=3), progress=False)  # speed only
+
+
+def test_neuron_subset_is_seeded_and_per_layer():
+    cfg = InterpConfig(neurons=5, seed=1)
+    assert neuron_subset(cfg, 0, 32) == neuron_subset(cfg, 0, 32) != neuron_subset(cfg, 1, 32)
+    assert len(neuron_subset(cfg, 0, 32)) == 5 and neuron_subset(InterpConfig(), 0, 32) == list(range(32))
+    assert neuron_subset(InterpConfig(neurons=40), 0, 32) == list(range(32))
+
+
+def test_read_jsonl_drops_only_a_cut_off_last_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')
+    assert read_jsonl(path, repair=True) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(CratelabError, match="line 2"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n' + "x" * 100_000)  # a cut-off line longer than one read of the tail
+    cut_unfinished_line(path)
+    assert path.read_text() == '{"a": 1}\n'
+    path.write_text("no newline at all")
+    cut_unfinished_line(path)
+    assert path.read_text() == ""
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("protocols", "top-and-random,bogus", "interp.protocols"),
+    ("method", "gpt9", "interp.method"),
+    ("layers", "0,x", "interp.layers"),
+    ("neurons", -1, "interp.neurons"),
+    ("tokens", 0, "interp.tokens"),
+    ("n_top", 20, "interp.n_top: protocol 'anthropic' needs at least 35"),
+    ("snippet", 9, "interp.snippet"),
+    ("confidence", 1.0, "interp.confidence"),
+])
+def test_bad_interp_values_name_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"interp": {field: value}})
+
+
+def test_config_protocol_names_are_the_scoring_protocols():
+    assert InterpConfig().protocol_list() == list(PROTOCOLS)
+    assert InterpConfig(layers="2, 0").layer_list(3) == [0, 2]
+    with pytest.raises(ConfigError, match="layer 3 out of range"):
+        InterpConfig(layers="3").layer_list(2)
+
+
+def cratelab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cratelab", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CRATELAB_CACHE": "/nonexistent"}, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--protocol", "bogus"], "interp.protocols: must be one of"),
+    (["--layers", "5"], "interp.layers: layer 5 out of range (the model has 2 layers"),
+    (["--neurons", "-2"], "interp.neurons: must be >= 0"),
+    (["--set", "model.n_layer=3"], "interpret takes interp.* and data.* overrides"),
+    (["--set", "interp.colour=red"], "interp.colour: unknown key"),
+    (["--method", "openai:"], "interp.method"),
+])
+def test_cli_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
+    proc = cratelab("interpret", checkpoint, "--out", tmp_path / "out", *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    proc = cratelab("interpret", tmp_path / "nothing", "--out", tmp_path / "out")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: no checkpoint at {tmp_path / 'nothing' / 'ckpt.pt'}: expected a run folder holding ckpt.pt, "
+        "or that file"]
+
+
+@pytest.mark.e2e
+def test_cli_interpret_end_to_end(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    proc = cratelab("interpret", checkpoint, "--out", out, "--neurons", "4", "--layers", "1", "--protocol",
+                    "anthropic", "--tokens", "2048", "--set", "interp.window=16", "--set", "interp.device=cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "anthropic" in proc.stdout and "written:" in proc.stdout
+    rows = read_jsonl(out / "scores.jsonl")
+    assert len(rows) == 4 and {r["layer"] for r in rows} == {1} and {r["protocol"] for r in rows} == {"anthropic"}
+    assert len(list((out / "cards" / "layer1").glob("neuron*.html"))) == 4
