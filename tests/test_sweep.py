@@ -1,0 +1,97 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cratelab.config import ConfigError
+from cratelab.sweep import RESULT_COLUMNS, expand, load_sweep
+
+CONFIG = "configs/seed-ablation.toml"
+
+
+def test_the_default_grid_is_21_runs_with_the_baseline():
+    base, sweep = load_sweep(CONFIG)
+    runs = expand(base, sweep)
+    assert len(runs) == 21 and len({r.name for r in runs}) == 21
+    crate = [r for r in runs if r.config.model.arch == "crate"]
+    assert {(r.config.model.qkv, r.config.model.ista_lambda) for r in crate} == {
+        (q, lam) for q in ("shared", "separate") for lam in (0.05, 0.1, 0.2)}
+    gpt = [r for r in runs if r.config.model.arch == "gpt"]
+    assert [r.config.train.seed for r in gpt] == [0, 1, 2] and gpt[0].config.model.mlp_act == "relu"
+    # seeds reach both the training and the record sampling; the shape is shared by all runs
+    assert all(r.config.interp.seed == r.config.train.seed for r in runs)
+    assert len({(r.config.model.n_layer, r.config.model.n_embd, r.config.model.n_head) for r in runs}) == 1
+
+
+def test_every_model_sees_at_least_half_a_million_tokens():
+    base, _ = load_sweep(CONFIG)
+    t = base.train
+    assert t.max_steps * t.batch_size * t.grad_accum * base.model.block_size >= 500_000
+
+
+def test_smoke_shrinks_but_keeps_every_condition():
+    base, sweep = load_sweep(CONFIG, smoke=True)
+    runs = expand(base, sweep)
+    assert len(runs) == 14 and base.data.corpus == "fixture"
+    assert len({(r.config.model.arch, r.config.model.qkv, r.config.model.ista_lambda) for r in runs}) == 7
+
+
+@pytest.mark.parametrize("override,field", [
+    ("sweep.ista_lambdas=[0.05, -1.0]", "sweep.ista_lambdas"),
+    ("sweep.reference_lambda=0.3", "sweep.reference_lambda"),
+    ("sweep.qkv=['tied']", "sweep.qkv"),
+    ("sweep.seeds=[1, 1]", "sweep.seeds"),
+    ("sweep.seeds=3", "sweep.seeds"),
+    ("sweep.workers=0", "sweep.workers"),
+    ("sweep.nope=1", "sweep.nope"),
+    ("model.n_embd=130", "model.n_embd"),
+])
+def test_bad_sweep_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(CONFIG, [override])
+    assert err.value.field.startswith(field)
+
+
+def cratelab(*args, cache):
+    env = {**os.environ, "CRATELAB_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "cratelab", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_print_commands_lists_one_command_per_run(tmp_path):
+    proc = cratelab("ablate", CONFIG, "--out", tmp_path / "sweep", "--print-commands", cache=tmp_path)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and len(lines) == 22
+    assert lines[0].startswith(f"cratelab ablate {CONFIG} --out ") and "--only crate-shared-lam0.05-s0" in lines[0]
+    assert lines[-1].startswith("cratelab report ")
+
+
+@pytest.mark.e2e
+def test_smoke_sweep_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "smoke"
+    proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and list(rows[0]) == RESULT_COLUMNS
+    for row in rows:
+        assert float(row["val_loss"]) > 0 and 0 <= float(row["zero_frac"]) <= 1
+        assert row["interp_top_and_random"] != "" and int(row["nan_neurons"]) >= 0
+    assert {row["arch"] for row in rows} == {"crate", "gpt"}
+    report = (out / "report.md").read_text()
+    assert "Shared or separate" in report and (out / "report.html").is_file()
+    assert any((out / "plots").glob("*.png"))
+    assert (out / "runs" / "crate-shared-lam0.1-s0" / "interp" / "cards" / "index.html").is_file()
+
+    # a rerun finds every run finished: nothing is trained or scored again
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
+    proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
+    assert proc.returncode == 0 and "7 already finished" in proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
+    assert json.loads((out / "runs" / "gpt-relu-s0" / "result.json").read_text())["arch"] == "gpt"
+
+    proc = cratelab("report", out, cache=tmp_path / "cache")
+    assert proc.returncode == 0 and "report.md" in proc.stdout
