@@ -14,7 +14,9 @@ checkpoint in place. On load, the zip container's CRC-32 checksums are verified 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -26,7 +28,7 @@ import torch
 
 from .config import ConfigError, DataConfig, RunConfig, config_from_dict, dump_toml
 from .data.tokenizer import Tokenizer
-from .errors import CratelabError
+from .errors import CratelabError, unpickling_error
 from .models import LanguageModel, build_model
 
 CKPT_NAME = "ckpt.pt"
@@ -52,17 +54,44 @@ def checkpoint_file(path: str | Path) -> Path:
     return path if path.is_file() else path / CKPT_NAME
 
 
+class _WriteErrors:
+    """A binary file that remembers the OSError of a failed write: torch.save reports one (a full disk)
+    as a bare RuntimeError ("unexpected pos ..."), which would hide the reason."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file so that readers see either the old complete file or the new complete file."""
+    """Write a file so that readers see either the old complete file or the new complete file. A failed
+    write (a full disk, a missing folder) raises OSError naming ``path`` and leaves the old file as it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # same folder: rename is atomic
     try:
         with open(tmp, "xb") as f:
-            write(f)
+            sink = _WriteErrors(f)
+            try:
+                write(sink)
+            except Exception as err:
+                if sink.error is not None and not isinstance(err, OSError):
+                    raise sink.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
+            err.filename = str(path)
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
         dir_fd = os.open(path.parent, os.O_DIRECTORY)
@@ -117,6 +146,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CratelabError(f"{file}: corrupted checkpoint (checksum mismatch in {damaged})")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise unpickling_error(file, err) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file for the user
         raise CratelabError(f"{file}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -148,3 +179,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(model=model.eval(), config=cfg, tokenizer=Tokenizer.from_dict(state["tokenizer"]),
                       step=int(state["step"]), tokens=int(state["tokens"]), metrics=dict(state["metrics"]),
                       path=file.parent)
+
+
+def _vocabulary_sha256(tok: Tokenizer) -> str:
+    h = hashlib.sha256(f"{tok.name} {tok.vocab_size} {tok.eot_id}".encode())
+    for i in range(tok.vocab_size):
+        h.update(len(tok.token_bytes(i)).to_bytes(4, "little") + tok.token_bytes(i))
+    return h.hexdigest()
+
+
+def check_tokenizer(ckpt: Checkpoint, data_tokenizer: Tokenizer) -> None:
+    """The held-out text a checkpoint is read on must be tokenized as in its training: other token ids
+    give a plausible-looking but meaningless loss or records (a BPE retrained on a changed corpus
+    has the same size and other tokens)."""
+    mine, theirs = ckpt.tokenizer, data_tokenizer
+    if (mine.name, mine.vocab_size) != (theirs.name, theirs.vocab_size) or \
+            _vocabulary_sha256(mine) != _vocabulary_sha256(theirs):
+        how = (f"{theirs.name}, vocab {theirs.vocab_size} vs {mine.name}, vocab {mine.vocab_size}"
+               if (mine.name, mine.vocab_size) != (theirs.name, theirs.vocab_size)
+               else f"{mine.name}, vocab {mine.vocab_size}, but other tokens: the corpus changed since training")
+        raise CratelabError(f"the dataset of data.corpus = {ckpt.config.data.corpus!r} is tokenized differently "
+                            f"from the checkpoint {checkpoint_file(ckpt.path)} ({how}): use the text and data "
+                            "settings the model was trained with")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -25,8 +26,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
+    # one line, whatever the message holds (torch's unpickling errors, for one, span several)
+    print("error: " + " ".join(line.strip() for line in str(message).splitlines() if line.strip()), file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+def _os_error(err: OSError, where: str | None) -> str:
+    """An OSError as "path: reason". Errors from writing through an open file name no path: then the
+    folder the command writes to stands in."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if isinstance(err, FileExistsError):  # mkdir(exist_ok=True) on a file
+        reason = "exists and is not a folder"
+    if err.filename is not None:
+        path = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+        return f"{path}: {reason}"
+    return f"{where}: {reason}" if where else reason
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -72,21 +86,29 @@ def _load(path: str):
 
 def cmd_eval(args) -> None:
     from .evaluate import EVAL_JSON, evaluate_checkpoint, format_table
+    from .train import resolve_device
 
+    if args.tokens < 0:
+        _fail(f"--tokens: must be >= 0 (0 = the run's eval.tokens), got {args.tokens}")
+    resolve_device(args.device, setting="--device")  # a bad --device fails before any work
     ckpt = _load(args.checkpoint)
     result = evaluate_checkpoint(ckpt, tokens=args.tokens, device=args.device, progress=sys.stderr.isatty())
     print(format_table(result))
     print(f"\nwritten: {ckpt.path / EVAL_JSON}")
 
 
-_NEURON = re.compile(r"^(\d+):(\d+)=(-?[0-9.]+(?:e-?\d+)?)$")
+_NEURON = re.compile(r"^(\d+):(\d+)=(\S+)$")
 
 
 def _parse_set_neuron(text: str) -> tuple[int, int, float]:
     match = _NEURON.match(text.strip())
-    if not match:
-        _fail(f"--set-neuron: expected LAYER:INDEX=VALUE (e.g. 1:42=5.0), got {text!r}")
-    return int(match[1]), int(match[2]), float(match[3])
+    try:
+        value = float(match[3]) if match else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        _fail(f"--set-neuron: expected LAYER:INDEX=VALUE with a finite VALUE (e.g. 1:42=5.0), got {text!r}")
+    return int(match[1]), int(match[2]), value
 
 
 def cmd_generate(args) -> None:
@@ -98,6 +120,12 @@ def cmd_generate(args) -> None:
 
     if not args.prompt.strip():
         _fail("--prompt: must not be empty")
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k),
+                        ("--show-next", args.show_next)):
+        if value < 0:
+            _fail(f"{flag}: must be >= 0, got {value}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        _fail(f"--temperature: must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     steering = [_parse_set_neuron(text) for text in args.set_neuron]
     ckpt = _load(args.checkpoint)
     model, tok, mcfg = ckpt.model, ckpt.tokenizer, ckpt.model.config
@@ -108,14 +136,15 @@ def cmd_generate(args) -> None:
         if not 0 <= index < mcfg.n_neurons:
             _fail(f"--set-neuron: neuron {index} out of range (layers have {mcfg.n_neurons} neurons)")
         hooks.append((neuron_hook_name(mcfg.arch, layer), set_neuron(index, value)))
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device")
     model.to(device)
     idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long, device=device)
     if args.show_next:
         before = next_token_distribution(model, idx)[0]
         after = next_token_distribution(model, idx, hooks)[0] if hooks else None
         print(f"next-token distribution after the prompt{' (unsteered -> steered)' if hooks else ''}:")
-        shown = torch.topk(after if after is not None else before, args.show_next).indices.tolist()
+        k = min(args.show_next, before.numel())
+        shown = torch.topk(after if after is not None else before, k).indices.tolist()
         for token in shown:
             line = f"  {tok.token_str(token)!r:>20}  {before[token].item():.4f}"
             print(line + (f" -> {after[token].item():.4f}" if after is not None else ""))
@@ -126,12 +155,15 @@ def cmd_generate(args) -> None:
 
 
 def cmd_import_official(args) -> None:
-    from .checkpoint import save_model_checkpoint
+    from .checkpoint import checkpoint_file, save_model_checkpoint
     from .data.tokenizer import GPT2Tokenizer
     from .models import load_official_checkpoint
 
+    out = Path(args.out)
+    if checkpoint_file(out).exists():  # never replace a trained run (or an earlier import) by accident
+        _fail(f"{checkpoint_file(out)} already exists: choose another --out, or delete it first")
     model = load_official_checkpoint(args.path)
-    out = save_model_checkpoint(model, GPT2Tokenizer(), Path(args.out))
+    out = save_model_checkpoint(model, GPT2Tokenizer(), out)
     c = model.config
     print(f"imported CRATE {c.n_layer}L d={c.n_embd} heads={c.n_head} vocab={c.vocab_size} "
           f"({model.num_params() / 1e6:.2f}M parameters) -> {out}")
@@ -195,7 +227,10 @@ def cmd_report(args) -> None:
     out = Path(args.out)
     if not (out / "sweep.toml").is_file():
         raise ConfigError("", f"{out} is not a sweep folder (no sweep.toml): run `cratelab ablate` first")
-    _, sweep = load_sweep(out / "sweep.toml")
+    try:
+        _, sweep = load_sweep(out / "sweep.toml")
+    except ConfigError as err:
+        raise ConfigError("", f"{out / 'sweep.toml'}: {err}") from None
     collect_results(out)
     report = write_report(out, reference_lambda=sweep.reference_lambda, reference_qkv=sweep.reference_qkv)
     print(f"report: {report} (and {report.with_suffix('.html')})")
@@ -276,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_folder(args) -> str | None:
+    """Where the command writes: named in an error that comes without a path (a full disk, say)."""
+    if getattr(args, "out", None):
+        return args.out
+    if getattr(args, "checkpoint", None):  # eval writes eval.json beside the checkpoint
+        return args.checkpoint
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     from .errors import CratelabError
 
@@ -290,6 +334,15 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
+    except OSError as err:  # a full disk, a file where a folder should be, a read-only file system...
+        _fail(_os_error(err, _output_folder(args)))
+    except (MemoryError, RuntimeError) as err:  # torch reports a failed allocation as a RuntimeError
+        text = str(err)
+        if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+                or "can't allocate memory" in text or "out of memory" in text.lower()):
+            raise
+        _fail(f"out of memory ({text.splitlines()[0][:200] if text else type(err).__name__}): use a smaller model, "
+              "train.batch_size, or fewer tokens")
 
 
 if __name__ == "__main__":

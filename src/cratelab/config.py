@@ -7,6 +7,7 @@ Every field has a type and a range; unknown keys and bad values raise ConfigErro
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -249,9 +250,14 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
         ok = isinstance(value, bool)
     elif typ is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not -2**63 <= value < 2**63:  # TOML integers are 64-bit; Python's are not
+            raise ConfigError(name, f"{value} is out of the 64-bit integer range")
     elif typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        if ok:  # TOML has inf and nan, and integers too large for a float; no setting means any of them
+            if not (abs(value) < 2**1023 if isinstance(value, int) else math.isfinite(value)):
+                raise ConfigError(name, f"must be a finite number, got {value}")
+            value = float(value)
     elif typ is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - every config field is one of the four types above
@@ -319,12 +325,16 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("", f"{path} is a folder: expected a TOML config file")
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("", f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"{path}: not UTF-8 text (byte {err.start}): is it a TOML config?") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

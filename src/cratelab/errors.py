@@ -3,3 +3,17 @@
 
 class CratelabError(Exception):
     """A problem the user can fix (bad input, missing file, unavailable source)."""
+
+
+def unpickling_error(path: object, err: Exception) -> CratelabError:
+    """A failed ``torch.load(weights_only=True)`` as one line. torch's own message spans many lines and
+    suggests weights_only=False, which would let the file run code: we never do that."""
+    import re
+
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    detail = (match[1] if match else text.strip().splitlines()[0] if text.strip() else type(err).__name__).strip()
+    if "global" in detail.lower():
+        return CratelabError(f"{path}: refused: the file holds pickled Python objects besides tensors and plain "
+                             f"values, and loading them could run code ({detail.split('. ')[0]})")
+    return CratelabError(f"{path}: not a loadable checkpoint (damaged, or not a PyTorch file: {detail})")

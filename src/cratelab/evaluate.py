@@ -110,13 +110,14 @@ def evaluate_checkpoint(ckpt, tokens: int = 0, device: str = "auto", progress: b
     """Evaluate a loaded checkpoint on its own held-out split and write ``eval.json`` into its folder."""
     import json
 
-    from .checkpoint import atomic_write
+    from .checkpoint import atomic_write, check_tokenizer
     from .data.batches import eval_windows
     from .data.shards import prepare_dataset
     from .train import resolve_device
 
     cfg = ckpt.config
     dataset = prepare_dataset(cfg.data, progress=progress)
+    check_tokenizer(ckpt, dataset.tokenizer)
     windows = eval_windows(dataset.val, cfg.model.block_size, tokens or cfg.eval.tokens)
     target = resolve_device(device)
     result = evaluate(ckpt.model.to(target), windows, dataset.tokenizer.token_byte_lengths(),

@@ -233,7 +233,8 @@ def _execute(runs: list[Run], out_dir: Path, workers: int, threads: int):
             yield _run_logged(run, out_dir, threads)
         return
     # spawn, not fork: torch's thread pools do not survive a fork
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_run_logged, run, out_dir, threads) for run in runs}
         try:
             while pending:
@@ -244,6 +245,19 @@ def _execute(runs: list[Run], out_dir: Path, workers: int, threads: int):
             for future in pending:
                 future.cancel()
             raise
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: end when the sweep process ends, even by SIGKILL. An orphaned worker would finish its
+    run while a rerun of the sweep starts the same run again in the same folder."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _prepare_data(base: RunConfig) -> None:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from .checkpoint import CKPT_NAME, atomic_write, config_of, read_checkpoint, save_checkpoint, write_config
+from .checkpoint import CKPT_NAME, CONFIG_NAME, atomic_write, config_of, read_checkpoint, save_checkpoint, write_config
 from .config import RunConfig, TrainConfig
 from .data.batches import TrainBatches, eval_windows
 from .data.shards import prepare_dataset
@@ -54,17 +54,26 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``train.device`` as a torch device; 'auto' picks CUDA, then MPS, then the CPU."""
+def resolve_device(name: str, local_rank: int = 0, setting: str = "train.device") -> torch.device:
+    """A device setting (``train.device`` unless ``setting`` names another) as a torch device; 'auto'
+    picks CUDA, then MPS, then the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"  # under torchrun: one GPU per process
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # 'cuda:x', 'tpu': torch's own message lists every backend it knows
+        raise CratelabError(f"{setting} = {name!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' "
+                            "or 'mps'") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CratelabError(f"{setting} = {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CratelabError(f"train.device = {name!r} but no CUDA GPU is available; use 'auto' or 'cpu'")
+        raise CratelabError(f"{setting} = {name!r} but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CratelabError(f"{setting} = {name!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CratelabError("train.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
+        raise CratelabError(f"{setting} = 'mps' but MPS is not available; use 'auto' or 'cpu'")
     return device
 
 
@@ -102,7 +111,8 @@ def check_same_run(state: dict[str, Any], cfg: RunConfig, tokenizer: Tokenizer, 
     diffs = [f"model.{f.name} {getattr(old.model, f.name)!r} -> {getattr(cfg.model, f.name)!r}"
              for f in dataclasses.fields(cfg.model) if getattr(old.model, f.name) != getattr(cfg.model, f.name)]
     if state["tokenizer"] != tokenizer.to_dict():
-        diffs.append(f"tokenizer {old.data.tokenizer!r} -> {cfg.data.tokenizer!r} (a different vocabulary)")
+        diffs.append(f"tokenizer {old.data.tokenizer!r} -> {cfg.data.tokenizer!r}" if old.data.tokenizer !=
+                     cfg.data.tokenizer else "a different vocabulary (the corpus or the data settings changed)")
     if diffs:
         raise CratelabError(f"{file.parent} holds a checkpoint of a different run ({'; '.join(diffs)}); "
                             "pass --fresh to start over, or choose another output folder")
@@ -121,6 +131,21 @@ def truncate_metrics(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue
     atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line, or nothing: a failed write (a full disk) is cut off again, so the file keeps
+    only complete lines, and raises OSError naming the file."""
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to be written on close
+        size = f.seek(0, os.SEEK_END)
+        data = memoryview((line + "\n").encode("utf-8"))
+        try:
+            while data:
+                data = data[f.write(data):]  # a write may be partial; the next one then raises
+        except OSError as err:
+            f.truncate(size)
+            err.filename = err.filename or str(path)
+            raise
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor | None]:
@@ -240,6 +265,9 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     ckpt_path, metrics_path = out_dir / CKPT_NAME, out_dir / METRICS_NAME
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name in (CKPT_NAME, METRICS_NAME, CONFIG_NAME):  # temporary files of a save cut short by a kill
+            for stale in out_dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         if fresh:
             ckpt_path.unlink(missing_ok=True)
             metrics_path.unlink(missing_ok=True)
@@ -349,8 +377,7 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
                     rng = [None] * world_size
                     dist.all_gather_object(rng, rng_states(device))
                 if master:
-                    with metrics_path.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(metrics) + "\n")
+                    append_line(metrics_path, json.dumps(metrics))
                     train_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                    "batches": batches.state_dict(), "rng": rng, "elapsed_s": metrics["elapsed_s"]}
                     save_checkpoint(raw_model, cfg, dataset.tokenizer, out_dir, step=step, tokens=tokens,

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from ..errors import CratelabError
 
@@ -184,7 +184,16 @@ class LayerRecords:
         for kind in ("top", "random", "quantile"):
             for f in fields(Windows):
                 tensors[f"{kind}.{f.name}"] = getattr(getattr(self, kind), f.name)
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, directory / "records.safetensors")
+        # serialized here and written by Python: safetensors' own file writing reports a full disk as a
+        # SafetensorError rather than the OSError it is
+        data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+        with open(directory / "records.safetensors", "wb") as f:
+            try:
+                f.write(data)
+                f.flush()
+            except OSError as err:
+                err.filename = err.filename or str(directory / "records.safetensors")
+                raise
         meta = {
             "format": FORMAT,
             "layer": self.layer,

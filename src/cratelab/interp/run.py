@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -41,8 +40,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import Checkpoint, atomic_write, checkpoint_file, load_checkpoint
-from ..config import InterpConfig, RunConfig, dump_toml
+from ..checkpoint import Checkpoint, atomic_write, check_tokenizer, checkpoint_file, load_checkpoint
+from ..config import ConfigError, InterpConfig, RunConfig, dump_toml
 from ..errors import CratelabError
 from . import make_backend
 from .collect import collect_records
@@ -142,13 +141,17 @@ class _Appender:
     the reader drops a torn last line). fsync_every = 0 fsyncs every group."""
 
     def __init__(self, path: Path, fsync_every: float | None = 0.0):
-        self._file, self._every, self._last = open(path, "ab"), fsync_every, time.monotonic()
+        self._path, self._file, self._every, self._last = path, open(path, "ab"), fsync_every, time.monotonic()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
         if data:
-            self._file.write(data)
-            self._file.flush()
+            try:
+                self._file.write(data)
+                self._file.flush()
+            except OSError as err:  # a full disk: the reader drops the cut-off line on the next run
+                err.filename = err.filename or str(self._path)
+                raise
             if self._every is not None and time.monotonic() - self._last >= self._every:
                 self._sync()
 
@@ -157,9 +160,15 @@ class _Appender:
         self._last = time.monotonic()
 
     def close(self) -> None:
-        if self._every is not None:
-            self._sync()
-        self._file.close()
+        try:
+            try:
+                if self._every is not None:
+                    self._sync()
+            finally:
+                self._file.close()
+        except OSError as err:
+            err.filename = err.filename or str(self._path)
+            raise
 
 
 def encode_simulation(arrays: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -225,9 +234,15 @@ def _key(row: dict[str, Any]) -> tuple[int, int, str]:
 
 # ---------------------------------------------------------------- the stages
 
+def _has_results(out: Path) -> bool:
+    """Whether the folder holds records or scores (else a run that failed early, e.g. on a wrong corpus)."""
+    scores = out / SCORES
+    return any((out / RECORDS).glob("layer*/meta.json")) or (scores.is_file() and scores.stat().st_size > 0)
+
+
 def _check_identity(out: Path, identity: dict[str, Any]) -> None:
     path = out / RUN
-    if path.is_file():
+    if path.is_file() and _has_results(out):  # else the new settings take the folder over
         old = json.loads(path.read_text(encoding="utf-8"))
         flat_old, flat_new = _flatten(old), _flatten(identity)
         for key in sorted(set(flat_old) | set(flat_new)):
@@ -256,13 +271,14 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
         from ..data.shards import prepare_dataset
         from ..train import resolve_device
 
+        device = resolve_device(icfg.device, setting="interp.device")
         dataset = prepare_dataset(ckpt.config.data, progress=progress)
-        _check_tokenizer(ckpt, dataset.tokenizer)
+        check_tokenizer(ckpt, dataset.tokenizer)
         tok = ckpt.tokenizer
         vocab = [tok.token_str(i) for i in range(tok.vocab_size)]
         fresh = collect_records(ckpt.model, dataset.val, vocab, layers=missing, n_tokens=icfg.tokens,
                                 eot_id=tok.eot_id, seed=icfg.seed, config=record_config(icfg),
-                                batch_size=icfg.batch_size, device=resolve_device(icfg.device), progress=progress)
+                                batch_size=icfg.batch_size, device=device, progress=progress)
         for layer, records in fresh.items():
             final, tmp = root / f"layer{layer}", root / f".layer{layer}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -274,21 +290,6 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
             os.replace(tmp, final)
     records = {layer: fresh[layer] if layer in fresh else LayerRecords.load(root / f"layer{layer}") for layer in layers}
     return records, bool(fresh)
-
-
-def _check_tokenizer(ckpt: Checkpoint, data_tokenizer) -> None:
-    mine, theirs = ckpt.tokenizer, data_tokenizer
-
-    def digest(tok) -> str:
-        h = hashlib.sha256(f"{tok.name} {tok.vocab_size} {tok.eot_id}".encode())
-        for i in range(tok.vocab_size):
-            h.update(len(tok.token_bytes(i)).to_bytes(4, "little") + tok.token_bytes(i))
-        return h.hexdigest()
-
-    if mine.name != theirs.name or mine.vocab_size != theirs.vocab_size or digest(mine) != digest(theirs):
-        raise CratelabError(f"the dataset of data.corpus = {ckpt.config.data.corpus!r} is tokenized differently "
-                            f"from the checkpoint ({theirs.name}, vocab {theirs.vocab_size} vs {mine.name}, vocab "
-                            f"{mine.vocab_size}): interpret on text tokenized as in training")
 
 
 def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[int, list[int]],
@@ -428,6 +429,8 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
         torch.set_num_threads(icfg.threads)
     mcfg = ckpt.model.config
     layers = icfg.layer_list(mcfg.n_layer)
+    if icfg.window > mcfg.block_size:  # a record lies within one context of the model
+        raise ConfigError("interp.window", f"must be <= model.block_size ({mcfg.block_size}), got {icfg.window}")
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

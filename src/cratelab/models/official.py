@@ -7,13 +7,14 @@ bias, vocab_size, dropout) and `model` (a state dict whose keys may carry torch.
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
-from ..errors import CratelabError
+from ..errors import CratelabError, unpickling_error
 from .crate import CRATE
 
 # official key pattern -> our key
@@ -44,6 +45,8 @@ def _read(path: Path) -> dict:
         raise CratelabError(f"official checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise unpickling_error(path, err) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise CratelabError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
 
@@ -52,7 +55,8 @@ def load_official_checkpoint(path: str | Path) -> CRATE:
     """Our CRATE computing the same function as the official checkpoint (to float32 rounding)."""
     path = Path(path)
     ckpt = _read(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or \
+            not isinstance(ckpt.get("model_args"), dict):
         raise CratelabError(f"{path}: expected an official crate-lm checkpoint with 'model' and 'model_args'")
     args, official = ckpt["model_args"], ckpt["model"]
     state = {}
@@ -63,16 +67,20 @@ def load_official_checkpoint(path: str | Path) -> CRATE:
             state[official_key_to_ours(key)] = value.float()
         except KeyError:
             raise CratelabError(f"{path}: unexpected key {key!r}; is this a crate_overcomplete checkpoint?") from None
-    n_embd = int(args["n_embd"])
-    attn_width = state["blocks.0.attn.c_attn.weight"].shape[0]
-    if attn_width != n_embd:
-        raise CratelabError(f"{path}: attention projection has {attn_width} outputs, expected {n_embd} "
-                            "(CRATE's shared U); this is not a crate_overcomplete checkpoint")
-    cfg = ModelConfig(
-        arch="crate", qkv="shared", n_layer=int(args["n_layer"]), n_head=int(args["n_head"]), n_embd=n_embd,
-        vocab_size=int(args["vocab_size"]), block_size=int(args["block_size"]),
-        overcomplete=state["blocks.0.ista.weight"].shape[0] // n_embd, dropout=float(args.get("dropout", 0.0)),
-        **OFFICIAL_ISTA)
+    try:
+        n_embd = int(args["n_embd"])
+        attn_width = state["blocks.0.attn.c_attn.weight"].shape[0]
+        if attn_width != n_embd:
+            raise CratelabError(f"{path}: attention projection has {attn_width} outputs, expected {n_embd} "
+                                "(CRATE's shared U); this is not a crate_overcomplete checkpoint")
+        cfg = ModelConfig(
+            arch="crate", qkv="shared", n_layer=int(args["n_layer"]), n_head=int(args["n_head"]), n_embd=n_embd,
+            vocab_size=int(args["vocab_size"]), block_size=int(args["block_size"]),
+            overcomplete=state["blocks.0.ista.weight"].shape[0] // n_embd, dropout=float(args.get("dropout", 0.0)),
+            **OFFICIAL_ISTA)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # not a complete crate-lm file
+        what = f"no {err.args[0]!r}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise CratelabError(f"{path}: incomplete official checkpoint ({what} in model_args or model)") from None
     model = CRATE(cfg)
     state.setdefault("lm_head.weight", state.get("wte.weight"))
     for name, param in model.state_dict().items():  # bias=False checkpoints: a zero bias is the same function

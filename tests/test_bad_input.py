@@ -1,0 +1,308 @@
+"""Bad input to every command: exit code 2 and one line that names the field or file, never a traceback.
+
+Every case is a real `cratelab ...` command line run outside the test process. One process per case
+would spend about 2 s importing torch each time, so the cases run in ONE child process (DRIVER): it
+calls the CLI's main() for each command line and records the exit code and stderr, printing an
+escaped exception as Python would (a "Traceback" the test then finds). tests/test_cli.py also runs a
+few of these as separate processes. docs/robustness.md lists the messages.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from cratelab.checkpoint import load_checkpoint, save_model_checkpoint
+from cratelab.config import load_config
+from cratelab.data.corpus import split_of
+from cratelab.train import train
+from tests.models.reference import random_official_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.toml")
+SWEEP = str(ROOT / "configs" / "seed-ablation.toml")
+FIXTURE = ROOT / "src" / "cratelab" / "data" / "fixture" / "fixture.jsonl"
+QUICK = ["train.max_steps=4", "train.eval_interval=4", "eval.tokens=512"]
+
+DRIVER = textwrap.dedent("""
+    import contextlib, io, json, sys, traceback
+    from cratelab.cli import main
+
+    cases, results = json.load(open(sys.argv[1])), {}
+    for case_id, argv in cases:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else 1
+            except BaseException:
+                traceback.print_exc()  # what Python prints for an uncaught exception
+                code = 1
+        results[case_id] = {"code": code, "stderr": err.getvalue()}
+    json.dump(results, open(sys.argv[2], "w"))
+""")
+
+
+def _world(root: Path) -> dict[str, Path]:
+    """The files the bad inputs point at: runs, damaged checkpoints, odd configs and corpora."""
+    w = {name: root / name for name in ("cache", "run", "corrupt", "truncated", "imported", "dirrun", "corpus",
+                                        "afile", "official", "evil", "garbage", "incomplete", "tinycorpus",
+                                        "emptycorpus", "badsweep")}
+    w |= {"binary": root / "binary.toml", "invalid": root / "invalid.toml"}
+    cache = ["data.cache_dir=" + json.dumps(str(w["cache"]))]
+    train(load_config(TINY, QUICK + cache), w["run"], progress=False)
+    ckpt = load_checkpoint(w["run"])
+
+    shutil.copytree(w["run"], w["corrupt"])
+    raw = bytearray((w["corrupt"] / "ckpt.pt").read_bytes())
+    offset = bytes(raw).find(ckpt.model.wte.weight.detach().numpy().tobytes()[:64])
+    raw[offset + 10] ^= 0x5A  # a flipped bit inside the embedding: torch.load alone would not notice
+    (w["corrupt"] / "ckpt.pt").write_bytes(bytes(raw))
+    shutil.copytree(w["run"], w["truncated"])
+    (w["truncated"] / "ckpt.pt").write_bytes(bytes(raw[: len(raw) // 2]))
+    save_model_checkpoint(ckpt.model, ckpt.tokenizer, w["imported"])
+
+    # a run on a folder of documents that changes after training: the BPE retrained on it differs
+    w["corpus"].mkdir()
+    shutil.copy(FIXTURE, w["corpus"] / "fixture.jsonl")
+    train(load_config(TINY, QUICK + cache + ["data.corpus=" + json.dumps(str(w["corpus"]))]), w["dirrun"],
+          progress=False)
+    name = next(f"added{i}.txt" for i in range(100) if split_of(f"added{i}.txt", 0.05) == "train")
+    (w["corpus"] / name).write_text("zyxwvut qqqjjj " * 2000, encoding="utf-8")
+
+    w["afile"].write_text("a regular file where a folder is expected\n")
+    sd = random_official_state_dict(1, 32, 512, 64, seed=0)
+    args = dict(n_layer=1, n_head=4, n_embd=32, block_size=64, bias=True, vocab_size=512, dropout=0.0)
+    torch.save({"model": sd, "model_args": args}, w["official"])
+    torch.save({"model": sd, "model_args": {k: v for k, v in args.items() if k != "n_layer"}}, w["incomplete"])
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran while loading",))
+
+    torch.save({"format": "cratelab-checkpoint", "version": 1, "model": Payload()}, w["evil"])
+    w["garbage"].write_bytes(os.urandom(3000))
+    w["tinycorpus"].mkdir()
+    (w["tinycorpus"] / "a.txt").write_text("only a few words\n")
+    w["emptycorpus"].mkdir()
+    w["binary"].write_bytes(b"\xff\xfe[model]\n")
+    w["invalid"].write_text("[model]\nn_layer = \n")
+    w["badsweep"].mkdir()
+    (w["badsweep"] / "sweep.toml").write_text("[sweep]\nseeds = [0, 0]\n")
+    return w
+
+
+# (id, command line, what the one-line message must contain); {name} is a path from _world
+CASES = [
+    # ---- any command
+    ("unknown-command", ["frobnicate"], "invalid choice"),
+    ("missing-argument", ["train", TINY], "--out"),
+    # ---- prepare
+    ("prepare/missing-config", ["prepare", "{cache}/nothing.toml"], "config file not found: {cache}/nothing.toml"),
+    ("prepare/unknown-key", ["prepare", TINY, "--set", "data.colour=red"], "data.colour: unknown key"),
+    ("prepare/vocab-range", ["prepare", TINY, "--set", "data.bpe_vocab_size=100"], "data.bpe_vocab_size"),
+    ("prepare/missing-corpus", ["prepare", TINY, "--set", "data.corpus={cache}/nothing"], "data.corpus"),
+    ("prepare/empty-corpus", ["prepare", TINY, "--set", "data.corpus={emptycorpus}"], "no documents in"),
+    ("prepare/tiny-corpus", ["prepare", TINY, "--set", "data.corpus={tinycorpus}"], "the val split is empty"),
+    ("prepare/cache-below-a-file", ["prepare", TINY, "--set", "data.cache_dir={afile}/cache"], "{afile}"),
+    # ---- train: config values
+    ("train/unknown-key", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_layers=3"],
+     "model.n_layers: unknown key"),
+    ("train/unknown-section", ["train", TINY, "--out", "{cache}/r", "--set", "modle.n_layer=3"],
+     "modle: unknown section"),
+    ("train/wrong-type", ["train", TINY, "--out", "{cache}/r", "--set", "train.max_steps=ten"],
+     "train.max_steps: expected int"),
+    ("train/float-for-int", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_layer=1.5"],
+     "model.n_layer: expected int"),
+    ("train/heads", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_embd=30"],
+     "model.n_embd: must be divisible by model.n_head"),
+    ("train/negative-lambda", ["train", TINY, "--out", "{cache}/r", "--set", "model.ista_lambda=-0.1"],
+     "model.ista_lambda: must be >= 0"),
+    ("train/zero-step-size", ["train", TINY, "--out", "{cache}/r", "--set", "model.ista_step_size=0"],
+     "model.ista_step_size: must be > 0"),
+    ("train/zero-ista-steps", ["train", TINY, "--out", "{cache}/r", "--set", "model.ista_steps=0"],
+     "model.ista_steps: must be >= 1"),
+    ("train/zero-steps", ["train", TINY, "--out", "{cache}/r", "--set", "train.max_steps=0"],
+     "train.max_steps: must be >= 1"),
+    ("train/unknown-arch", ["train", TINY, "--out", "{cache}/r", "--set", "model.arch=transformer"],
+     "model.arch: must be one of"),
+    ("train/unknown-qkv", ["train", TINY, "--out", "{cache}/r", "--set", "model.qkv=tied"],
+     "model.qkv: must be one of"),
+    ("train/infinite-lr", ["train", TINY, "--out", "{cache}/r", "--set", "train.lr=inf"],
+     "train.lr: must be a finite number"),
+    ("train/nan-dropout", ["train", TINY, "--out", "{cache}/r", "--set", "model.dropout=nan"], "model.dropout"),
+    ("train/huge-integer", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_layer=99999999999999999999999"],
+     "model.n_layer"),
+    ("train/model-too-big", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_layer=999999999"],
+     "GiB for the weights alone"),
+    ("train/bad-device", ["train", TINY, "--out", "{cache}/r", "--set", "train.device=cuda:x"], "train.device"),
+    # ---- train: --set syntax and the config file
+    ("train/set-no-equals", ["train", TINY, "--out", "{cache}/r", "--set", "model.qkv"],
+     "--set: expected section.key=value"),
+    ("train/set-no-key", ["train", TINY, "--out", "{cache}/r", "--set", "model=3"],
+     "--set: expected section.key=value"),
+    ("train/set-too-deep", ["train", TINY, "--out", "{cache}/r", "--set", "train.lr.x=3"], "train.lr.x"),
+    ("train/set-bad-toml", ["train", TINY, "--out", "{cache}/r", "--set", "train.lr=[1"], "train.lr: expected float"),
+    ("train/missing-config", ["train", "{cache}/nothing.toml", "--out", "{cache}/r"], "config file not found"),
+    ("train/config-is-a-folder", ["train", "{cache}", "--out", "{cache}/r"], "{cache} is a folder"),
+    ("train/config-not-utf8", ["train", "{binary}", "--out", "{cache}/r"], "{binary}: not UTF-8"),
+    ("train/config-invalid-toml", ["train", "{invalid}", "--out", "{cache}/r"], "{invalid}: invalid TOML"),
+    # ---- train: data and the output folder
+    ("train/missing-corpus", ["train", TINY, "--out", "{cache}/r", "--set", "data.corpus={cache}/nothing"],
+     "data.corpus"),
+    ("train/context-too-long", ["train", TINY, "--out", "{cache}/r", "--set", "model.block_size=200000"],
+     "corpus too small for the context length"),
+    ("train/other-architecture", ["train", TINY, "--out", "{run}", "--set", "model.arch=gpt"],
+     "model.arch 'crate' -> 'gpt'"),
+    ("train/other-vocabulary", ["train", TINY, "--out", "{run}", "--set", "data.bpe_vocab_size=300"],
+     "a different vocabulary"),
+    ("train/imported-weights", ["train", TINY, "--out", "{imported}"], "without training state"),
+    ("train/corrupted-checkpoint", ["train", TINY, "--out", "{corrupt}"], "{corrupt}/ckpt.pt: corrupted"),
+    ("train/truncated-checkpoint", ["train", TINY, "--out", "{truncated}"], "{truncated}/ckpt.pt: truncated"),
+    ("train/out-below-a-file", ["train", TINY, "--out", "{afile}/run"], "{afile}/run: Not a directory"),
+    ("train/out-is-a-file", ["train", TINY, "--out", "{afile}"], "{afile}: exists and is not a folder"),
+    # ---- eval
+    ("eval/missing-checkpoint", ["eval", "{cache}/nothing"], "no checkpoint at {cache}/nothing"),
+    ("eval/corrupted-checkpoint", ["eval", "{corrupt}"], "{corrupt}/ckpt.pt: corrupted"),
+    ("eval/truncated-checkpoint", ["eval", "{truncated}"], "{truncated}/ckpt.pt: truncated"),
+    ("eval/not-a-checkpoint", ["eval", "{afile}"], "{afile}"),
+    ("eval/pickled-code", ["eval", "{evil}"], "{evil}: refused"),
+    ("eval/other-tokenizer", ["eval", "{dirrun}"], "tokenized differently from the checkpoint {dirrun}/ckpt.pt"),
+    ("eval/negative-tokens", ["eval", "{run}", "--tokens", "-1"], "--tokens: must be >= 0"),
+    ("eval/bad-device", ["eval", "{run}", "--device", "tpu"], "--device = 'tpu'"),
+    # ---- generate
+    ("generate/empty-prompt", ["generate", "{run}", "--prompt", ""], "--prompt: must not be empty"),
+    ("generate/blank-prompt", ["generate", "{run}", "--prompt", "  \n"], "--prompt: must not be empty"),
+    ("generate/set-neuron-syntax", ["generate", "{run}", "--prompt", "hi", "--set-neuron", "1-2=3"],
+     "--set-neuron: expected LAYER:INDEX=VALUE"),
+    ("generate/set-neuron-value", ["generate", "{run}", "--prompt", "hi", "--set-neuron", "0:1=1.2.3"],
+     "--set-neuron"),
+    ("generate/set-neuron-layer", ["generate", "{run}", "--prompt", "hi", "--set-neuron", "5:1=2"],
+     "--set-neuron: layer 5 out of range"),
+    ("generate/set-neuron-index", ["generate", "{run}", "--prompt", "hi", "--set-neuron", "0:9999=2"],
+     "--set-neuron: neuron 9999 out of range"),
+    ("generate/negative-top-k", ["generate", "{run}", "--prompt", "hi", "--top-k", "-1"], "--top-k: must be >= 0"),
+    ("generate/negative-temperature", ["generate", "{run}", "--prompt", "hi", "--temperature", "-1"],
+     "--temperature"),
+    ("generate/nan-temperature", ["generate", "{run}", "--prompt", "hi", "--temperature", "nan"], "--temperature"),
+    ("generate/negative-length", ["generate", "{run}", "--prompt", "hi", "--max-new-tokens", "-1"],
+     "--max-new-tokens: must be >= 0"),
+    ("generate/negative-show-next", ["generate", "{run}", "--prompt", "hi", "--show-next", "-1"], "--show-next"),
+    ("generate/not-an-int", ["generate", "{run}", "--prompt", "hi", "--top-k", "ten"], "--top-k"),
+    ("generate/corrupted-checkpoint", ["generate", "{corrupt}", "--prompt", "hi"], "{corrupt}/ckpt.pt: corrupted"),
+    ("generate/bad-device", ["generate", "{run}", "--prompt", "hi", "--device", "cuda:x"], "--device = 'cuda:x'"),
+    # ---- interpret
+    ("interpret/corrupted-checkpoint", ["interpret", "{corrupt}", "--out", "{cache}/i"], "{corrupt}/ckpt.pt"),
+    ("interpret/truncated-checkpoint", ["interpret", "{truncated}", "--out", "{cache}/i"], "{truncated}/ckpt.pt"),
+    ("interpret/model-override", ["interpret", "{run}", "--out", "{cache}/i", "--set", "model.n_layer=3"],
+     "interpret takes interp.* and data.* overrides"),
+    ("interpret/unknown-key", ["interpret", "{run}", "--out", "{cache}/i", "--set", "interp.colour=red"],
+     "interp.colour: unknown key"),
+    ("interpret/layer-range", ["interpret", "{run}", "--out", "{cache}/i", "--layers", "5"],
+     "interp.layers: layer 5 out of range"),
+    ("interpret/protocol", ["interpret", "{run}", "--out", "{cache}/i", "--protocol", "bogus"], "interp.protocols"),
+    ("interpret/negative-neurons", ["interpret", "{run}", "--out", "{cache}/i", "--neurons", "-1"],
+     "interp.neurons: must be >= 0"),
+    ("interpret/window", ["interpret", "{run}", "--out", "{cache}/i", "--set", "interp.window=100000"],
+     "interp.window: must be <= model.block_size"),
+    ("interpret/other-tokenizer", ["interpret", "{run}", "--out", "{cache}/i2", "--set", "data.bpe_vocab_size=300"],
+     "tokenized differently from the checkpoint {run}/ckpt.pt"),
+    ("interpret/tiny-corpus", ["interpret", "{run}", "--out", "{cache}/i3", "--set", "data.corpus={tinycorpus}"],
+     "the val split is empty"),
+    ("interpret/missing-model", ["interpret", "{run}", "--out", "{cache}/i4", "--method", "local:{cache}/nothing",
+                                 "--layers", "0", "--neurons", "1", "--tokens", "2048"], "{cache}/nothing"),
+    ("interpret/bad-device", ["interpret", "{run}", "--out", "{cache}/i5", "--device", "tpu"], "interp.device"),
+    ("interpret/out-below-a-file", ["interpret", "{run}", "--out", "{afile}/i"], "{afile}/i: Not a directory"),
+    # ---- ablate
+    ("ablate/missing-config", ["ablate", "{cache}/nothing.toml", "--out", "{cache}/a"], "config file not found"),
+    ("ablate/unknown-key", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "sweep.nope=1"],
+     "sweep.nope: unknown key"),
+    ("ablate/duplicate-seeds", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "sweep.seeds=[1, 1]"],
+     "sweep.seeds: must list distinct seeds"),
+    ("ablate/seeds-type", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "sweep.seeds=3"],
+     "sweep.seeds: expected a list"),
+    ("ablate/negative-lambda", ["ablate", SWEEP, "--out", "{cache}/a", "--set", "sweep.ista_lambdas=[-0.1, 0.1]"],
+     "sweep.ista_lambdas"),
+    ("ablate/reference", ["ablate", SWEEP, "--out", "{cache}/a", "--set", "sweep.reference_lambda=0.3"],
+     "sweep.reference_lambda"),
+    ("ablate/model-value", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "model.n_embd=31"],
+     "model.n_embd"),
+    ("ablate/workers", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--workers", "0"], "sweep.workers"),
+    ("ablate/unknown-run", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--only", "nosuchrun"],
+     "--only: no run named nosuchrun"),
+    ("ablate/out-below-a-file", ["ablate", SWEEP, "--out", "{afile}/a", "--smoke"], "{afile}/a: Not a directory"),
+    # ---- report
+    ("report/missing-folder", ["report", "{cache}/nothing"], "{cache}/nothing is not a sweep folder"),
+    ("report/run-folder", ["report", "{run}"], "{run} is not a sweep folder"),
+    ("report/bad-sweep-file", ["report", "{badsweep}"], "{badsweep}/sweep.toml: sweep.seeds"),
+    # ---- import-official
+    ("import-official/missing-file", ["import-official", "{cache}/nothing.pt", "--out", "{cache}/o"], "not found"),
+    ("import-official/garbage", ["import-official", "{garbage}", "--out", "{cache}/o"],
+     "{garbage}: not a loadable checkpoint"),
+    ("import-official/incomplete", ["import-official", "{incomplete}", "--out", "{cache}/o"],
+     "{incomplete}: incomplete official checkpoint (no 'n_layer'"),
+    ("import-official/pickled-code", ["import-official", "{evil}", "--out", "{cache}/o"], "{evil}: refused"),
+    ("import-official/our-checkpoint", ["import-official", "{run}/ckpt.pt", "--out", "{cache}/o"],
+     "expected an official crate-lm checkpoint"),
+    ("import-official/over-a-run", ["import-official", "{official}", "--out", "{run}"],
+     "{run}/ckpt.pt already exists"),
+    ("import-official/out-below-a-file", ["import-official", "{official}", "--out", "{afile}/o"],
+     "{afile}/o: Not a directory"),
+]
+
+
+def _fill(text: str, world: dict[str, Path]) -> str:
+    for name, path in world.items():
+        text = text.replace("{" + name + "}", str(path))
+    return text
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every case run by the driver process: {id: {"code": int, "stderr": str}}, and the world's paths."""
+    root = tmp_path_factory.mktemp("bad-input")
+    world = _world(root)
+    cases = [(case_id, [_fill(a, world) for a in argv]) for case_id, argv, _ in CASES]
+    (root / "cases.json").write_text(json.dumps(cases))
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"), str(root / "results.json")],
+                          capture_output=True, text=True, timeout=900, cwd=root,
+                          env={**os.environ, "CRATELAB_CACHE": str(world["cache"]), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((root / "results.json").read_text()), world
+
+
+@pytest.mark.parametrize("case_id, argv, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_naming_the_problem_and_exit_code_2(results, case_id, argv, message):
+    by_id, world = results
+    result = by_id[case_id]
+    stderr = result["stderr"]
+    assert "Traceback" not in stderr, stderr
+    assert result["code"] == 2, stderr
+    lines = stderr.strip().splitlines()
+    last = lines[-1]
+    assert last.startswith("error: ") and _fill(message, world) in last, last
+    # one line; argparse's own errors print the command's usage above it
+    assert len(lines) == 1 or lines[0].startswith("usage: cratelab"), stderr
+    assert sum(line.startswith("error:") for line in lines) == 1, stderr
+
+
+def test_the_pickled_payload_never_ran(results):
+    by_id, _ = results
+    assert all("this ran while loading" not in r["stderr"] for r in by_id.values())
+
+
+def test_failed_commands_leave_the_runs_they_point_at_as_they_were(results):
+    _, world = results
+    ckpt = load_checkpoint(world["run"])  # refused resumes and imports did not touch the run
+    assert ckpt.step == 4 and ckpt.config.model.arch == "crate" and "train" in torch.load(
+        world["run"] / "ckpt.pt", weights_only=True)
+    assert [json.loads(line)["step"] for line in (world["run"] / "metrics.jsonl").read_text().splitlines()] == [4]
+    assert world["afile"].read_text() == "a regular file where a folder is expected\n"

@@ -1,0 +1,369 @@
+"""Faults met by real `cratelab` processes: SIGKILL, a full disk, a loss that turns NaN, no network.
+
+Each test runs the command line as a user would, breaks it from outside while it works, then runs the
+same command again and compares with an uninterrupted run. In-process versions of some of these live
+beside the code they test (tests/test_train.py: resume and NaN; tests/test_checkpoint.py: damaged
+files; tests/interp/test_run.py: SIGKILL inside `interpret`); tests/test_bad_input.py feeds damaged
+checkpoints to every command.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cratelab.checkpoint import load_checkpoint
+from cratelab.config import load_config
+from cratelab.interp.run import read_jsonl
+from cratelab.sweep import RESULT_COLUMNS
+from cratelab.train import train
+
+resource = pytest.importorskip("resource")  # POSIX: file-size limits; the process groups below are POSIX too
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.toml")
+SWEEP = str(ROOT / "configs" / "seed-ablation.toml")
+TRAIN = ["train", TINY, "--set", "train.max_steps=40", "--set", "train.eval_interval=5"]
+INTERPRET = ["--neurons", "64", "--tokens", "8192", "--set", "interp.device=cpu"]
+# two runs (CRATE and the GPT baseline) of the smoke sweep, checkpointed every 10 of their 30 steps
+ABLATE = ["ablate", SWEEP, "--smoke", "--set", "sweep.seeds=[0]", "--set", "sweep.ista_lambdas=[0.1]",
+          "--set", 'sweep.qkv=["shared"]', "--set", "train.eval_interval=10"]
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def command(*args) -> list[str]:
+    return [sys.executable, "-m", "cratelab", *map(str, args)]
+
+
+def environment(cache: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "CRATELAB_CACHE": str(cache), "OMP_NUM_THREADS": "1", **extra}
+
+
+def cratelab(*args, cache: Path, expect: int = 0, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command(*args), capture_output=True, text=True, timeout=600, env=environment(cache),
+                          **kwargs)
+    assert proc.returncode == expect, f"cratelab {' '.join(map(str, args))} -> {proc.returncode}:\n{proc.stderr}"
+    return proc
+
+
+def final_metrics(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_until(args: list, cache: Path, ready, then, timeout: float = 300) -> tuple[int, str]:
+    """Start `cratelab args`, call then(proc) as soon as ready() holds, wait for the process to end, and
+    return its exit status and stderr. Fails if it ends first. It leads its own process group (as under
+    a job scheduler). stderr is a pipe (a file would count against a file-size limit) read by a thread,
+    so that a child process that outlives it (and holds the pipe) cannot make the test hang."""
+    proc = subprocess.Popen(command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=environment(cache), start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                reader.join(5)
+                pytest.fail(f"cratelab {' '.join(map(str, args))} ended ({proc.returncode}) before the fault:\n"
+                            + "".join(lines))
+            assert time.monotonic() < deadline, "timed out waiting for the moment of the fault"
+            time.sleep(0.005)
+        then(proc)
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # the test failed on the way: leave no process behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(5)
+    return proc.returncode, "".join(lines)
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the sweep's worker processes too
+
+
+def lines_of(path: Path) -> list[dict]:
+    """The complete JSON lines of a file being written by another process."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):  # may end mid-character
+        if line.endswith("\n"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return rows
+
+
+def steps(out: Path) -> list[int]:
+    return [m["step"] for m in lines_of(out / "metrics.jsonl")]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.tmp*"))
+
+
+# ---------------------------------------------------------------- train
+
+@pytest.fixture(scope="module")
+def whole_train(cache, tmp_path_factory) -> tuple[Path, dict]:
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    return out, final_metrics(cratelab(*TRAIN, "--out", out, cache=cache))
+
+
+def assert_same_run(out: Path, whole: tuple[Path, dict], final: dict) -> None:
+    reference, expected = whole
+    assert {k: final[k] for k in ("step", "tokens", "train_loss", "val_loss")} == \
+        {k: expected[k] for k in ("step", "tokens", "train_loss", "val_loss")}
+    assert steps(out) == list(range(5, 41, 5))  # every evaluation once
+    assert [m["val_loss"] for m in lines_of(out / "metrics.jsonl")] == \
+        [m["val_loss"] for m in lines_of(reference / "metrics.jsonl")]
+    a, b = load_checkpoint(out).model.state_dict(), load_checkpoint(reference).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert leftovers(out) == []
+
+
+def test_sigkill_during_train_then_the_same_command_ends_where_an_uninterrupted_run_ends(cache, whole_train,
+                                                                                         tmp_path):
+    out = tmp_path / "run"
+    status, _ = run_until([*TRAIN, "--out", out], cache, ready=lambda: len(steps(out)) >= 2, then=sigkill)
+    assert status == -signal.SIGKILL
+    assert 5 <= load_checkpoint(out).step < 40  # killed after a checkpoint and before the end
+
+    assert_same_run(out, whole_train, final_metrics(cratelab(*TRAIN, "--out", out, cache=cache)))
+
+
+def limit_file_size(limit):
+    def then(proc: subprocess.Popen) -> None:
+        size = limit() if callable(limit) else limit
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (size, size))  # writes beyond it fail with EFBIG
+    return then
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit (Linux)")
+@pytest.mark.parametrize("full", ["checkpoint", "metrics"])
+def test_a_full_disk_during_train_is_one_line_and_damages_nothing(cache, whole_train, tmp_path, full):
+    out = tmp_path / "run"
+
+    def saved() -> bool:  # a checkpoint, and the config.toml written after it (smaller than the limit below)
+        ckpt, config = out / "ckpt.pt", out / "config.toml"
+        return ckpt.is_file() and config.is_file() and config.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns
+
+    # the disk fills while the process runs: the next checkpoint, or the next metrics line, no longer fits
+    limit = 4096 if full == "checkpoint" else lambda: (out / "metrics.jsonl").stat().st_size + 10
+    status, err = run_until([*TRAIN, "--out", out], cache, ready=saved, then=limit_file_size(limit))
+    assert status == 2 and "Traceback" not in err, err
+    failed = "ckpt.pt" if full == "checkpoint" else "metrics.jsonl"
+    assert err.strip().splitlines()[-1] == f"error: {out / failed}: File too large"
+
+    ckpt = load_checkpoint(out)  # the last good checkpoint, whole
+    assert 5 <= ckpt.step < 40 and ckpt.step in steps(out)
+    raw = (out / "metrics.jsonl").read_text()
+    assert raw.endswith("\n") and len(lines_of(out / "metrics.jsonl")) == len(raw.splitlines())  # no cut-off line
+    assert leftovers(out) == []
+
+    assert_same_run(out, whole_train, final_metrics(cratelab(*TRAIN, "--out", out, cache=cache)))
+
+
+def test_nan_loss_stops_with_a_message_and_the_last_good_checkpoint_still_serves(cache, tmp_path):
+    out = tmp_path / "run"
+    cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=10", cache=cache)
+    # resumed with an absurd learning rate: the weights blow up at the first update
+    proc = cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=20", "--set", "train.lr=1e30", cache=cache,
+                    expect=2)
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and message.startswith("error: loss became ")
+    assert f"; last good checkpoint kept at {out / 'ckpt.pt'}." in message
+    assert steps(out) == [5, 10] and load_checkpoint(out).step == 10
+    cratelab("eval", out, cache=cache)
+    assert json.loads((out / "eval.json").read_text())["step"] == 10
+    assert cratelab("generate", out, "--prompt", "The", "--max-new-tokens", "4", cache=cache).stdout.startswith("The")
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit (Linux)")
+def test_a_full_disk_during_eval_keeps_the_previous_eval_json(cache, whole_train):
+    run = whole_train[0]
+    cratelab("eval", run, cache=cache)
+    before = (run / "eval.json").read_bytes()
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    proc = cratelab("eval", run, "--tokens", "1024", cache=cache, expect=2, preexec_fn=small_files)
+    assert proc.stderr.strip().splitlines() == [f"error: {run / 'eval.json'}: File too large"]
+    assert (run / "eval.json").read_bytes() == before and leftovers(run) == []
+
+
+# ---------------------------------------------------------------- interpret
+
+@pytest.fixture(scope="module")
+def checkpoint(cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    overrides = ["train.max_steps=20", "train.eval_interval=20", f"data.cache_dir={json.dumps(str(cache))}"]
+    train(load_config(TINY, overrides), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def whole_interpret(cache, checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("interp") / "whole"
+    cratelab("interpret", checkpoint, "--out", out, *INTERPRET, cache=cache)
+    return out
+
+
+def assert_same_scores(out: Path, reference: Path) -> None:
+    rows = read_jsonl(out / "scores.jsonl")
+    keys = [(r["layer"], r["neuron"], r["protocol"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * 64 * 3  # nothing lost, nothing scored twice
+    assert sorted((out / "scores.jsonl").read_text().splitlines()) == \
+        sorted((reference / "scores.jsonl").read_text().splitlines())
+    assert json.loads((out / "summary.json").read_text())["layers"] == \
+        json.loads((reference / "summary.json").read_text())["layers"]
+    assert (out / "scores.csv").read_bytes() == (reference / "scores.csv").read_bytes()
+
+
+def test_sigkill_during_interpret_then_the_same_command_finishes_the_same_scores(cache, checkpoint,
+                                                                                  whole_interpret, tmp_path):
+    out = tmp_path / "interp"
+    args = ["interpret", checkpoint, "--out", out, *INTERPRET]
+    status, _ = run_until(args, cache, ready=lambda: len(lines_of(out / "scores.jsonl")) >= 30, then=sigkill)
+    assert status == -signal.SIGKILL and not (out / "summary.json").exists()
+
+    cratelab(*args, cache=cache)
+    assert_same_scores(out, whole_interpret)
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit (Linux)")
+def test_a_full_disk_during_interpret_is_one_line_and_the_rerun_loses_nothing(cache, checkpoint, whole_interpret,
+                                                                              tmp_path):
+    out = tmp_path / "interp"
+    args = ["interpret", checkpoint, "--out", out, *INTERPRET]
+    status, err = run_until(args, cache, ready=lambda: len(lines_of(out / "scores.jsonl")) >= 30,
+                            then=limit_file_size(lambda: (out / "scores.jsonl").stat().st_size + 50))
+    assert status == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out}/") and last.endswith(".jsonl: File too large")
+
+    cratelab(*args, cache=cache)
+    assert_same_scores(out, whole_interpret)
+
+
+# ---------------------------------------------------------------- ablate
+
+def results(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "train_s"} for row in csv.DictReader(f)]
+
+
+def test_sigkill_during_ablate_then_the_same_command_gives_the_same_results(cache, tmp_path):
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    cratelab(*ABLATE, "--out", whole, cache=cache)
+
+    # killed while training (a checkpoint written): the sweep process alone, as `kill -9 PID` or the
+    # out-of-memory killer would; its worker processes must not carry on beside the rerun
+    def files() -> dict[Path, int]:
+        return {p: p.stat().st_size for p in out.rglob("*") if p.is_file()}
+
+    killed = {}
+
+    def kill_the_sweep_process(proc):
+        os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.5)  # what was being written when the kill came
+        killed.update(group=proc.pid, files=files())
+
+    status, _ = run_until([*ABLATE, "--out", out], cache, then=kill_the_sweep_process,
+                          ready=lambda: any(lines_of(p) for p in out.glob("runs/*/metrics.jsonl")))
+    assert status == -signal.SIGKILL
+    time.sleep(2)
+    try:
+        assert files() == killed["files"]  # nobody writes any more
+    except AssertionError:
+        os.killpg(killed["group"], signal.SIGKILL)  # the orphaned workers, before the test fails
+        raise
+    # then the whole process group, while scoring neurons
+    status, _ = run_until([*ABLATE, "--out", out], cache, then=sigkill,
+                          ready=lambda: any(lines_of(p) for p in out.glob("runs/*/interp/scores.jsonl")))
+    assert status == -signal.SIGKILL and not (out / "results.csv").exists()
+    cratelab(*ABLATE, "--out", out, cache=cache)
+
+    assert results(out) == results(whole) and len(results(out)) == 2
+    assert (out / "results.csv").read_text().splitlines()[0] == ",".join(RESULT_COLUMNS)
+    assert (out / "results_layers.csv").read_bytes() == (whole / "results_layers.csv").read_bytes()
+    for run in sorted((whole / "runs").iterdir()):
+        mine = out / "runs" / run.name
+        assert steps(mine) == [10, 20, 30]  # no evaluation logged twice
+        keys = [(r["layer"], r["neuron"], r["protocol"]) for r in read_jsonl(mine / "interp" / "scores.jsonl")]
+        assert len(keys) == len(set(keys)) == 2 * 16 * 3
+        assert sorted((mine / "interp" / "scores.jsonl").read_text().splitlines()) == \
+            sorted((run / "interp" / "scores.jsonl").read_text().splitlines())
+
+
+# ---------------------------------------------------------------- no network
+
+SITECUSTOMIZE = textwrap.dedent('''
+    """Loaded by every Python process of the test (PYTHONPATH): Internet sockets fail, and say so in a log."""
+    import os, socket
+
+    def _deny(what):
+        def refuse(*args, **kwargs):
+            with open(os.environ["CRATELAB_TEST_NETLOG"], "a") as log:
+                log.write(f"{os.getpid()} {what} {args[1:] if what == 'connect' else args}\\n")
+            raise OSError(101, "network disabled by the test")
+        return refuse
+
+    _connect = socket.socket.connect
+
+    def connect(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            return _deny("connect")(self, address)
+        return _connect(self, address, *args)
+
+    socket.socket.connect = connect
+    socket.socket.connect_ex = lambda self, address: connect(self, address)
+    socket.getaddrinfo = _deny("getaddrinfo")
+''')
+
+
+def test_train_eval_interpret_and_ablate_need_no_network(cache, tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = tmp_path / "network.log"
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "CRATELAB_TEST_NETLOG": str(log)}
+
+    def offline(*args):
+        proc = subprocess.run(command(*args), capture_output=True, text=True, timeout=600,
+                              env=environment(cache, **env))
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    check = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 1)"],
+                           capture_output=True, text=True, env=environment(cache, **env))
+    assert "network disabled by the test" in check.stderr and log.read_text()  # the trap works
+    log.unlink()
+
+    run = tmp_path / "run"
+    offline(*TRAIN, "--out", run, "--set", "train.max_steps=10")
+    offline("eval", run)
+    offline("generate", run, "--prompt", "The", "--max-new-tokens", "4")
+    offline("interpret", run, "--out", tmp_path / "interp", "--neurons", "4", "--tokens", "4096")
+    offline(*ABLATE, "--out", tmp_path / "sweep", "--set", "sweep.baseline=false")
+    assert not log.exists(), log.read_text()
