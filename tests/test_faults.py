@@ -23,7 +23,7 @@ import torch
 
 from cratelab.checkpoint import load_checkpoint
 from cratelab.config import load_config
-from cratelab.interp.run import read_jsonl
+from cratelab.io import read_jsonl
 from cratelab.sweep import RESULT_COLUMNS
 from cratelab.train import train
 

@@ -15,7 +15,8 @@ from cratelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, Trai
 from cratelab.data.tokenizer import BPETokenizer
 from cratelab.errors import CratelabError
 from cratelab.models import build_model
-from cratelab.train import (autocast_dtype, lr_at, open_external_log, param_groups, resolve_vocab_size, train,
+from cratelab.runtime import autocast_dtype
+from cratelab.train import (lr_at, open_external_log, param_groups, resolve_vocab_size, train,
                             truncate_metrics)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -15,20 +15,18 @@ checkpoint in place. On load, the zip container's CRC-32 checksums are verified 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import uuid
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from .config import ConfigError, DataConfig, RunConfig, config_from_dict, dump_toml
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError, unpickling_error
+from .io import atomic_write, write_text
 from .models import LanguageModel, build_model
 
 CKPT_NAME = "ckpt.pt"
@@ -54,55 +52,8 @@ def checkpoint_file(path: str | Path) -> Path:
     return path if path.is_file() else path / CKPT_NAME
 
 
-class _WriteErrors:
-    """A binary file that remembers the OSError of a failed write: torch.save reports one (a full disk)
-    as a bare RuntimeError ("unexpected pos ..."), which would hide the reason."""
-
-    def __init__(self, f: IO[bytes]):
-        self._f, self.error = f, None
-
-    def write(self, data) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file so that readers see either the old complete file or the new complete file. A failed
-    write (a full disk, a missing folder) raises OSError naming ``path`` and leaves the old file as it was."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # same folder: rename is atomic
-    try:
-        with open(tmp, "xb") as f:
-            sink = _WriteErrors(f)
-            try:
-                write(sink)
-            except Exception as err:
-                if sink.error is not None and not isinstance(err, OSError):
-                    raise sink.error from None
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
-            err.filename = str(path)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def write_config(cfg: RunConfig, out_dir: Path) -> None:
-    atomic_write(out_dir / CONFIG_NAME, lambda f: f.write(dump_toml(cfg).encode("utf-8")))
+    write_text(out_dir / CONFIG_NAME, dump_toml(cfg))
 
 
 def save_checkpoint(model: torch.nn.Module, cfg: RunConfig, tokenizer: Tokenizer, out_dir: str | Path, *,

@@ -70,11 +70,12 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .runtime import is_main_process
     from .train import train
 
     cfg = load_config(args.config, args.overrides)
     final = train(cfg, Path(args.out), fresh=args.fresh)
-    if final and os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+    if final and is_main_process():  # under torchrun, one process reports
         print(json.dumps(final))
 
 
@@ -86,7 +87,7 @@ def _load(path: str):
 
 def cmd_eval(args) -> None:
     from .evaluate import EVAL_JSON, evaluate_checkpoint, format_table
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     if args.tokens < 0:
         _fail(f"--tokens: must be >= 0 (0 = the run's eval.tokens), got {args.tokens}")
@@ -116,7 +117,7 @@ def cmd_generate(args) -> None:
 
     from .generate import generate, next_token_distribution
     from .models import neuron_hook_name, set_neuron
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     if not args.prompt.strip():
         _fail("--prompt: must not be empty")
@@ -199,6 +200,7 @@ def cmd_interpret(args) -> None:
 
 
 def cmd_ablate(args) -> None:
+    from .runtime import is_main_process
     from .report import write_report
     from .sweep import ablate, expand, load_sweep, print_commands
 
@@ -210,7 +212,7 @@ def cmd_ablate(args) -> None:
         print_commands(args.config, out, args.overrides, args.smoke, expand(base, sweep))
         return
     rows = ablate(args.config, out, args.overrides, smoke=args.smoke, only=args.only)
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return
     if args.only:  # one run of a scheduled sweep: `cratelab report` writes the report once all are done
         print(f"finished {', '.join(args.only)}; {len(rows)} runs done in {out}")

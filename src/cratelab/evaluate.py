@@ -108,12 +108,12 @@ def format_table(result: EvalResult) -> str:
 
 def evaluate_checkpoint(ckpt, tokens: int = 0, device: str = "auto", progress: bool = False) -> EvalResult:
     """Evaluate a loaded checkpoint on its own held-out split and write ``eval.json`` into its folder."""
-    import json
 
-    from .checkpoint import atomic_write, check_tokenizer
+    from .checkpoint import check_tokenizer
+    from .io import write_json
     from .data.batches import eval_windows
     from .data.shards import prepare_dataset
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     cfg = ckpt.config
     dataset = prepare_dataset(cfg.data, progress=progress)
@@ -123,5 +123,5 @@ def evaluate_checkpoint(ckpt, tokens: int = 0, device: str = "auto", progress: b
     result = evaluate(ckpt.model.to(target), windows, dataset.tokenizer.token_byte_lengths(),
                       dense_threshold=cfg.eval.dense_threshold, device=target)
     report = result.to_dict() | {"checkpoint": str(ckpt.path), "step": ckpt.step}
-    atomic_write(ckpt.path / EVAL_JSON, lambda f: f.write(json.dumps(report, indent=2).encode("utf-8")))
+    write_json(ckpt.path / EVAL_JSON, report)
     return result

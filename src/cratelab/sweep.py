@@ -9,9 +9,7 @@ Output folder: `sweep.toml` (the sweep as run), `runs/<name>/` (a train run fold
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import shlex
@@ -26,7 +24,8 @@ from typing import Any
 
 import tomli_w
 
-from .checkpoint import atomic_write
+from .io import write_csv, write_json, write_text
+from .runtime import is_main_process, set_threads
 from .config import (ConfigError, RunConfig, _choice, _require, apply_overrides, config_from_dict, read_toml,
                      section_from_dict)
 
@@ -124,7 +123,7 @@ def run_one(run: Run, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     if threads and not cfg.train.threads:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     final = train(cfg, run_dir, progress=False)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone evaluates and scores
+    if not is_main_process():  # under torchrun, rank 0 alone evaluates and scores
         return {}
     ckpt = load_checkpoint(run_dir)
     evaluation = evaluate_checkpoint(ckpt, device=cfg.train.device)
@@ -150,42 +149,30 @@ def run_one(run: Run, out_dir: Path, threads: int = 0) -> dict[str, Any]:
             layer_row[column] = scored["mean"] if scored else None
             layer_row[column.replace("interp_", "nan_")] = scored["n_unscorable"] if scored else None
         row["layers"].append(layer_row)
-    atomic_write(run_dir / RESULT_JSON, lambda f: f.write(json.dumps(row, indent=2).encode("utf-8")))
+    write_json(run_dir / RESULT_JSON, row)
     return row
 
 
 def _run_logged(run: Run, out_dir: Path, threads: int) -> dict[str, Any]:
     """run_one in a worker process, its log lines going to the run's own log file."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     log_path = out_dir / "runs" / run.name / "log.txt"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log, redirect_stderr(log), redirect_stdout(log):
         return run_one(run, out_dir, threads)
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
-
-
 def collect_results(out_dir: Path) -> list[dict[str, Any]]:
     """results.csv and results_layers.csv from the finished runs' result.json files."""
     rows = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob(f"*/{RESULT_JSON}"))]
-    _write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
-    _write_csv(out_dir / "results_layers.csv", LAYER_COLUMNS, [layer for row in rows for layer in row["layers"]])
+    write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
+    write_csv(out_dir / "results_layers.csv", LAYER_COLUMNS, [layer for row in rows for layer in row["layers"]])
     return rows
 
 
 def save_sweep(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
     values = base.to_dict() | {"sweep": dataclasses.asdict(sweep)}
-    atomic_write(out_dir / "sweep.toml", lambda f: f.write(tomli_w.dumps(values).encode("utf-8")))
+    write_text(out_dir / "sweep.toml", tomli_w.dumps(values))
 
 
 def print_commands(config_path: str, out_dir: Path, overrides: list[str], smoke: bool, runs: list[Run]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -27,13 +26,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from .checkpoint import CKPT_NAME, CONFIG_NAME, atomic_write, config_of, read_checkpoint, save_checkpoint, write_config
+from .checkpoint import CKPT_NAME, CONFIG_NAME, config_of, read_checkpoint, save_checkpoint, write_config
 from .config import RunConfig, TrainConfig
 from .data.batches import TrainBatches, eval_windows
 from .data.shards import prepare_dataset
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
+from .io import append_line, keep_jsonl
 from .models import build_model
+from .runtime import autocast_dtype, distributed, resolve_device, set_threads
 
 METRICS_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -52,45 +53,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     params = [p for p in model.parameters() if p.requires_grad]  # a tied weight is listed once
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-
-
-def resolve_device(name: str, local_rank: int = 0, setting: str = "train.device") -> torch.device:
-    """A device setting (``train.device`` unless ``setting`` names another) as a torch device; 'auto'
-    picks CUDA, then MPS, then the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"  # under torchrun: one GPU per process
-    try:
-        device = torch.device(name)
-    except RuntimeError:  # 'cuda:x', 'tpu': torch's own message lists every backend it knows
-        raise CratelabError(f"{setting} = {name!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' "
-                            "or 'mps'") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise CratelabError(f"{setting} = {name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CratelabError(f"{setting} = {name!r} but no CUDA GPU is available; use 'auto' or 'cpu'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise CratelabError(f"{setting} = {name!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CratelabError(f"{setting} = 'mps' but MPS is not available; use 'auto' or 'cpu'")
-    return device
-
-
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain float32. Low precision only on CUDA: a CPU without bf16
-    units emulates bf16 hundreds of times slower than fp32."""
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if name == "auto":
-        return torch.bfloat16 if bf16_ok else None
-    if name == "float32":
-        return None
-    if name == "bfloat16" and not bf16_ok:
-        raise CratelabError(f"train.dtype = 'bfloat16' needs a CUDA GPU with bf16 support (device: {device}); "
-                            "use 'auto' or 'float32'")
-    if name == "float16" and device.type != "cuda":
-        raise CratelabError(f"train.dtype = 'float16' needs a CUDA GPU (device: {device}); use 'auto' or 'float32'")
-    return getattr(torch, name)
 
 
 def resolve_vocab_size(cfg: RunConfig, tokenizer: Tokenizer) -> RunConfig:
@@ -121,31 +83,7 @@ def check_same_run(state: dict[str, Any], cfg: RunConfig, tokenizer: Tokenizer, 
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the metric lines up to ``step``: lines written after the checkpoint a run resumes from would
     otherwise appear twice. Also drops a line cut short by a crash."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one line, or nothing: a failed write (a full disk) is cut off again, so the file keeps
-    only complete lines, and raises OSError naming the file."""
-    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to be written on close
-        size = f.seek(0, os.SEEK_END)
-        data = memoryview((line + "\n").encode("utf-8"))
-        try:
-            while data:
-                data = data[f.write(data):]  # a write may be partial; the next one then raises
-        except OSError as err:
-            f.truncate(size)
-            err.filename = err.filename or str(path)
-            raise
+    keep_jsonl(path, lambda row: isinstance(row.get("step"), int) and row["step"] <= step)
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor | None]:
@@ -223,10 +161,9 @@ def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | N
     log lines (False), or a bar only when stderr is a terminal (None).
     """
     cfg.validate()
-    # torchrun sets RANK, WORLD_SIZE and LOCAL_RANK in each process it starts
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = resolve_device(cfg.train.device, local_rank)
+    place = distributed()
+    ddp = place.under_torchrun
+    device = resolve_device(cfg.train.device, place.local_rank)
     own_group = ddp and not dist.is_initialized()
     if own_group:
         if device.type == "cuda":
@@ -254,8 +191,7 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
         if ddp:
             dist.barrier()
 
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    set_threads(tc.threads)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: several times faster on Ampere+, ample precision
     torch.backends.cudnn.allow_tf32 = True
     amp_dtype = autocast_dtype(tc.dtype, device)

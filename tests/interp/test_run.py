@@ -16,7 +16,8 @@ from cratelab.config import ConfigError, DataConfig, InterpConfig, ModelConfig, 
 from cratelab.data.shards import prepare_dataset
 from cratelab.errors import CratelabError
 from cratelab.interp import PROTOCOLS
-from cratelab.interp.run import cut_unfinished_line, interpret, neuron_subset, read_jsonl
+from cratelab.interp.run import interpret, neuron_subset
+from cratelab.io import cut_unfinished_line, read_jsonl
 from cratelab.models import build_model
 
 DEAD = (3, 5)  # neurons of layer 1 whose dictionary atom is zeroed: they never fire

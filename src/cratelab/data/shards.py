@@ -13,9 +13,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from cratelab.config import DataConfig
 from cratelab.data.corpus import Document, default_cache_dir, load_documents, split_of
 from cratelab.data.tokenizer import Tokenizer, load_tokenizer
 from cratelab.errors import CratelabError
+from cratelab.io import building_folder
 
 FORMAT = 1  # bump when the dataset layout changes: it is part of the cache key
 SPLITS = ("train", "val")
@@ -150,9 +149,8 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
     if (path / "meta.json").is_file():
         return TokenDataset.open(path)
 
-    tmp = path.with_name(f".{key}.tmp-{os.getpid()}")
-    try:
-        tmp.mkdir(parents=True)
+    # another process (a DDP rank) may finish the same folder first: its copy is then kept
+    with building_folder(path, keep_existing=True) as tmp:
         train_texts = (d.text for d in documents() if split_of(d.doc_id, cfg.val_fraction) == "train")
         tok = load_tokenizer(cfg.tokenizer, train_texts, cfg.bpe_vocab_size, progress)
         counts = _tokenize(documents, tok, cfg.val_fraction, tmp, total_bytes, progress)
@@ -165,11 +163,4 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
         meta = {"format": FORMAT, "tokenizer": tokenizer, **counts, "corpus_sha256": corpus_sha256, "data": used}
         (tmp / "tokenizer.json").write_text(json.dumps(tok.to_dict()), encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / "meta.json").is_file():  # else another process (a DDP rank) finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return TokenDataset.open(path)

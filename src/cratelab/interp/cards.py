@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write
+from ..io import iter_jsonl, read_jsonl, write_text
 from .records import ActivationRecord, LayerRecords, NeuronRecord
-from .run import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON, decode_simulation, iter_jsonl, read_jsonl
+from .run import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON, decode_simulation
 from .score import get_protocol
 
 SHOWN = 10  # top records shown open; MORE_TOP more sit in a closed <details>
@@ -285,7 +285,7 @@ def write_cards(run_dir: str | Path, *, records: dict[int, LayerRecords] | None 
                 (cards / f"layer{layer}" / f"neuron{h}.html").write_text(page, encoding="utf-8")
                 bar.update(1)
     index = cards / "index.html"
-    atomic_write(index, lambda f: f.write(index_page(summary, neurons, carded).encode("utf-8")))
+    write_text(index, index_page(summary, neurons, carded))
     return index
 
 

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 import urllib.error
@@ -40,6 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import CratelabError
+from ..io import write_json
 from .explain import NeuronFailure
 from .prompts import (MAX_ACTIVATION, digit_probabilities, expected_activation, explanation_messages,
                       json_simulation_messages, parse_explanation, parse_json_activations, simulation_prompt,
@@ -134,10 +134,7 @@ class ResponseCache:
     def put(self, key: str, entry: dict[str, Any]) -> None:
         file = self._file(key)
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entry, f, ensure_ascii=False)
-        os.replace(tmp, file)  # atomic: a crash or a concurrent run never leaves half a file
+        write_json(file, entry, indent=None)  # atomic: a crash or a concurrent run never leaves half a file
 
 
 class Endpoint:

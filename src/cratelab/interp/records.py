@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file, save
 
 from ..errors import CratelabError
+from ..io import name_path, sha256_file
 
 FORMAT = "cratelab-neuron-records-1"
 
@@ -192,8 +193,7 @@ class LayerRecords:
                 f.write(data)
                 f.flush()
             except OSError as err:
-                err.filename = err.filename or str(directory / "records.safetensors")
-                raise
+                raise name_path(err, directory / "records.safetensors")
         meta = {
             "format": FORMAT,
             "layer": self.layer,
@@ -203,7 +203,7 @@ class LayerRecords:
             "n_tokens": self.n_tokens,
             "n_neurons": self.n_neurons,
             "token_ids_sha256": hashlib.sha256(self.token_ids.tobytes()).hexdigest(),
-            "safetensors_sha256": _sha256(directory / "records.safetensors"),
+            "safetensors_sha256": sha256_file(directory / "records.safetensors"),
             "vocab": self.vocab,
         }
         (directory / "records.json").write_text(json.dumps(meta, ensure_ascii=False))
@@ -218,7 +218,7 @@ class LayerRecords:
             raise CratelabError(f"no neuron records in {directory} (records.json is missing)") from None
         if meta.get("format") != FORMAT:
             raise CratelabError(f"{directory}: unknown records format {meta.get('format')!r}")
-        if _sha256(directory / "records.safetensors") != meta["safetensors_sha256"]:
+        if sha256_file(directory / "records.safetensors") != meta["safetensors_sha256"]:
             raise CratelabError(f"{directory}/records.safetensors does not match the hash in records.json")
         t = load_file(directory / "records.safetensors")
         windows = {kind: Windows(**{n: t[f"{kind}.{n}"] for n in ("centre", "start", "length", "acts")})
@@ -227,14 +227,6 @@ class LayerRecords:
                    vocab=meta["vocab"], eot_id=meta["eot_id"], token_ids=t["token_ids"],
                    quantile_boundaries=t["quantile_boundaries"], max_activation=t["max_activation"],
                    mean=t["mean"], firing_rate=t["firing_rate"], **windows)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def uniform(seed: int, stream: int, neuron: np.ndarray, draw: np.ndarray) -> np.ndarray:

@@ -24,29 +24,27 @@ scored: no neuron is scored twice and none is lost.
 from __future__ import annotations
 
 import base64
-import csv
 import dataclasses
-import io
 import json
-import os
-import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import Checkpoint, atomic_write, check_tokenizer, checkpoint_file, load_checkpoint
+from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
 from ..config import ConfigError, InterpConfig, RunConfig, dump_toml
 from ..errors import CratelabError
+from ..io import (JsonlAppender, building_folder, cut_unfinished_line, read_jsonl, sha256_file, write_csv,
+                  write_json, write_text)
 from . import make_backend
 from .collect import collect_records
 from .explain import Explainer
-from .records import LayerRecords, NeuronRecord, RecordConfig, _sha256
+from .records import LayerRecords, NeuronRecord, RecordConfig
 from .score import NeuronScore, ScoringProtocol, get_protocol, score_neuron, summarize_layer
 from .simulate import Simulator
 
@@ -71,104 +69,6 @@ def neuron_subset(icfg: InterpConfig, layer: int, n_neurons: int) -> list[int]:
         return list(range(n_neurons))
     rng = np.random.default_rng([icfg.seed, layer])
     return sorted(rng.choice(n_neurons, icfg.neurons, replace=False).tolist())
-
-
-# ---------------------------------------------------------------- reading and appending JSON lines
-
-def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """The complete lines of a JSON-lines file. A cut-off or garbled LAST line (a crash mid-write) is
-    dropped, and with repair=True cut from the file so appending can go on; damage elsewhere is an error."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # everything after the last newline is an unfinished line
-    lines = data[:end].split(b"\n")[:-1]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError
-            rows.append(row)
-        except ValueError:
-            if i != len(lines) - 1:
-                raise CratelabError(f"{path}: line {i + 1} is not valid JSON (the file is damaged)") from None
-            end -= len(line) + 1  # a garbled last line: written partly before a crash
-    if repair and end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-    return rows
-
-
-def cut_unfinished_line(path: Path) -> None:
-    """Truncate a file after its last newline (a line cut off by a crash), reading only its tail."""
-    if not path.is_file():
-        return
-    with open(path, "r+b") as f:
-        size = pos = f.seek(0, os.SEEK_END)
-        end = 0
-        while pos > 0:
-            step = min(1 << 16, pos)
-            pos -= step
-            f.seek(pos)
-            newline = f.read(step).rfind(b"\n")
-            if newline >= 0:
-                end = pos + newline + 1
-                break
-        if end < size:
-            f.truncate(end)
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The parsable lines of a JSON-lines file, one at a time (for big files whose damage may be skipped)."""
-    if path.is_file():
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
-                    yield row
-
-
-class _Appender:
-    """Appends groups of lines to a file. Each group is written at once and flushed, so a killed process
-    loses nothing it wrote; with fsync_every > 0 the file is also forced to disk after a group when the
-    last fsync is that many seconds old, and on close (a power cut loses at most that much work, and
-    the reader drops a torn last line). fsync_every = 0 fsyncs every group."""
-
-    def __init__(self, path: Path, fsync_every: float | None = 0.0):
-        self._path, self._file, self._every, self._last = path, open(path, "ab"), fsync_every, time.monotonic()
-
-    def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-        if data:
-            try:
-                self._file.write(data)
-                self._file.flush()
-            except OSError as err:  # a full disk: the reader drops the cut-off line on the next run
-                err.filename = err.filename or str(self._path)
-                raise
-            if self._every is not None and time.monotonic() - self._last >= self._every:
-                self._sync()
-
-    def _sync(self) -> None:
-        os.fsync(self._file.fileno())
-        self._last = time.monotonic()
-
-    def close(self) -> None:
-        try:
-            try:
-                if self._every is not None:
-                    self._sync()
-            finally:
-                self._file.close()
-        except OSError as err:
-            err.filename = err.filename or str(self._path)
-            raise
 
 
 def encode_simulation(arrays: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -251,7 +151,7 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
                     f"{out} holds a run made with {key} = {flat_old.get(key)!r}, this one has {flat_new.get(key)!r}: "
                     "use another --out (or delete that folder) to start afresh")
         return
-    atomic_write(path, lambda f: f.write(json.dumps(identity, indent=2).encode("utf-8")))
+    write_json(path, identity)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -269,7 +169,7 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
     fresh: dict[int, LayerRecords] = {}
     if missing:
         from ..data.shards import prepare_dataset
-        from ..train import resolve_device
+        from ..runtime import resolve_device
 
         device = resolve_device(icfg.device, setting="interp.device")
         dataset = prepare_dataset(ckpt.config.data, progress=progress)
@@ -280,14 +180,11 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
                                 eot_id=tok.eot_id, seed=icfg.seed, config=record_config(icfg),
                                 batch_size=icfg.batch_size, device=device, progress=progress)
         for layer, records in fresh.items():
-            final, tmp = root / f"layer{layer}", root / f".layer{layer}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            records.save(tmp)
-            meta = {**identity, "data_sha256": dataset.meta["splits"]["val"]["sha256"], "layer": layer,
-                    "seed": records.seed, "n_tokens": records.n_tokens, "n_neurons": records.n_neurons}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            with building_folder(root / f"layer{layer}") as tmp:
+                records.save(tmp)
+                write_json(tmp / "meta.json", {**identity, "data_sha256": dataset.meta["splits"]["val"]["sha256"],
+                                               "layer": layer, "seed": records.seed, "n_tokens": records.n_tokens,
+                                               "n_neurons": records.n_neurons})
     records = {layer: fresh[layer] if layer in fresh else LayerRecords.load(root / f"layer{layer}") for layer in layers}
     return records, bool(fresh)
 
@@ -306,7 +203,7 @@ def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[in
         # scores.jsonl is the record of what is done: fsynced, at most FSYNC_EVERY_S apart (an fsync
         # per neuron here costs 2-4 ms, as much as scoring the neuron offline). The simulations only feed
         # the cards, which show a neuron without them if a power cut took their last lines.
-        scores, sims = _Appender(out / SCORES, FSYNC_EVERY_S), _Appender(out / SIMULATIONS, None)
+        scores, sims = JsonlAppender(out / SCORES, FSYNC_EVERY_S), JsonlAppender(out / SIMULATIONS, None)
 
         def job(layer: int, h: int) -> list[tuple[NeuronScore, list[np.ndarray] | None]]:
             wanted = [p for p in protocols if (layer, h, p.name) not in done]
@@ -376,15 +273,6 @@ def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[int], protocols: 
     return {"layers": per_layer, "model": model}
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SCORE_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in SCORE_FIELDS})
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
-
-
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -442,11 +330,11 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     ckpt_file = checkpoint_file(ckpt.path)
     settings = {k: v for k, v in dataclasses.asdict(icfg).items() if k not in EXECUTION_ONLY}
     data = {k: v for k, v in dataclasses.asdict(ckpt.config.data).items() if k != "cache_dir"}
-    identity = {"format": FORMAT, "checkpoint_sha256": _sha256(ckpt_file), "data": data, "interp": settings}
+    identity = {"format": FORMAT, "checkpoint_sha256": sha256_file(ckpt_file), "data": data, "interp": settings}
     _check_identity(out, identity)
     run_cfg = RunConfig(model=ckpt.config.model, data=ckpt.config.data, train=ckpt.config.train,
                         eval=ckpt.config.eval, interp=icfg)
-    atomic_write(out / CONFIG, lambda f: f.write(dump_toml(run_cfg).encode("utf-8")))
+    write_text(out / CONFIG, dump_toml(run_cfg))
 
     t0 = time.perf_counter()
     records, collected = _records_stage(ckpt, out, layers, icfg, identity, progress)
@@ -467,7 +355,7 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
         "settings": dataclasses.asdict(icfg),
         **summarize(rows, layers, [p.name for p in protocols], icfg),
     }
-    _write_csv(out / SCORES_CSV, rows)
+    write_csv(out / SCORES_CSV, SCORE_FIELDS, rows)
     if icfg.cards and not (out / CARDS / "index.html").is_file():
         from .cards import write_cards
 
@@ -475,6 +363,6 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
         write_cards(out, records=records, rows=rows, summary=summary, max_cards=icfg.max_cards, progress=progress)
         timing["cards_s"] = time.perf_counter() - t0
     summary["timing"] = timing
-    atomic_write(out / SUMMARY_JSON, lambda f: f.write(json.dumps(summary, indent=2).encode("utf-8")))
-    atomic_write(out / SUMMARY_MD, lambda f: f.write(summary_markdown(summary).encode("utf-8")))
+    write_json(out / SUMMARY_JSON, summary)
+    write_text(out / SUMMARY_MD, summary_markdown(summary))
     return summary

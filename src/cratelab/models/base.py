@@ -4,13 +4,13 @@ and an LM head tied to the token embedding (nanoGPT layout). The models differ o
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..config import ConfigError, ModelConfig
+from ..runtime import system_memory_bytes
 from .hooks import HookedModel, HookPoint
 
 
@@ -48,11 +48,8 @@ def check_fits_in_memory(cfg: ModelConfig) -> None:
     such as n_layer = 10000000 would otherwise meet the out-of-memory killer, not an error message)."""
     d, h = cfg.n_embd, cfg.n_neurons
     weights = 4 * ((cfg.vocab_size + cfg.block_size) * d + cfg.n_layer * (2 * d * d + d * h))  # a lower bound
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the allocator decide
-        return
-    if weights > memory:
+    memory = system_memory_bytes()
+    if memory is not None and weights > memory:
         raise ConfigError("model", f"n_layer {cfg.n_layer}, n_embd {d}, overcomplete {cfg.overcomplete}, "
                                    f"vocab_size {cfg.vocab_size}, block_size {cfg.block_size} need at least "
                                    f"{weights / 2**30:,.1f} GiB for the weights alone, more than this machine's "

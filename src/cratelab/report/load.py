@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import read_toml
 from ..errors import CratelabError
-from ..interp.run import read_jsonl
+from ..io import read_jsonl
 
 RESULTS, LAYERS, SWEEP_CONFIG = "results.csv", "results_layers.csv", "sweep.toml"
 PROTOCOLS = ("top-and-random", "random-only", "anthropic")  # interp_<protocol with _> columns

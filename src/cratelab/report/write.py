@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import atomic_write
+from ..io import write_text
 from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Estimator, Metric, crate_lambdas, crate_qkvs,
                        difference, lambda_slope, layer_intervals, mean_of, qkv_effect, run_value)
 from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
@@ -478,7 +478,6 @@ def write_report(out_dir: Path, reference_lambda: float = 0.1, reference_qkv: st
     reference = find_condition(sweep, "crate", reference_qkv, reference_lambda)
     blocks = build(est, reference, out_dir / "plots", datetime.now(timezone.utc))
     # atomically: a full disk leaves the previous report whole
-    markdown, html = to_markdown(blocks).encode("utf-8"), to_html(TITLE, blocks).encode("utf-8")
-    atomic_write(out_dir / "report.md", lambda f: f.write(markdown))
-    atomic_write(out_dir / "report.html", lambda f: f.write(html))
+    write_text(out_dir / "report.md", to_markdown(blocks))
+    write_text(out_dir / "report.html", to_html(TITLE, blocks))
     return out_dir / "report.md"

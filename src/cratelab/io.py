@@ -1,0 +1,277 @@
+"""Durable file I/O, one home for every module: atomic writes of files and folders, JSON lines that
+survive a crash mid-append, sha256 of files, CSV tables.
+
+The rules every writer here follows:
+- A file or folder that exists under its final name is complete: it was built under a temporary name in
+  the same folder and renamed (rename is atomic on POSIX and Windows).
+- A JSON-lines file only ever gains whole lines; a line cut short by a crash is dropped when read.
+- Every OSError names the path the caller asked for (never a temporary file), so the CLI can report it
+  as "PATH: reason" in one line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import CratelabError
+
+
+def name_path(err: OSError, path: str | Path, *, replace: Sequence[str | Path] = ()) -> OSError:
+    """Make ``err`` name ``path`` unless it already names another file (``replace``: temporary names to hide)."""
+    if err.filename is None or str(err.filename) in {str(p) for p in replace}:
+        err.filename = str(path)
+    return err
+
+
+class _WriteErrors:
+    """A binary file that remembers the OSError of a failed write: torch.save reports one (a full disk)
+    as a RuntimeError, which would otherwise hide the reason."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _fsync_folder(folder: Path) -> None:
+    if hasattr(os, "O_DIRECTORY"):  # make a rename itself durable (POSIX)
+        fd = os.open(folder, os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file so that readers see either the old complete file or the new complete file. A failed
+    write (a full disk, a missing folder) raises OSError naming ``path`` and leaves the old file as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # same folder: rename is atomic
+    try:
+        with open(tmp, "xb") as f:
+            sink = _WriteErrors(f)
+            try:
+                write(sink)
+            except Exception as err:
+                if sink.error is not None and not isinstance(err, OSError):
+                    raise sink.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            name_path(err, path, replace=[tmp])
+        raise
+    _fsync_folder(path.parent)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, value: Any, *, indent: int | None = 2) -> None:
+    write_text(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path, *, what: str = "file") -> Any:
+    """A JSON file's value; a damaged file is one CratelabError naming it."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except ValueError as err:
+        raise CratelabError(f"{path}: not a valid JSON {what} ({err}); delete it to rebuild it") from None
+
+
+@contextmanager
+def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; when the block ends without an error the folder
+    replaces ``final`` (with ``keep_existing``, a ``final`` that appeared meanwhile, built by another
+    process, is kept and the new one dropped). On an error the temporary folder is removed."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if final.exists() and not keep_existing:
+            shutil.rmtree(final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (keep_existing and final.exists()):  # else another process finished first: keep its copy
+                raise
+        _fsync_folder(final.parent)
+    except OSError as err:
+        raise name_path(err, final, replace=[tmp])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete the temporary files and folders a killed writer left in ``folder``."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """A CSV table of ``rows`` with exactly ``columns`` (missing and None values empty, extra keys ignored)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- JSON lines
+
+def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete lines of a JSON-lines file. A cut-off or garbled LAST line (a crash mid-write) is
+    dropped, and with repair=True cut from the file so appending can go on; damage elsewhere is an error."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # everything after the last newline is an unfinished line
+    lines = data[:end].split(b"\n")[:-1]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError
+            rows.append(row)
+        except ValueError:
+            if i != len(lines) - 1:
+                raise CratelabError(f"{path}: line {i + 1} is not valid JSON (the file is damaged)") from None
+            end -= len(line) + 1  # a garbled last line: written partly before a crash
+    if repair and end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    return rows
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The parsable lines of a JSON-lines file, one at a time (for big files whose damage may be skipped)."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    yield row
+
+
+def cut_unfinished_line(path: str | Path) -> None:
+    """Truncate a file after its last newline (a line cut off by a crash), reading only its tail."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "r+b") as f:
+        size = pos = f.seek(0, os.SEEK_END)
+        end = 0
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            f.seek(pos)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                end = pos + newline + 1
+                break
+        if end < size:
+            f.truncate(end)
+
+
+def keep_jsonl(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite a JSON-lines file atomically with only the rows ``keep`` accepts (and no damaged line)."""
+    path = Path(path)
+    if path.is_file():
+        rows = [row for row in iter_jsonl(path) if keep(row)]
+        write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line, or nothing: a failed write (a full disk) is cut off again, so the file keeps
+    only complete lines, and raises OSError naming the file."""
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to be written on close
+        size = f.seek(0, os.SEEK_END)
+        data = memoryview((line + "\n").encode("utf-8"))
+        try:
+            while data:
+                data = data[f.write(data):]  # a write may be partial; the next one then raises
+        except OSError as err:
+            f.truncate(size)
+            raise name_path(err, path)
+
+
+class JsonlAppender:
+    """Appends groups of JSON lines to a file. Each group is written at once and flushed, so a killed
+    process loses nothing it wrote; with fsync_every > 0 the file is also forced to disk after a group
+    when the last fsync is that many seconds old, and on close (a power cut loses at most that much work,
+    and the reader drops a torn last line). fsync_every = 0 fsyncs every group, None never."""
+
+    def __init__(self, path: str | Path, fsync_every: float | None = 0.0):
+        self._path, self._file, self._every, self._last = Path(path), open(path, "ab"), fsync_every, time.monotonic()
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+        if data:
+            try:
+                self._file.write(data)
+                self._file.flush()
+            except OSError as err:  # a full disk: the reader drops the cut-off line on the next run
+                raise name_path(err, self._path)
+            if self._every is not None and time.monotonic() - self._last >= self._every:
+                self._sync()
+
+    def _sync(self) -> None:
+        os.fsync(self._file.fileno())
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            try:
+                if self._every is not None:
+                    self._sync()
+            finally:
+                self._file.close()
+        except OSError as err:
+            raise name_path(err, self._path)

@@ -1,0 +1,106 @@
+"""The machine a command runs on, one home for every module: device resolution and validation, the
+autocast dtype, CPU threads, torchrun's rank and world size, and system memory. Models and stages ask
+here instead of looking at the machine themselves."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import CratelabError
+
+DEVICE_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+# torch's intra-op thread pool beyond a few times the cores only slows down; far beyond, it crashes
+MAX_THREADS_PER_CORE = 4
+
+
+def is_device_name(name: str) -> bool:
+    """Whether a device setting is spelled right (checked without touching any device)."""
+    return name in ("auto", "cpu", "mps", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
+def resolve_device(name: str, local_rank: int = 0, setting: str = "train.device") -> torch.device:
+    """A device setting (``train.device`` unless ``setting`` names another) as a torch device; 'auto'
+    picks CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"  # under torchrun: one GPU per process
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # 'cuda:x', 'tpu': torch's own message lists every backend it knows
+        raise CratelabError(f"{setting} = {name!r} is not a device: use {DEVICE_HELP}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CratelabError(f"{setting} = {name!r}: use {DEVICE_HELP}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CratelabError(f"{setting} = {name!r} but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CratelabError(f"{setting} = {name!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CratelabError(f"{setting} = 'mps' but MPS is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def autocast_dtype(name: str, device: torch.device, setting: str = "train.dtype") -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32. Low precision only on CUDA: a CPU without bf16
+    units emulates bf16 hundreds of times slower than fp32."""
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if name == "auto":
+        return torch.bfloat16 if bf16_ok else None
+    if name == "float32":
+        return None
+    if name == "bfloat16" and not bf16_ok:
+        raise CratelabError(f"{setting} = 'bfloat16' needs a CUDA GPU with bf16 support (device: {device}); "
+                            "use 'auto' or 'float32'")
+    if name == "float16" and device.type != "cuda":
+        raise CratelabError(f"{setting} = 'float16' needs a CUDA GPU (device: {device}); use 'auto' or 'float32'")
+    return getattr(torch, name)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    return MAX_THREADS_PER_CORE * cpu_count()
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads on the CPU; 0 keeps torch's default. Configs check the bound first."""
+    if threads:
+        torch.set_num_threads(min(threads, max_threads()))
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place under torchrun (which sets RANK, LOCAL_RANK and WORLD_SIZE in each process
+    it starts); a single process otherwise."""
+    under_torchrun: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+
+def distributed() -> Distributed:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return Distributed(True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)),
+                           int(os.environ["WORLD_SIZE"]))
+    return Distributed()
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or the only process: the one that evaluates, scores and reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def system_memory_bytes() -> int | None:
+    """Physical memory, or None where the OS does not say (Windows: let the allocator decide)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
