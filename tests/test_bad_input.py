@@ -144,6 +144,8 @@ CASES = [
     ("train/model-too-big", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_layer=999999999"],
      "GiB for the weights alone"),
     ("train/bad-device", ["train", TINY, "--out", "{cache}/r", "--set", "train.device=cuda:x"], "train.device"),
+    ("train/too-many-threads", ["train", TINY, "--out", "{cache}/r", "--set", "train.threads=100000"],
+     "train.threads: must be at most"),
     # ---- train: --set syntax and the config file
     ("train/set-no-equals", ["train", TINY, "--out", "{cache}/r", "--set", "model.qkv"],
      "--set: expected section.key=value"),
@@ -236,6 +238,8 @@ CASES = [
     ("ablate/model-value", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "model.n_embd=31"],
      "model.n_embd"),
     ("ablate/workers", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--workers", "0"], "sweep.workers"),
+    ("ablate/too-many-workers", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--workers", "100000"],
+     "sweep.workers: must be at most"),
     ("ablate/unknown-run", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--only", "nosuchrun"],
      "--only: no run named nosuchrun"),
     ("ablate/out-below-a-file", ["ablate", SWEEP, "--out", "{afile}/a", "--smoke"], "{afile}/a: Not a directory"),

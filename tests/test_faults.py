@@ -24,7 +24,7 @@ import torch
 from cratelab.checkpoint import load_checkpoint
 from cratelab.config import load_config
 from cratelab.io import read_jsonl
-from cratelab.sweep import RESULT_COLUMNS
+from cratelab.layout import RESULT_COLUMNS
 from cratelab.train import train
 
 resource = pytest.importorskip("resource")  # POSIX: file-size limits; the process groups below are POSIX too

@@ -6,14 +6,15 @@ import sys
 
 import pytest
 
-from cratelab.config import ConfigError
-from cratelab.sweep import RESULT_COLUMNS, expand, load_sweep
+from cratelab.config import ConfigError, load_sweep_config
+from cratelab.layout import RESULT_COLUMNS
+from cratelab.sweep import expand
 
 CONFIG = "configs/seed-ablation.toml"
 
 
 def test_the_default_grid_is_21_runs_with_the_baseline():
-    base, sweep = load_sweep(CONFIG)
+    base, sweep = load_sweep_config(CONFIG)
     runs = expand(base, sweep)
     assert len(runs) == 21 and len({r.name for r in runs}) == 21
     crate = [r for r in runs if r.config.model.arch == "crate"]
@@ -27,13 +28,13 @@ def test_the_default_grid_is_21_runs_with_the_baseline():
 
 
 def test_every_model_sees_at_least_half_a_million_tokens():
-    base, _ = load_sweep(CONFIG)
+    base, _ = load_sweep_config(CONFIG)
     t = base.train
     assert t.max_steps * t.batch_size * t.grad_accum * base.model.block_size >= 500_000
 
 
 def test_smoke_shrinks_but_keeps_every_condition():
-    base, sweep = load_sweep(CONFIG, smoke=True)
+    base, sweep = load_sweep_config(CONFIG, smoke=True)
     runs = expand(base, sweep)
     assert len(runs) == 14 and base.data.corpus == "fixture"
     assert len({(r.config.model.arch, r.config.model.qkv, r.config.model.ista_lambda) for r in runs}) == 7
@@ -51,7 +52,7 @@ def test_smoke_shrinks_but_keeps_every_condition():
 ])
 def test_bad_sweep_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:
-        load_sweep(CONFIG, [override])
+        load_sweep_config(CONFIG, [override])
     assert err.value.field.startswith(field)
 
 

@@ -15,7 +15,6 @@ from cratelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, Trai
 from cratelab.data.tokenizer import BPETokenizer
 from cratelab.errors import CratelabError
 from cratelab.models import build_model
-from cratelab.runtime import autocast_dtype
 from cratelab.train import (lr_at, open_external_log, param_groups, resolve_vocab_size, train,
                             truncate_metrics)
 
@@ -77,14 +76,6 @@ def test_vocab_size_comes_from_the_tokenizer_unless_set():
     assert resolve_vocab_size(padded, tok).model.vocab_size == 320
     with pytest.raises(CratelabError, match="model.vocab_size"):
         resolve_vocab_size(RunConfig(model=ModelConfig(vocab_size=100)), tok)
-
-
-def test_no_bf16_on_cpu():
-    cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None and autocast_dtype("float32", cpu) is None
-    for dtype in ("bfloat16", "float16"):
-        with pytest.raises(CratelabError, match=f"train.dtype = '{dtype}'"):
-            autocast_dtype(dtype, cpu)
 
 
 @pytest.mark.parametrize("log, module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])

@@ -27,10 +27,9 @@ from .config import ConfigError, DataConfig, RunConfig, config_from_dict, dump_t
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError, unpickling_error
 from .io import atomic_write, write_text
+from .layout import CHECKPOINT, CONFIG
 from .models import LanguageModel, build_model
 
-CKPT_NAME = "ckpt.pt"
-CONFIG_NAME = "config.toml"
 FORMAT = "cratelab-checkpoint"
 VERSION = 1
 
@@ -49,11 +48,11 @@ class Checkpoint:
 def checkpoint_file(path: str | Path) -> Path:
     """The file itself, or the ckpt.pt of a checkpoint folder."""
     path = Path(path)
-    return path if path.is_file() else path / CKPT_NAME
+    return path if path.is_file() else path / CHECKPOINT
 
 
 def write_config(cfg: RunConfig, out_dir: Path) -> None:
-    write_text(out_dir / CONFIG_NAME, dump_toml(cfg))
+    write_text(out_dir / CONFIG, dump_toml(cfg))
 
 
 def save_checkpoint(model: torch.nn.Module, cfg: RunConfig, tokenizer: Tokenizer, out_dir: str | Path, *,
@@ -71,7 +70,7 @@ def save_checkpoint(model: torch.nn.Module, cfg: RunConfig, tokenizer: Tokenizer
     }
     if train_state is not None:
         state["train"] = train_state
-    path = out_dir / CKPT_NAME
+    path = out_dir / CHECKPOINT
     atomic_write(path, lambda f: torch.save(state, f))
     write_config(cfg, out_dir)
     return path
@@ -87,7 +86,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw contents of a checkpoint, verified; any damage is a CratelabError naming the file."""
     file = checkpoint_file(path)
     if not file.is_file():
-        raise CratelabError(f"no checkpoint at {path}: expected a run folder holding {CKPT_NAME}, or that file")
+        raise CratelabError(f"no checkpoint at {path}: expected a run folder holding {CHECKPOINT}, or that file")
     try:
         with zipfile.ZipFile(file) as archive:
             damaged = archive.testzip()  # reads every member and checks its CRC-32
@@ -122,6 +121,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     file = checkpoint_file(path)
     state = read_checkpoint(file)
     cfg = config_of(state, file)
+    cfg.model.check_fits_in_memory()  # the config is the file's: its tensors need not be that big
     model = build_model(cfg.model)
     try:
         model.load_state_dict(state["model"])

@@ -14,7 +14,9 @@ import re
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from . import layout
+from .config import ConfigError, config_values, load_config, load_sweep_config
+from .io import describe_os_error
 
 EXIT_USAGE = 2
 
@@ -31,31 +33,16 @@ def _fail(message: str):
     raise SystemExit(EXIT_USAGE)
 
 
-def _os_error(err: OSError, where: str | None) -> str:
-    """An OSError as "path: reason". Errors from writing through an open file name no path: then the
-    folder the command writes to stands in."""
-    reason = err.strerror or str(err) or type(err).__name__
-    if isinstance(err, FileExistsError):  # mkdir(exist_ok=True) on a file
-        reason = "exists and is not a folder"
-    if err.filename is not None:
-        path = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
-        return f"{path}: {reason}"
-    return f"{where}: {reason}" if where else reason
-
-
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set model.ista_lambda=0.2 (repeatable)")
 
 
 def cmd_prepare(args) -> None:
-    from .config import apply_overrides, config_from_dict, read_toml
     from .data.corpus import build_corpus, default_cache_dir
     from .data.shards import prepare_dataset
 
-    values = apply_overrides(read_toml(args.config) if args.config else {}, args.overrides)
-    values.pop("sweep", None)  # a sweep file's shared settings name the data of all its runs
-    cfg = config_from_dict(values)
+    cfg, _ = load_sweep_config(args.config, args.overrides)  # a sweep file's shared settings name its runs' data
     if cfg.data.corpus == "default":
         path = build_corpus(default_cache_dir(cfg.data.cache_dir), progress=True)
         print(f"corpus: {path}")
@@ -86,7 +73,7 @@ def _load(path: str):
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import EVAL_JSON, evaluate_checkpoint, format_table
+    from .evaluate import evaluate_checkpoint, format_table
     from .runtime import resolve_device
 
     if args.tokens < 0:
@@ -95,7 +82,7 @@ def cmd_eval(args) -> None:
     ckpt = _load(args.checkpoint)
     result = evaluate_checkpoint(ckpt, tokens=args.tokens, device=args.device, progress=sys.stderr.isatty())
     print(format_table(result))
-    print(f"\nwritten: {ckpt.path / EVAL_JSON}")
+    print(f"\nwritten: {ckpt.path / layout.EVAL}")
 
 
 _NEURON = re.compile(r"^(\d+):(\d+)=(\S+)$")
@@ -171,7 +158,7 @@ def cmd_import_official(args) -> None:
 
 
 def cmd_interpret(args) -> None:
-    from .config import apply_overrides, config_from_dict, parse_override
+    from .config import parse_override
     from .interp.run import interpret
 
     for text in args.overrides:  # the model is the checkpoint's: only what to read and how to score may change
@@ -179,11 +166,11 @@ def cmd_interpret(args) -> None:
         if path[0] not in ("interp", "data"):
             raise ConfigError("--set", f"interpret takes interp.* and data.* overrides, got {text.split('=')[0]!r}")
     ckpt = _load(args.checkpoint)
-    values = apply_overrides(ckpt.config.to_dict(), args.overrides)
+    values = config_values(ckpt.config.to_dict(), args.overrides)
     flags = {"layers": args.layers, "neurons": args.neurons, "tokens": args.tokens, "method": args.method,
              "device": args.device, "protocols": ",".join(args.protocol) if args.protocol else None}
     values["interp"].update({k: v for k, v in flags.items() if v is not None})
-    ckpt.config = config_from_dict(values)
+    ckpt.config = load_config(values)
     summary = interpret(ckpt, Path(args.out), ckpt.config.interp)
     conf = round(100 * ckpt.config.interp.confidence)
     print(f"{'protocol':<15} {'layer':>5} {'mean':>7} {f'{conf}% CI':>17} {'scored':>6} {'unscorable':>10}")
@@ -195,44 +182,44 @@ def cmd_interpret(args) -> None:
         mean = f"{m['mean']:.3f}" if m["mean"] is not None else "n/a"
         print(f"{protocol:<15} {'model':>5} {mean:>7}   (mean over {m['n_layers']} layers)")
     out = Path(args.out)
-    cards = out / "cards" / "index.html"
-    print(f"\nwritten: {out / 'summary.md'}, {out / 'scores.csv'}" + (f", {cards}" if cards.is_file() else ""))
+    cards = out / layout.CARDS / layout.CARDS_INDEX
+    print(f"\nwritten: {out / layout.SUMMARY_MD}, {out / layout.SCORES_CSV}" + (f", {cards}" if cards.is_file() else ""))
 
 
 def cmd_ablate(args) -> None:
     from .runtime import is_main_process
     from .report import write_report
-    from .sweep import ablate, expand, load_sweep, print_commands
+    from .sweep import ablate, expand, print_commands
 
     out = Path(args.out)
     if args.workers is not None:
         args.overrides.append(f"sweep.workers={args.workers}")
+    base, sweep = load_sweep_config(args.config, args.overrides, smoke=args.smoke)
     if args.print_commands:
-        base, sweep = load_sweep(args.config, args.overrides, args.smoke)
         print_commands(args.config, out, args.overrides, args.smoke, expand(base, sweep))
         return
-    rows = ablate(args.config, out, args.overrides, smoke=args.smoke, only=args.only)
+    rows = ablate(base, sweep, out, only=args.only)
     if not is_main_process():
         return
     if args.only:  # one run of a scheduled sweep: `cratelab report` writes the report once all are done
         print(f"finished {', '.join(args.only)}; {len(rows)} runs done in {out}")
         return
-    _, sweep = load_sweep(args.config, args.overrides, args.smoke)
     report = write_report(out, reference_lambda=sweep.reference_lambda, reference_qkv=sweep.reference_qkv)
-    print(f"results: {out / 'results.csv'}\nreport:  {report} (and {report.with_suffix('.html')})")
+    print(f"results: {out / layout.RESULTS}\nreport:  {report} (and {report.with_suffix('.html')})")
 
 
 def cmd_report(args) -> None:
     from .report import write_report
-    from .sweep import collect_results, load_sweep
+    from .sweep import collect_results
 
     out = Path(args.out)
-    if not (out / "sweep.toml").is_file():
-        raise ConfigError("", f"{out} is not a sweep folder (no sweep.toml): run `cratelab ablate` first")
+    sweep_file = out / layout.SWEEP_CONFIG
+    if not sweep_file.is_file():
+        raise ConfigError("", f"{out} is not a sweep folder (no {layout.SWEEP_CONFIG}): run `cratelab ablate` first")
     try:
-        _, sweep = load_sweep(out / "sweep.toml")
+        _, sweep = load_sweep_config(sweep_file)
     except ConfigError as err:
-        raise ConfigError("", f"{out / 'sweep.toml'}: {err}") from None
+        raise ConfigError("", f"{sweep_file}: {err}") from None
     collect_results(out)
     report = write_report(out, reference_lambda=sweep.reference_lambda, reference_qkv=sweep.reference_qkv)
     print(f"report: {report} (and {report.with_suffix('.html')})")
@@ -337,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
     except OSError as err:  # a full disk, a file where a folder should be, a read-only file system...
-        _fail(_os_error(err, _output_folder(args)))
+        _fail(describe_os_error(err, _output_folder(args)))
     except (MemoryError, RuntimeError) as err:  # torch reports a failed allocation as a RuntimeError
         text = str(err)
         if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"

@@ -1,4 +1,5 @@
-"""Typed, validated run configuration: TOML files with sections [model], [data], [train], [eval], [interp].
+"""Typed, validated configuration: TOML files with sections [model], [data], [train], [eval], [interp], and
+[sweep] in sweep configs.
 
 Every field has a type and a range; unknown keys and bad values raise ConfigError naming the field
 (``section.key``), which the CLI turns into a one-line message and exit code 2.
@@ -6,6 +7,7 @@ Every field has a type and a range; unknown keys and bad values raise ConfigErro
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -14,22 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; ``field`` is the dotted name of the offending field."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
+from .errors import ConfigError
+from .runtime import DEVICE_HELP, is_device_name, require_memory
 
 
-def _require(ok: bool, name: str, message: str) -> None:
+def require(ok: bool, name: str, message: str) -> None:
+    """The validators every config section uses: ``ok`` or a ConfigError naming the field."""
     if not ok:
         raise ConfigError(name, message)
 
 
-def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
-    _require(value in choices, name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+def choose(value: str, choices: tuple[str, ...], name: str) -> None:
+    require(value in choices, name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def require_device(value: str, name: str) -> None:
+    require(is_device_name(value), name, f"must be {DEVICE_HELP}, got {value!r}")
 
 
 @dataclass
@@ -50,22 +52,31 @@ class ModelConfig:
 
     def validate(self, prefix: str = "model") -> None:
         p = prefix + "."
-        _choice(self.arch, ("crate", "gpt"), p + "arch")
-        _choice(self.qkv, ("shared", "separate"), p + "qkv")
-        _choice(self.mlp_act, ("relu", "gelu"), p + "mlp_act")
+        choose(self.arch, ("crate", "gpt"), p + "arch")
+        choose(self.qkv, ("shared", "separate"), p + "qkv")
+        choose(self.mlp_act, ("relu", "gelu"), p + "mlp_act")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "ista_steps", "overcomplete"):
-            _require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
-        _require(self.vocab_size >= 0, p + "vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
-        _require(self.n_embd % self.n_head == 0, p + "n_embd",
+            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.vocab_size >= 0, p + "vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
+        require(self.n_embd % self.n_head == 0, p + "n_embd",
                  f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
-        _require(self.ista_lambda >= 0, p + "ista_lambda", f"must be >= 0, got {self.ista_lambda}")
-        _require(self.ista_step_size > 0, p + "ista_step_size", f"must be > 0, got {self.ista_step_size}")
-        _require(0 <= self.dropout < 1, p + "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.ista_lambda >= 0, p + "ista_lambda", f"must be >= 0, got {self.ista_lambda}")
+        require(self.ista_step_size > 0, p + "ista_step_size", f"must be > 0, got {self.ista_step_size}")
+        require(0 <= self.dropout < 1, p + "dropout", f"must be in [0, 1), got {self.dropout}")
 
     @property
     def n_neurons(self) -> int:
         """Width of the interpreted layer: CRATE's sparse code A_T, or the GPT MLP hidden layer."""
         return self.overcomplete * self.n_embd
+
+    def check_fits_in_memory(self) -> None:
+        """Refuse, before a run builds the model, one whose float32 weights alone exceed this machine's memory
+        (a typo such as n_layer = 10000000 would otherwise meet the out-of-memory killer, not an error)."""
+        d, h = self.n_embd, self.n_neurons
+        weights = 4 * ((self.vocab_size + self.block_size) * d + self.n_layer * (2 * d * d + d * h))  # a lower bound
+        require_memory(weights, "model", f"n_layer {self.n_layer}, n_embd {d}, overcomplete {self.overcomplete}, "
+                                         f"vocab_size {self.vocab_size}, block_size {self.block_size}",
+                       "the weights alone")
 
 
 @dataclass
@@ -83,12 +94,12 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> None:
         p = prefix + "."
-        _require(bool(self.corpus), p + "corpus", "must not be empty")
-        _choice(self.tokenizer, ("bpe", "gpt2"), p + "tokenizer")
-        _require(257 <= self.bpe_vocab_size <= 65535, p + "bpe_vocab_size",
+        require(bool(self.corpus), p + "corpus", "must not be empty")
+        choose(self.tokenizer, ("bpe", "gpt2"), p + "tokenizer")
+        require(257 <= self.bpe_vocab_size <= 65535, p + "bpe_vocab_size",
                  f"must be in [257, 65535], got {self.bpe_vocab_size}")
-        _require(0 < self.val_fraction < 1, p + "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        _require(self.hf_max_tokens >= 1, p + "hf_max_tokens", f"must be >= 1, got {self.hf_max_tokens}")
+        require(0 < self.val_fraction < 1, p + "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        require(self.hf_max_tokens >= 1, p + "hf_max_tokens", f"must be >= 1, got {self.hf_max_tokens}")
 
 
 @dataclass
@@ -115,19 +126,18 @@ class TrainConfig:
     def validate(self, prefix: str = "train") -> None:
         p = prefix + "."
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
-            _require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "threads", "seed"):
-            _require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
-        _require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
-        _require(0 <= self.min_lr <= self.lr, p + "min_lr", f"must be in [0, train.lr], got {self.min_lr}")
-        _require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
+            require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
+        require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.min_lr <= self.lr, p + "min_lr", f"must be in [0, train.lr], got {self.min_lr}")
+        require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
-            _require(0 <= getattr(self, name) < 1, p + name, f"must be in [0, 1), got {getattr(self, name)}")
-        _require(self.grad_clip >= 0, p + "grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _require(self.device == "auto" or self.device in ("cpu", "mps", "cuda") or self.device.startswith("cuda:"),
-                 p + "device", f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
-        _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), p + "dtype")
-        _choice(self.log, ("none", "tensorboard", "wandb"), p + "log")
+            require(0 <= getattr(self, name) < 1, p + name, f"must be in [0, 1), got {getattr(self, name)}")
+        require(self.grad_clip >= 0, p + "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require_device(self.device, p + "device")
+        choose(self.dtype, ("auto", "float32", "bfloat16", "float16"), p + "dtype")
+        choose(self.log, ("none", "tensorboard", "wandb"), p + "log")
 
 
 @dataclass
@@ -136,8 +146,8 @@ class EvalConfig:
     dense_threshold: float = 0.1  # a neuron is "dense" when it fires on more than this share of tokens
 
     def validate(self, prefix: str = "eval") -> None:
-        _require(self.tokens >= 1, prefix + ".tokens", f"must be >= 1, got {self.tokens}")
-        _require(0 < self.dense_threshold < 1, prefix + ".dense_threshold",
+        require(self.tokens >= 1, prefix + ".tokens", f"must be >= 1, got {self.tokens}")
+        require(0 < self.dense_threshold < 1, prefix + ".dense_threshold",
                  f"must be in (0, 1), got {self.dense_threshold}")
 
 
@@ -175,13 +185,13 @@ class InterpConfig:
         if self.layers.strip() == "all":
             return list(range(n_layer or 0))
         parts = [part.strip() for part in self.layers.split(",")]
-        _require(all(part.isdigit() for part in parts), name,
+        require(all(part.isdigit() for part in parts), name,
                  f"must be 'all' or a comma list of layer indices such as '0,2', got {self.layers!r}")
         layers = [int(part) for part in parts]
-        _require(len(set(layers)) == len(layers), name, f"lists a layer twice: {self.layers!r}")
+        require(len(set(layers)) == len(layers), name, f"lists a layer twice: {self.layers!r}")
         if n_layer is not None:
             for layer in layers:
-                _require(layer < n_layer, name, f"layer {layer} out of range (the model has {n_layer} layers: "
+                require(layer < n_layer, name, f"layer {layer} out of range (the model has {n_layer} layers: "
                                                f"0 to {n_layer - 1})")
         return sorted(layers)
 
@@ -194,32 +204,31 @@ class InterpConfig:
         p = prefix + "."
         for name in ("tokens", "batch_size", "workers", "window", "short_window", "snippet", "n_top",
                      "n_bins", "per_bin", "bootstrap"):
-            _require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("neurons", "seed", "n_random", "max_cards", "threads"):
-            _require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
+            require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
         self.layer_list()
         protocols = self.protocol_list()
         for protocol in protocols:
-            _choice(protocol, tuple(PROTOCOLS), p + "protocols")
-        _require(len(set(protocols)) == len(protocols), p + "protocols", f"lists a protocol twice: {self.protocols!r}")
+            choose(protocol, tuple(PROTOCOLS), p + "protocols")
+        require(len(set(protocols)) == len(protocols), p + "protocols", f"lists a protocol twice: {self.protocols!r}")
         # METHODS lists names ("token-pattern") and patterns ("openai:MODEL": any non-empty MODEL)
-        _require(any(self.method == m or (":" in m and self.method.startswith(m.split(":")[0] + ":")
+        require(any(self.method == m or (":" in m and self.method.startswith(m.split(":")[0] + ":")
                                           and len(self.method) > len(m.split(":")[0]) + 1) for m in METHODS),
                  p + "method", f"must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
-        _require(self.device == "auto" or self.device in ("cpu", "mps", "cuda") or self.device.startswith("cuda:"),
-                 p + "device", f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
-        _require(self.window >= self.short_window, p + "short_window",
+        require_device(self.device, p + "device")
+        require(self.window >= self.short_window, p + "short_window",
                  f"must be <= interp.window ({self.window}), got {self.short_window}")
-        _require(self.short_window >= self.snippet, p + "snippet",
+        require(self.short_window >= self.snippet, p + "snippet",
                  f"must be <= interp.short_window ({self.short_window}), got {self.snippet}")
-        _require(0 < self.confidence < 1, p + "confidence", f"must be in (0, 1), got {self.confidence}")
+        require(0 < self.confidence < 1, p + "confidence", f"must be in (0, 1), got {self.confidence}")
         for protocol in protocols:  # every chosen protocol must find the records it reads
             proto = PROTOCOLS[protocol]
             needs = {"n_top": max(proto.explain_top + proto.score_top + proto.score_snippets, default=-1) + 1,
                      "n_random": max(proto.explain_random + proto.score_random, default=-1) + 1,
                      "per_bin": max(proto.explain_quantile + proto.score_quantile, default=-1) + 1}
             for name, need in needs.items():
-                _require(getattr(self, name) >= need, p + name,
+                require(getattr(self, name) >= need, p + name,
                          f"protocol {protocol!r} needs at least {need}, got {getattr(self, name)}")
 
 
@@ -237,6 +246,43 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class SweepConfig:
+    """The [sweep] section of a sweep config (`cratelab ablate`): the grid of conditions and seeds."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ista_lambdas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    qkv: list[str] = field(default_factory=lambda: ["shared", "separate"])
+    baseline: bool = True  # also train the GPT-ReLU baseline at the same shape, once per seed
+    reference_lambda: float = 0.1  # the condition paired differences are taken against
+    reference_qkv: str = "shared"
+    workers: int = 1  # runs trained at once on this machine (each gets cores / workers threads)
+
+    def validate(self, prefix: str = "sweep") -> None:
+        p = prefix + "."
+        require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), p + "seeds",
+                f"must list distinct seeds, got {self.seeds}")
+        require(all(s >= 0 for s in self.seeds), p + "seeds", f"must be >= 0, got {self.seeds}")
+        require(len(self.ista_lambdas) >= 1 and all(x >= 0 for x in self.ista_lambdas), p + "ista_lambdas",
+                f"must list lambdas >= 0, got {self.ista_lambdas}")
+        require(len(self.qkv) >= 1, p + "qkv", "must list at least one of 'shared', 'separate'")
+        for value in self.qkv:
+            choose(value, ("shared", "separate"), p + "qkv")
+        choose(self.reference_qkv, tuple(self.qkv), p + "reference_qkv")
+        require(self.reference_lambda in self.ista_lambdas, p + "reference_lambda",
+                f"must be one of sweep.ista_lambdas {self.ista_lambdas}, got {self.reference_lambda}")
+        require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
+
+
+# `--smoke`: the whole pipeline, every condition, two seeds, in about two minutes on a 2-core CPU
+SMOKE_OVERRIDES = [
+    'data.corpus="fixture"', "data.bpe_vocab_size=512", "model.n_embd=32", "model.n_head=2", "model.block_size=64",
+    "train.batch_size=8", "train.max_steps=30", "train.warmup_steps=5", "train.eval_interval=30",
+    "eval.tokens=4096", "interp.tokens=16384", "interp.neurons=16",
+    "interp.bootstrap=200", "interp.max_cards=4", "sweep.seeds=[0, 1]",
+]
 
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:
@@ -337,10 +383,26 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("", f"{path}: not UTF-8 text (byte {err.start}): is it a TOML config?") from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a TOML config (or the defaults when path is None), apply ``--set`` overrides, validate."""
-    values = read_toml(path) if path is not None else {}
-    return config_from_dict(apply_overrides(values, list(overrides)))
+def config_values(source: str | Path | dict[str, Any] | None, overrides: list[str] = (), *,
+                  smoke: bool = False) -> dict[str, Any]:
+    """The one way every command reads a config: a TOML file, a mapping of values (a checkpoint's config),
+    or None for the defaults; then the ``--smoke`` settings, then the ``--set`` overrides (not yet validated)."""
+    values = read_toml(source) if isinstance(source, (str, Path)) else copy.deepcopy(source or {})
+    return apply_overrides(values, (SMOKE_OVERRIDES if smoke else []) + list(overrides))
+
+
+def load_config(source: str | Path | dict[str, Any] | None, overrides: list[str] = ()) -> RunConfig:
+    """A run config (see config_values), validated."""
+    return config_from_dict(config_values(source, overrides))
+
+
+def load_sweep_config(source: str | Path | dict[str, Any] | None, overrides: list[str] = (), *,
+                      smoke: bool = False) -> tuple[RunConfig, SweepConfig]:
+    """A sweep config: a run config (the settings its runs share) plus a [sweep] section, validated."""
+    values = config_values(source, overrides, smoke=smoke)
+    sweep = section_from_dict(SweepConfig, values.pop("sweep", {}), "sweep")
+    sweep.validate()
+    return config_from_dict(values), sweep
 
 
 def dump_toml(cfg: RunConfig) -> str:

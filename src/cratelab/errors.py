@@ -5,6 +5,15 @@ class CratelabError(Exception):
     """A problem the user can fix (bad input, missing file, unavailable source)."""
 
 
+class ConfigError(CratelabError):
+    """A bad configuration value; ``field`` is the dotted name of the offending field (``section.key``,
+    or a flag such as ``--set``). Defined here, not in config.py, so that runtime.py can raise it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
 def unpickling_error(path: object, err: Exception) -> CratelabError:
     """A failed ``torch.load(weights_only=True)`` as one line. torch's own message spans many lines and
     suggests weights_only=False, which would let the file run code: we never do that."""

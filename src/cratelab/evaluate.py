@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .layout import EVAL
 from .models import LanguageModel, neuron_hook_name
 
-EVAL_JSON = "eval.json"
 
 # log10 firing-rate bins from 1e-7 to 1 (dead neurons are counted apart)
 DENSITY_BIN_EDGES = np.linspace(-7.0, 0.0, 29)
@@ -123,5 +123,5 @@ def evaluate_checkpoint(ckpt, tokens: int = 0, device: str = "auto", progress: b
     result = evaluate(ckpt.model.to(target), windows, dataset.tokenizer.token_byte_lengths(),
                       dense_threshold=cfg.eval.dense_threshold, device=target)
     report = result.to_dict() | {"checkpoint": str(ckpt.path), "step": ckpt.step}
-    write_json(ckpt.path / EVAL_JSON, report)
+    write_json(ckpt.path / EVAL, report)
     return result

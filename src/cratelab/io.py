@@ -34,6 +34,18 @@ def name_path(err: OSError, path: str | Path, *, replace: Sequence[str | Path] =
     return err
 
 
+def describe_os_error(err: OSError, where: str | Path | None = None) -> str:
+    """An OSError as "PATH: reason". Errors from writing through an open file name no path: then ``where``
+    (the folder the command writes to) stands in."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if isinstance(err, FileExistsError):  # mkdir(exist_ok=True) on a file
+        reason = "exists and is not a folder"
+    if err.filename is not None:
+        path = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+        return f"{path}: {reason}"
+    return f"{where}: {reason}" if where else reason
+
+
 class _WriteErrors:
     """A binary file that remembers the OSError of a failed write: torch.save reports one (a full disk)
     as a RuntimeError, which would otherwise hide the reason."""

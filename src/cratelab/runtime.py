@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import CratelabError
+from .errors import ConfigError, CratelabError
 
 DEVICE_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 # torch's intra-op thread pool beyond a few times the cores only slows down; far beyond, it crashes
@@ -70,10 +70,19 @@ def max_threads() -> int:
     return MAX_THREADS_PER_CORE * cpu_count()
 
 
-def set_threads(threads: int) -> None:
-    """torch's intra-op threads on the CPU; 0 keeps torch's default. Configs check the bound first."""
-    if threads:
-        torch.set_num_threads(min(threads, max_threads()))
+def check_threads(threads: int, setting: str) -> int:
+    """A thread or worker count within what this machine can run (checked here, where the work starts,
+    not when a config is read: a run folder made on a bigger machine must stay readable on this one)."""
+    if threads > max_threads():
+        raise ConfigError(setting, f"must be at most {max_threads()} on this machine ({MAX_THREADS_PER_CORE} per "
+                                   f"CPU core, {cpu_count()} cores), got {threads}")
+    return threads
+
+
+def set_threads(threads: int, setting: str = "train.threads") -> None:
+    """torch's intra-op threads on the CPU; 0 keeps torch's default."""
+    if check_threads(threads, setting):
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -104,3 +113,11 @@ def system_memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def require_memory(need_bytes: int, setting: str, what: str, use: str) -> None:
+    """A ConfigError naming ``setting`` when ``what`` needs more than this machine's physical memory for ``use``."""
+    memory = system_memory_bytes()
+    if memory is not None and need_bytes > memory:
+        raise ConfigError(setting, f"{what} need at least {need_bytes / 2**30:,.1f} GiB for {use}, more than this "
+                                   f"machine's {memory / 2**30:,.1f} GiB")

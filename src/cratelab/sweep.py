@@ -3,14 +3,14 @@ baseline, over seeds. Every run is trained, evaluated and scored by the same fun
 `cratelab train`, `eval` and `interpret`; a finished run leaves `result.json`, so an interrupted sweep
 resumes by skipping finished runs while partial runs resume from their own checkpoints.
 
-Output folder: `sweep.toml` (the sweep as run), `runs/<name>/` (a train run folder, with `eval.json`,
-`interp/` and `result.json`), `results.csv`, `results_layers.csv`, and the report.
+The output folder is laid out as layout.py names it: `sweep.toml` (the sweep as run), `runs/<name>/`
+(a train run folder, with `eval.json`, `interp/` and `result.json`), `results.csv`, `results_layers.csv`,
+and the report.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -24,71 +24,21 @@ from typing import Any
 
 import tomli_w
 
-from .io import write_csv, write_json, write_text
-from .runtime import is_main_process, set_threads
-from .config import (ConfigError, RunConfig, _choice, _require, apply_overrides, config_from_dict, read_toml,
-                     section_from_dict)
-
-PROTOCOL_COLUMNS = {"top-and-random": "interp_top_and_random", "random-only": "interp_random_only",
-                    "anthropic": "interp_anthropic"}
-RESULT_COLUMNS = ["name", "arch", "qkv", "ista_lambda", "seed", "params", "tokens", "train_s", "val_loss", "bpb",
-                  "zero_frac", "l0", "l0_frac", "dead_frac", "dense_frac", *PROTOCOL_COLUMNS.values(), "nan_neurons"]
-LAYER_COLUMNS = ["name", "arch", "qkv", "ista_lambda", "seed", "layer", "zero_frac", "l0", "l0_frac", "dead_frac",
-                 "dense_frac", "dictionary_norm", *PROTOCOL_COLUMNS.values(),
-                 *(c.replace("interp_", "nan_") for c in PROTOCOL_COLUMNS.values())]
-SPARSITY_KEYS = ("zero_frac", "l0", "l0_frac", "dead_frac", "dense_frac")
-RESULT_JSON = "result.json"
-
-# `--smoke`: the whole pipeline, every condition, two seeds, in about two minutes on a 2-core CPU
-SMOKE_OVERRIDES = [
-    'data.corpus="fixture"', "data.bpe_vocab_size=512", "model.n_embd=32", "model.n_head=2", "model.block_size=64",
-    "train.batch_size=8", "train.max_steps=30", "train.warmup_steps=5", "train.eval_interval=30",
-    "eval.tokens=4096", "interp.tokens=16384", "interp.neurons=16",
-    "interp.bootstrap=200", "interp.max_cards=4", "sweep.seeds=[0, 1]",
-]
+from . import layout
+from .config import ConfigError, RunConfig, SweepConfig
+from .io import read_json, write_csv, write_json, write_text
+from .runtime import check_threads, cpu_count, is_main_process, set_threads
 
 
 @dataclass
-class SweepConfig:
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    ista_lambdas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
-    qkv: list[str] = field(default_factory=lambda: ["shared", "separate"])
-    baseline: bool = True  # also train the GPT-ReLU baseline at the same shape, once per seed
-    reference_lambda: float = 0.1  # the condition paired differences are taken against
-    reference_qkv: str = "shared"
-    workers: int = 1  # runs trained at once on this machine (each gets cores / workers threads)
+class PlannedRun:
+    """One (condition, seed) cell of the sweep grid: the run folder's name and its run config."""
 
-    def validate(self, prefix: str = "sweep") -> None:
-        p = prefix + "."
-        _require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), p + "seeds",
-                 f"must list distinct seeds, got {self.seeds}")
-        _require(all(s >= 0 for s in self.seeds), p + "seeds", f"must be >= 0, got {self.seeds}")
-        _require(len(self.ista_lambdas) >= 1 and all(x >= 0 for x in self.ista_lambdas), p + "ista_lambdas",
-                 f"must list lambdas >= 0, got {self.ista_lambdas}")
-        _require(len(self.qkv) >= 1, p + "qkv", "must list at least one of 'shared', 'separate'")
-        for value in self.qkv:
-            _choice(value, ("shared", "separate"), p + "qkv")
-        _choice(self.reference_qkv, tuple(self.qkv), p + "reference_qkv")
-        _require(self.reference_lambda in self.ista_lambdas, p + "reference_lambda",
-                 f"must be one of sweep.ista_lambdas {self.ista_lambdas}, got {self.reference_lambda}")
-        _require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
-
-
-@dataclass
-class Run:
     name: str
     config: RunConfig
 
 
-def load_sweep(path: str | Path, overrides: list[str] = (), smoke: bool = False) -> tuple[RunConfig, SweepConfig]:
-    """A sweep file is a run config (the shared settings) plus a [sweep] section."""
-    values = apply_overrides(read_toml(path), (SMOKE_OVERRIDES if smoke else []) + list(overrides))
-    sweep = section_from_dict(SweepConfig, values.pop("sweep", {}), "sweep")
-    sweep.validate()
-    return config_from_dict(values), sweep
-
-
-def expand(base: RunConfig, sweep: SweepConfig) -> list[Run]:
+def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
     """Every (condition, seed) run, seed-major so that a partial sweep holds whole seeds first."""
     runs = []
     for seed in sweep.seeds:
@@ -100,7 +50,7 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[Run]:
             cfg = dataclasses.replace(
                 base, model=dataclasses.replace(base.model, arch=arch, qkv=qkv, ista_lambda=lam),
                 train=dataclasses.replace(base.train, seed=seed), interp=dataclasses.replace(base.interp, seed=seed))
-            runs.append(Run(name, cfg))
+            runs.append(PlannedRun(name, cfg))
     return runs
 
 
@@ -108,16 +58,16 @@ def _layer_interp(summary: dict[str, Any]) -> dict[tuple[int, str], dict[str, An
     return {(s["layer"], s["protocol"]): s for s in summary["layers"]}
 
 
-def run_one(run: Run, out_dir: Path, threads: int = 0) -> dict[str, Any]:
+def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     """Train, evaluate and score one run (resuming whatever it already did); returns its results row."""
     from .checkpoint import load_checkpoint
     from .evaluate import evaluate_checkpoint
     from .interp.run import interpret
     from .train import train
 
-    run_dir = out_dir / "runs" / run.name
-    if (run_dir / RESULT_JSON).is_file():
-        return json.loads((run_dir / RESULT_JSON).read_text())
+    run_dir = layout.run_folder(out_dir, run.name)
+    if (run_dir / layout.RUN_RESULT).is_file():
+        return read_json(run_dir / layout.RUN_RESULT, what="run result")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = run.config
     if threads and not cfg.train.threads:
@@ -127,36 +77,36 @@ def run_one(run: Run, out_dir: Path, threads: int = 0) -> dict[str, Any]:
         return {}
     ckpt = load_checkpoint(run_dir)
     evaluation = evaluate_checkpoint(ckpt, device=cfg.train.device)
-    summary = interpret(ckpt, run_dir / "interp", cfg.interp, progress=False)
+    summary = interpret(ckpt, run_dir / layout.RUN_INTERP, cfg.interp, progress=False)
 
     m = cfg.model
     row: dict[str, Any] = {
         "name": run.name, "arch": m.arch, "qkv": m.qkv, "ista_lambda": m.ista_lambda if m.arch == "crate" else None,
         "seed": cfg.train.seed, "params": ckpt.model.num_params(), "tokens": final["tokens"],
         "train_s": final["elapsed_s"], "val_loss": evaluation.val_loss, "bpb": evaluation.bpb}
-    for key in SPARSITY_KEYS:
+    for key in layout.SPARSITY_COLUMNS:
         row[key] = sum(getattr(s, key) for s in evaluation.layers) / len(evaluation.layers)
     by_layer = _layer_interp(summary)
-    for protocol, column in PROTOCOL_COLUMNS.items():
-        row[column] = summary["model"].get(protocol, {}).get("mean")
+    for protocol in layout.PROTOCOLS:
+        row[layout.interp_column(protocol)] = summary["model"].get(protocol, {}).get("mean")
     row["nan_neurons"] = sum(s["n_unscorable"] for s in summary["layers"])
     row["layers"] = []
     for s in evaluation.layers:
-        layer_row = {k: row[k] for k in ("name", "arch", "qkv", "ista_lambda", "seed")} | {"layer": s.layer}
-        layer_row |= {key: getattr(s, key) for key in (*SPARSITY_KEYS, "dictionary_norm")}
-        for protocol, column in PROTOCOL_COLUMNS.items():
+        layer_row = {k: row[k] for k in layout.CONDITION_COLUMNS} | {"layer": s.layer}
+        layer_row |= {key: getattr(s, key) for key in (*layout.SPARSITY_COLUMNS, "dictionary_norm")}
+        for protocol in layout.PROTOCOLS:
             scored = by_layer.get((s.layer, protocol))
-            layer_row[column] = scored["mean"] if scored else None
-            layer_row[column.replace("interp_", "nan_")] = scored["n_unscorable"] if scored else None
+            layer_row[layout.interp_column(protocol)] = scored["mean"] if scored else None
+            layer_row[layout.nan_column(protocol)] = scored["n_unscorable"] if scored else None
         row["layers"].append(layer_row)
-    write_json(run_dir / RESULT_JSON, row)
+    write_json(run_dir / layout.RUN_RESULT, row)
     return row
 
 
-def _run_logged(run: Run, out_dir: Path, threads: int) -> dict[str, Any]:
+def _run_logged(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:
     """run_one in a worker process, its log lines going to the run's own log file."""
     set_threads(threads)
-    log_path = out_dir / "runs" / run.name / "log.txt"
+    log_path = layout.run_folder(out_dir, run.name) / layout.RUN_LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log, redirect_stderr(log), redirect_stdout(log):
         return run_one(run, out_dir, threads)
@@ -164,31 +114,32 @@ def _run_logged(run: Run, out_dir: Path, threads: int) -> dict[str, Any]:
 
 def collect_results(out_dir: Path) -> list[dict[str, Any]]:
     """results.csv and results_layers.csv from the finished runs' result.json files."""
-    rows = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob(f"*/{RESULT_JSON}"))]
-    write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
-    write_csv(out_dir / "results_layers.csv", LAYER_COLUMNS, [layer for row in rows for layer in row["layers"]])
+    rows = [read_json(p, what="run result") for p in sorted((out_dir / layout.RUNS).glob(f"*/{layout.RUN_RESULT}"))]
+    write_csv(out_dir / layout.RESULTS, layout.RESULT_COLUMNS, rows)
+    write_csv(out_dir / layout.RESULTS_LAYERS, layout.LAYER_COLUMNS, [layer for row in rows for layer in row["layers"]])
     return rows
 
 
 def save_sweep(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
     values = base.to_dict() | {"sweep": dataclasses.asdict(sweep)}
-    write_text(out_dir / "sweep.toml", tomli_w.dumps(values))
+    write_text(out_dir / layout.SWEEP_CONFIG, tomli_w.dumps(values))
 
 
-def print_commands(config_path: str, out_dir: Path, overrides: list[str], smoke: bool, runs: list[Run]) -> None:
+def print_commands(config_path: str | Path, out_dir: Path, overrides: list[str], smoke: bool,
+                   runs: list[PlannedRun]) -> None:
     """One command per run, for a cluster scheduler (a Slurm array line each; prefix torchrun for DDP)."""
     extra = (["--smoke"] if smoke else []) + [part for o in overrides for part in ("--set", o)]
     for run in runs:
-        print(shlex.join(["cratelab", "ablate", config_path, "--out", str(out_dir), "--only", run.name, *extra]))
+        print(shlex.join(["cratelab", "ablate", str(config_path), "--out", str(out_dir), "--only", run.name, *extra]))
     print(shlex.join(["cratelab", "report", str(out_dir)]) + "   # after the runs: results.csv and the report")
 
 
-def ablate(config_path: str, out_dir: Path, overrides: list[str] = (), smoke: bool = False,
-           only: list[str] = (), progress: bool | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) the sweep; returns the result rows of the finished runs."""
+def ablate(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] = (),
+           progress: bool | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the sweep (as config.load_sweep_config reads it); returns the result rows of the
+    finished runs."""
     from tqdm import tqdm
 
-    base, sweep = load_sweep(config_path, overrides, smoke)
     runs = expand(base, sweep)
     if only:
         unknown = sorted(set(only) - {r.name for r in runs})
@@ -196,12 +147,12 @@ def ablate(config_path: str, out_dir: Path, overrides: list[str] = (), smoke: bo
             raise ConfigError("--only", f"no run named {', '.join(unknown)} in this sweep "
                                         f"(runs: {', '.join(r.name for r in runs)})")
         runs = [r for r in runs if r.name in only]
-    workers = sweep.workers
+    workers = check_threads(sweep.workers, "sweep.workers")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_sweep(base, sweep, out_dir)
     _prepare_data(base)
-    todo = [r for r in runs if not (out_dir / "runs" / r.name / RESULT_JSON).is_file()]
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    todo = [r for r in runs if not (layout.run_folder(out_dir, r.name) / layout.RUN_RESULT).is_file()]
+    threads = max(1, cpu_count() // workers) if workers > 1 else 0
     show_bar = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()
     print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished), {workers} at a time -> {out_dir}",
@@ -214,7 +165,7 @@ def ablate(config_path: str, out_dir: Path, overrides: list[str] = (), smoke: bo
     return collect_results(out_dir)
 
 
-def _execute(runs: list[Run], out_dir: Path, workers: int, threads: int):
+def _execute(runs: list[PlannedRun], out_dir: Path, workers: int, threads: int):
     if workers == 1:
         for run in runs:
             yield _run_logged(run, out_dir, threads)

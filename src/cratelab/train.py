@@ -4,7 +4,7 @@ Read `train` top to bottom, as nanoGPT's train.py: processes and device, output 
 optimizer, resume, then the loop (lr schedule, micro-steps with gradient accumulation, clip, step,
 and every ``eval_interval`` steps: evaluate, log, checkpoint). Small helpers come first.
 
-Run folder: ``config.toml``, ``ckpt.pt`` (see checkpoint.py), ``metrics.jsonl`` (one JSON line per
+Run folder (names in layout.py): ``config.toml``, ``ckpt.pt`` (see checkpoint.py), ``metrics.jsonl`` (one JSON line per
 evaluation: step, tokens, train_loss, val_loss, lr, tokens_per_s, elapsed_s).
 """
 
@@ -26,18 +26,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from .checkpoint import CKPT_NAME, CONFIG_NAME, config_of, read_checkpoint, save_checkpoint, write_config
+from .checkpoint import config_of, read_checkpoint, save_checkpoint, write_config
 from .config import RunConfig, TrainConfig
 from .data.batches import TrainBatches, eval_windows
 from .data.shards import prepare_dataset
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .io import append_line, keep_jsonl
+from .layout import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
 from .models import build_model
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
 
-METRICS_NAME = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -110,7 +109,7 @@ def open_external_log(cfg: RunConfig, out_dir: Path) -> Callable[[dict[str, Any]
         except ImportError:
             raise CratelabError("train.log = 'tensorboard' needs the tensorboard package: "
                                 "pip install tensorboard") from None
-        writer = SummaryWriter(str(out_dir / TENSORBOARD_DIR))
+        writer = SummaryWriter(str(out_dir / TENSORBOARD))
 
         def log_tensorboard(metrics: dict[str, Any]) -> None:
             for key, value in metrics.items():
@@ -198,16 +197,16 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
     # ---- output folder: start over if asked
-    ckpt_path, metrics_path = out_dir / CKPT_NAME, out_dir / METRICS_NAME
+    ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (CKPT_NAME, METRICS_NAME, CONFIG_NAME):  # temporary files of a save cut short by a kill
+        for name in (CHECKPOINT, METRICS, CONFIG):  # temporary files of a save cut short by a kill
             for stale in out_dir.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
         if fresh:
             ckpt_path.unlink(missing_ok=True)
             metrics_path.unlink(missing_ok=True)
-            shutil.rmtree(out_dir / TENSORBOARD_DIR, ignore_errors=True)
+            shutil.rmtree(out_dir / TENSORBOARD, ignore_errors=True)
     external_log = open_external_log(cfg, out_dir) if master else None  # a missing package fails before any work
     barrier()
 
@@ -232,6 +231,7 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     # ---- model and optimizer. Seeds differ per process so that dropout masks do; DDP copies rank 0's
     # initial weights to every process, so the start is the single-process one.
     torch.manual_seed(tc.seed + rank)
+    cfg.model.check_fits_in_memory()
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
                                   fused=True if device.type == "cuda" else None)

@@ -17,7 +17,7 @@ from cratelab.data.shards import prepare_dataset
 from cratelab.errors import CratelabError
 from cratelab.interp import PROTOCOLS
 from cratelab.interp.run import interpret, neuron_subset
-from cratelab.io import cut_unfinished_line, read_jsonl
+from cratelab.io import read_jsonl
 from cratelab.models import build_model
 
 DEAD = (3, 5)  # neurons of layer 1 whose dictionary atom is zeroed: they never fire
@@ -154,22 +154,6 @@ def test_neuron_subset_is_seeded_and_per_layer():
     assert neuron_subset(cfg, 0, 32) == neuron_subset(cfg, 0, 32) != neuron_subset(cfg, 1, 32)
     assert len(neuron_subset(cfg, 0, 32)) == 5 and neuron_subset(InterpConfig(), 0, 32) == list(range(32))
     assert neuron_subset(InterpConfig(neurons=40), 0, 32) == list(range(32))
-
-
-def test_read_jsonl_drops_only_a_cut_off_last_line(tmp_path):
-    path = tmp_path / "x.jsonl"
-    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')
-    assert read_jsonl(path, repair=True) == [{"a": 1}, {"a": 2}]
-    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
-    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
-    with pytest.raises(CratelabError, match="line 2"):
-        read_jsonl(path)
-    path.write_text('{"a": 1}\n' + "x" * 100_000)  # a cut-off line longer than one read of the tail
-    cut_unfinished_line(path)
-    assert path.read_text() == '{"a": 1}\n'
-    path.write_text("no newline at all")
-    cut_unfinished_line(path)
-    assert path.read_text() == ""
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -15,16 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cratelab import layout
 from cratelab.evaluate import DENSITY_BIN_EDGES
+from cratelab.layout import LAYER_COLUMNS, PROTOCOLS, RESULT_COLUMNS, interp_column, nan_column
 
 LAMBDAS = (0.05, 0.1, 0.2)
-RESULT_COLUMNS = ["name", "arch", "qkv", "ista_lambda", "seed", "params", "tokens", "train_s", "val_loss", "bpb",
-                  "zero_frac", "l0", "l0_frac", "dead_frac", "dense_frac", "interp_top_and_random",
-                  "interp_random_only", "interp_anthropic", "nan_neurons"]
-LAYER_COLUMNS = ["name", "arch", "qkv", "ista_lambda", "seed", "layer", "zero_frac", "l0", "l0_frac", "dead_frac",
-                 "dense_frac", "dictionary_norm", "interp_top_and_random", "interp_random_only", "interp_anthropic",
-                 "nan_top_and_random", "nan_random_only", "nan_anthropic"]
-PROTOCOLS = ("top-and-random", "random-only", "anthropic")
 N_LAYERS, WIDTH = 2, 64  # interpreted neurons per layer
 
 
@@ -84,7 +79,7 @@ def _layer_means(rows: list[dict], protocol: str) -> list[float]:
 
 def write_run(out: Path, spec: Spec, interp: bool, rng: np.random.Generator) -> tuple[dict, list[dict]]:
     truth = _truth(spec, rng)
-    folder = out / "runs" / spec.run_name
+    folder = layout.run_folder(out, spec.run_name)
     folder.mkdir(parents=True, exist_ok=True)
     lam = "" if spec.arch == "gpt" else f"{spec.ista_lambda:g}"
     base = {"name": spec.run_name, "arch": spec.arch, "qkv": spec.qkv, "ista_lambda": lam, "seed": spec.seed}
@@ -95,9 +90,8 @@ def write_run(out: Path, spec: Spec, interp: bool, rng: np.random.Generator) -> 
         row = {**base, "layer": layer, "zero_frac": zero, "l0": (1 - zero) * WIDTH, "l0_frac": 1 - zero,
                "dead_frac": truth["dead_frac"], "dense_frac": 0.01, "dictionary_norm": 1.0 + 0.1 * layer}
         for protocol in PROTOCOLS:
-            key = protocol.replace("-", "_")
-            row[f"interp_{key}"] = _layer_means(neuron_rows, protocol)[layer] if interp else ""
-            row[f"nan_{key}"] = 2 if interp else ""
+            row[interp_column(protocol)] = _layer_means(neuron_rows, protocol)[layer] if interp else ""
+            row[nan_column(protocol)] = 2 if interp else ""
         layers.append(row)
     result = {**base, "params": 250_000 if spec.qkv == "shared" else 280_000, "tokens": 524_288,
               "train_s": 60.0 + spec.seed, "val_loss": truth["val_loss"], "bpb": truth["val_loss"] / math.log(2) / 4,
@@ -105,21 +99,21 @@ def write_run(out: Path, spec: Spec, interp: bool, rng: np.random.Generator) -> 
               "l0_frac": np.mean([r["l0_frac"] for r in layers]), "dead_frac": truth["dead_frac"], "dense_frac": 0.01,
               "nan_neurons": 2 * N_LAYERS * len(PROTOCOLS) if interp else 0}
     for protocol in PROTOCOLS:
-        key = protocol.replace("-", "_")
-        result[f"interp_{key}"] = float(np.mean(_layer_means(neuron_rows, protocol))) if interp else ""
+        result[interp_column(protocol)] = float(np.mean(_layer_means(neuron_rows, protocol))) if interp else ""
     if interp:
-        (folder / "interp").mkdir(exist_ok=True)
-        (folder / "interp" / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in neuron_rows))
-        (folder / "interp" / "cards").mkdir(exist_ok=True)
-        (folder / "interp" / "cards" / "index.html").write_text("<html></html>")
+        interp_dir = folder / layout.RUN_INTERP
+        interp_dir.mkdir(exist_ok=True)
+        (interp_dir / layout.SCORES).write_text("".join(json.dumps(r) + "\n" for r in neuron_rows))
+        (interp_dir / layout.CARDS).mkdir(exist_ok=True)
+        (interp_dir / layout.CARDS / layout.CARDS_INDEX).write_text("<html></html>")
     hist = np.histogram(rng.normal(-1.0 - 2 * truth["zero_frac"], 0.5, WIDTH - 3), bins=DENSITY_BIN_EDGES)[0]
-    (folder / "eval.json").write_text(json.dumps(
+    (folder / layout.EVAL).write_text(json.dumps(
         {"val_loss": truth["val_loss"], "layers": [{"layer": l, "n_neurons": WIDTH, "density_hist": hist.tolist()}
                                                    for l in range(N_LAYERS)]}))
-    (folder / "metrics.jsonl").write_text("".join(
+    (folder / layout.METRICS).write_text("".join(
         json.dumps({"step": s, "tokens": s * 1024, "train_loss": 6.0 - s / 100, "val_loss": truth["val_loss"] + 2 / s})
         + "\n" for s in (50, 100, 200, 400, 512)))
-    (folder / "config.toml").write_text(
+    (folder / layout.CONFIG).write_text(
         f'[model]\narch = "{spec.arch}"\nn_layer = {N_LAYERS}\nn_head = 4\nn_embd = {WIDTH // 4}\n'
         f'block_size = 128\nvocab_size = 4096\nqkv = "{spec.qkv}"\n')
     return result, layers
@@ -134,11 +128,11 @@ def make_sweep(out: Path, specs: list[Spec] | None = None, interp: bool = True, 
         result, layer_rows = write_run(out, spec, interp, rng)
         results.append(result)
         layers += layer_rows
-    for name, columns, rows in (("results.csv", RESULT_COLUMNS, results),
-                                ("results_layers.csv", LAYER_COLUMNS, layers)):
+    for name, columns, rows in ((layout.RESULTS, RESULT_COLUMNS, results),
+                                (layout.RESULTS_LAYERS, LAYER_COLUMNS, layers)):
         with open(out / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-    (out / "sweep.toml").write_text("[sweep]\nseeds = [0, 1, 2]\n")
+    (out / layout.SWEEP_CONFIG).write_text("[sweep]\nseeds = [0, 1, 2]\n")
     return out

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from cratelab.errors import CratelabError
-from cratelab.report import load_sweep, write_report
+from cratelab.report import read_sweep_results, write_report
 from cratelab.report.analysis import (INTERP_METRICS, SEED_METRICS, Estimator, difference, lambda_slope, mean_of,
                                       qkv_effect)
 from cratelab.report.load import Condition
@@ -42,7 +42,7 @@ def full(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def estimator(full):
-    return Estimator(load_sweep(full), n_boot=N_BOOT)
+    return Estimator(read_sweep_results(full), n_boot=N_BOOT)
 
 
 def test_report_files_and_plots(full):
@@ -95,7 +95,7 @@ def test_interpretability_interval_covers_seeds_and_neurons(estimator):
 
 
 def test_intervals_are_deterministic_given_the_seed(full):
-    sweep = load_sweep(full)
+    sweep = read_sweep_results(full)
     metric = METRIC["interp_random_only"]
     contrast = difference(Condition("crate", "separate", 0.2), REFERENCE)
     a = Estimator(sweep, n_boot=N_BOOT, seed=5).estimate(metric, contrast)

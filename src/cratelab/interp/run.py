@@ -41,6 +41,8 @@ from ..config import ConfigError, InterpConfig, RunConfig, dump_toml
 from ..errors import CratelabError
 from ..io import (JsonlAppender, building_folder, cut_unfinished_line, read_jsonl, sha256_file, write_csv,
                   write_json, write_text)
+from ..layout import CARDS, CONFIG, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
+from ..layout import INTERP_RUN as RUN
 from . import make_backend
 from .collect import collect_records
 from .explain import Explainer
@@ -49,9 +51,6 @@ from .score import NeuronScore, ScoringProtocol, get_protocol, score_neuron, sum
 from .simulate import Simulator
 
 FORMAT = "cratelab-interpret-1"
-RUN, CONFIG, RECORDS = "run.json", "config.toml", "records"
-SCORES, SIMULATIONS, SCORES_CSV = "scores.jsonl", "simulations.jsonl", "scores.csv"
-SUMMARY_JSON, SUMMARY_MD, CARDS = "summary.json", "summary.md", "cards"
 SCORE_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate",
                 "max_activation", "reason")
 FSYNC_EVERY_S = 0.5

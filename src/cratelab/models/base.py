@@ -10,7 +10,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ConfigError, ModelConfig
-from ..runtime import system_memory_bytes
 from .hooks import HookedModel, HookPoint
 
 
@@ -43,19 +42,6 @@ class CausalSelfAttention(nn.Module):
         return self.hook_out(self.resid_dropout(self.c_proj(y)))
 
 
-def check_fits_in_memory(cfg: ModelConfig) -> None:
-    """Refuse, before allocating, a model whose float32 weights alone exceed the machine's memory (a typo
-    such as n_layer = 10000000 would otherwise meet the out-of-memory killer, not an error message)."""
-    d, h = cfg.n_embd, cfg.n_neurons
-    weights = 4 * ((cfg.vocab_size + cfg.block_size) * d + cfg.n_layer * (2 * d * d + d * h))  # a lower bound
-    memory = system_memory_bytes()
-    if memory is not None and weights > memory:
-        raise ConfigError("model", f"n_layer {cfg.n_layer}, n_embd {d}, overcomplete {cfg.overcomplete}, "
-                                   f"vocab_size {cfg.vocab_size}, block_size {cfg.block_size} need at least "
-                                   f"{weights / 2**30:,.1f} GiB for the weights alone, more than this machine's "
-                                   f"{memory / 2**30:,.1f} GiB")
-
-
 class LanguageModel(HookedModel):
     """Token + position embeddings -> blocks -> ln_f -> tied LM head."""
 
@@ -66,7 +52,6 @@ class LanguageModel(HookedModel):
         cfg.validate()
         if cfg.vocab_size < 1:
             raise ConfigError("model.vocab_size", "must be set (>= 1) to build a model")
-        check_fits_in_memory(cfg)
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)

@@ -5,12 +5,12 @@ Modules, data flowing down: load (the sweep folder), stats (pure statistics), an
 contrasts between conditions), plots (PNG figures), document (Markdown/HTML rendering), write (the sections).
 """
 
-from .load import Condition, Run, Sweep, load_sweep
+from .load import Condition, RunResult, Sweep, read_sweep_results
 from .stats import (Interval, contrast_by_seed, hierarchical_bootstrap, mean_ci, resample_run_scores, run_score,
                     slope_weights, t_critical)
 from .write import write_report
 
 __all__ = [
-    "Condition", "Interval", "Run", "Sweep", "contrast_by_seed", "hierarchical_bootstrap", "load_sweep",
+    "Condition", "Interval", "RunResult", "Sweep", "contrast_by_seed", "hierarchical_bootstrap", "read_sweep_results",
     "mean_ci", "resample_run_scores", "run_score", "slope_weights", "t_critical", "write_report",
 ]

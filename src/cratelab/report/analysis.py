@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .load import PROTOCOLS, Condition, Run, Sweep, interp_column
+from ..layout import PROTOCOLS, interp_column
+from .load import Condition, RunResult, Sweep
 from .stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, mean_ci, percentile_interval,
                     resample_run_scores, run_score, slope_weights)
 
@@ -46,11 +47,11 @@ INTERP_METRICS = tuple(Metric(interp_column(p), f"interp {p} (corr×100)", 2, 10
 METRICS = SEED_METRICS + INTERP_METRICS
 
 
-def has_neuron_scores(run: Run, protocol: str) -> bool:
+def has_neuron_scores(run: RunResult, protocol: str) -> bool:
     return any(len(scores) for scores in run.neuron_scores.get(protocol, []))
 
 
-def run_value(run: Run, metric: Metric) -> float | None:
+def run_value(run: RunResult, metric: Metric) -> float | None:
     """A run's value of a metric; for interpretability, recomputed from the neuron scores when present,
     so the point estimate and the bootstrap rest on the same numbers."""
     if metric.protocol and has_neuron_scores(run, metric.protocol):
@@ -73,7 +74,7 @@ class Estimator:
         self._resampled: dict[tuple[str, str], np.ndarray] = {}
         self._estimates: dict[tuple, Interval] = {}
 
-    def runs(self, condition: Condition) -> dict[int, Run]:
+    def runs(self, condition: Condition) -> dict[int, RunResult]:
         return self._runs.get(condition, {})
 
     def seed_values(self, metric: Metric, contrast: Contrast) -> dict[int, float]:
@@ -104,7 +105,7 @@ class Estimator:
         replicates = hierarchical_bootstrap(resampled, list(contrast.values()), rng)
         return envelope(t_interval, *percentile_interval(replicates, self.confidence))
 
-    def _resample(self, run: Run, protocol: str) -> np.ndarray:
+    def _resample(self, run: RunResult, protocol: str) -> np.ndarray:
         key = (run.name, protocol)
         if key not in self._resampled:
             rng = np.random.default_rng([self.seed, _stable_seed("neurons", run.name, protocol)])

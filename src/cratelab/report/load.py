@@ -9,7 +9,6 @@ results.csv may be missing: a partial sweep still gets a report, with the gaps s
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,14 +19,10 @@ import numpy as np
 
 from ..config import read_toml
 from ..errors import CratelabError
-from ..io import read_jsonl
+from ..io import read_json, read_jsonl
+from ..layout import (CARDS, CARDS_INDEX, CONDITION_COLUMNS, CONFIG, EVAL, METRICS, RESULTS, RESULTS_LAYERS,
+                      RUN_INTERP, SCORES, run_folder)
 
-RESULTS, LAYERS, SWEEP_CONFIG = "results.csv", "results_layers.csv", "sweep.toml"
-PROTOCOLS = ("top-and-random", "random-only", "anthropic")  # interp_<protocol with _> columns
-
-
-def interp_column(protocol: str) -> str:
-    return "interp_" + protocol.replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -53,7 +48,9 @@ class Condition:
 
 
 @dataclass
-class Run:
+class RunResult:
+    """A finished run of a sweep as its folder records it: results.csv row, layers, scores, curve."""
+
     name: str
     condition: Condition
     seed: int
@@ -72,7 +69,7 @@ class Run:
 @dataclass
 class Sweep:
     out_dir: Path
-    runs: list[Run]
+    runs: list[RunResult]
 
     @property
     def conditions(self) -> list[Condition]:
@@ -82,7 +79,7 @@ class Sweep:
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.runs})
 
-    def by_seed(self, condition: Condition) -> dict[int, Run]:
+    def by_seed(self, condition: Condition) -> dict[int, RunResult]:
         return {r.seed: r for r in self.runs if r.condition == condition}
 
 
@@ -106,7 +103,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _numeric(row: dict[str, str], skip: tuple[str, ...]) -> dict[str, float | None]:
+def _numeric(row: dict[str, str], skip: list[str]) -> dict[str, float | None]:
     return {k: _number(v) for k, v in row.items() if k is not None and k not in skip}
 
 
@@ -133,22 +130,23 @@ def _curve(path: Path) -> list[tuple[float, float]]:
     return sorted(points)
 
 
-def _attach_files(run: Run, folder: Path) -> None:
+def _attach_files(run: RunResult, folder: Path) -> None:
     """Add what the run folder holds; a missing file leaves its field empty."""
-    if (folder / "eval.json").is_file():
-        run.density = json.loads((folder / "eval.json").read_text(encoding="utf-8")).get("layers", [])
-    run.curve = _curve(folder / "metrics.jsonl")
-    scores = read_jsonl(folder / "interp" / "scores.jsonl")
+    if (folder / EVAL).is_file():
+        run.density = read_json(folder / EVAL, what="evaluation").get("layers", [])
+    run.curve = _curve(folder / METRICS)
+    scores = read_jsonl(folder / RUN_INTERP / SCORES)
     if scores:
         run.neuron_scores, run.unscorable = _neuron_scores(scores)
         run.method = next((str(r["method"]) for r in scores if r.get("method")), None)
-    cards = folder / "interp" / "cards" / "index.html"
+    cards = folder / RUN_INTERP / CARDS / CARDS_INDEX
     run.cards = cards if cards.is_file() else None
-    if (folder / "config.toml").is_file():
-        run.model = read_toml(folder / "config.toml").get("model")
+    if (folder / CONFIG).is_file():
+        run.model = read_toml(folder / CONFIG).get("model")
 
 
-def load_sweep(out_dir: Path) -> Sweep:
+def read_sweep_results(out_dir: Path) -> Sweep:
+    """The finished runs of a sweep folder, grouped by condition (for the report)."""
     out_dir = Path(out_dir)
     if not (out_dir / RESULTS).is_file():
         raise CratelabError(f"{out_dir / RESULTS} not found: is {out_dir} a sweep output folder?")
@@ -157,15 +155,15 @@ def load_sweep(out_dir: Path) -> Sweep:
         seed = _number(row.get("seed"))
         if seed is None:
             raise CratelabError(f"{out_dir / RESULTS}: run {row.get('name')!r} has no seed")
-        runs.append(Run(name=row["name"], condition=_condition(row), seed=int(seed),
-                        values=_numeric(row, ("name", "arch", "qkv", "ista_lambda", "seed"))))
-    if (out_dir / LAYERS).is_file():
+        runs.append(RunResult(name=row["name"], condition=_condition(row), seed=int(seed),
+                        values=_numeric(row, CONDITION_COLUMNS)))
+    if (out_dir / RESULTS_LAYERS).is_file():
         layer_rows: dict[str, list[dict[str, float | None]]] = {}
-        for row in _read_csv(out_dir / LAYERS):
+        for row in _read_csv(out_dir / RESULTS_LAYERS):
             layer_rows.setdefault(row["name"], []).append(
-                _numeric(row, ("name", "arch", "qkv", "ista_lambda", "seed")))
+                _numeric(row, CONDITION_COLUMNS))
         for run in runs:
             run.layers = sorted(layer_rows.get(run.name, []), key=lambda r: r.get("layer") or 0.0)
     for run in runs:
-        _attach_files(run, out_dir / "runs" / run.name)
+        _attach_files(run, run_folder(out_dir, run.name))
     return Sweep(out_dir, runs)

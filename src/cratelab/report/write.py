@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import write_text
+from ..layout import PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, SWEEP_CONFIG
 from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Estimator, Metric, crate_lambdas, crate_qkvs,
                        difference, lambda_slope, layer_intervals, mean_of, qkv_effect, run_value)
 from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
-from .load import LAYERS, PROTOCOLS, RESULTS, SWEEP_CONFIG, Condition, Run, Sweep, load_sweep
+from .load import Condition, RunResult, Sweep, read_sweep_results
 from .plots import plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_vs_lambda
 from .stats import Interval, t_critical
 
@@ -105,7 +106,7 @@ def model_description(sweep: Sweep) -> str:
     model = next((r.model for r in sweep.runs if r.model), None)
     n_layers = max((len(r.layers) for r in sweep.runs), default=0)
     if model is None:
-        return (f"{n_layers} layers (from {LAYERS}); no run folder has a config.toml" if n_layers
+        return (f"{n_layers} layers (from {RESULTS_LAYERS}); no run folder has a config.toml" if n_layers
                 else "shape unknown (no config.toml, no per-layer results)")
     neurons = model.get("overcomplete", 4) * model.get("n_embd", 0)
     vocab = model.get("vocab_size") or "the tokenizer's"
@@ -143,7 +144,7 @@ def header(est: Estimator, reference: Condition, generated: datetime) -> list[Bl
     lambdas = sorted({lam for qkv in crate_qkvs(sweep) for lam in crate_lambdas(sweep, qkv)})
     qkvs = crate_qkvs(sweep)
     files: list = ["Files: "]
-    for name in (RESULTS, LAYERS, SWEEP_CONFIG):
+    for name in (RESULTS, RESULTS_LAYERS, SWEEP_CONFIG):
         if (sweep.out_dir / name).is_file():
             files += [Link(name, name), " "]
     missing = missing_runs(sweep)
@@ -268,7 +269,7 @@ def condition_table(est: Estimator, metrics: list[Metric], caption: str) -> Tabl
                  numeric=set(range(1, 3 + len(metrics))))
 
 
-def unscorable_counts(runs: list[Run], protocol: str) -> tuple[int | None, int | None, Counter]:
+def unscorable_counts(runs: list[RunResult], protocol: str) -> tuple[int | None, int | None, Counter]:
     """Scored and unscorable neurons summed over runs, with reasons; from scores.jsonl where every run has
     one, else the unscorable count of results_layers.csv (scored unknown)."""
     if runs and all(protocol in r.neuron_scores for r in runs):
@@ -409,7 +410,7 @@ def per_layer(est: Estimator) -> list[Block]:
             rows.append([condition.label, str(layer)] + [fmt_interval(c[layer], m) if layer in c else "n/a"
                                                          for c, m in zip(columns, LAYER_COLUMNS)])
     if not rows:
-        return [Heading(2, "Per layer"), Paragraph(f"No per-layer results ({LAYERS} missing or empty).")]
+        return [Heading(2, "Per layer"), Paragraph(f"No per-layer results ({RESULTS_LAYERS} missing or empty).")]
     return [Heading(2, "Per layer"), Table(["condition", "layer"] + [m.label for m in LAYER_COLUMNS], rows,
                                            f"Mean [{pct(est.confidence)} CI] over seeds", numeric={1, 2, 3, 4, 5})]
 
@@ -473,11 +474,11 @@ def write_report(out_dir: Path, reference_lambda: float = 0.1, reference_qkv: st
     reference_*: the CRATE condition that paired differences are taken against. seed and n_boot: the
     bootstrap's RNG seed and resamples (the same seed gives the same report numbers)."""
     out_dir = Path(out_dir)
-    sweep = load_sweep(out_dir)
+    sweep = read_sweep_results(out_dir)
     est = Estimator(sweep, confidence=confidence, seed=seed, n_boot=n_boot)
     reference = find_condition(sweep, "crate", reference_qkv, reference_lambda)
-    blocks = build(est, reference, out_dir / "plots", datetime.now(timezone.utc))
+    blocks = build(est, reference, out_dir / PLOTS, datetime.now(timezone.utc))
     # atomically: a full disk leaves the previous report whole
-    write_text(out_dir / "report.md", to_markdown(blocks))
-    write_text(out_dir / "report.html", to_html(TITLE, blocks))
-    return out_dir / "report.md"
+    write_text(out_dir / REPORT_MD, to_markdown(blocks))
+    write_text(out_dir / REPORT_HTML, to_html(TITLE, blocks))
+    return out_dir / REPORT_MD

@@ -1,0 +1,81 @@
+"""The run-folder contract: the name of every file that train, eval, interpret and ablate write, and the
+columns of the sweep's result tables. Writers and readers (and the tests' synthetic folders) take the
+names from here, so a renamed file or column cannot drift between them.
+
+A training run folder (`cratelab train`, checkpoint.py, evaluate.py)::
+
+    ckpt.pt  config.toml  metrics.jsonl  eval.json  tensorboard/
+
+An interpret folder (`cratelab interpret`, cratelab.interp)::
+
+    run.json  config.toml  records/layer{l}/  scores.jsonl  simulations.jsonl  scores.csv
+    summary.json  summary.md  cards/index.html
+
+A sweep folder (`cratelab ablate`, sweep.py, cratelab.report)::
+
+    sweep.toml  runs/<name>/ (a training run folder + interp/ + log.txt + result.json)
+    results.csv  results_layers.csv  report.md  report.html  plots/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .interp.score import PROTOCOLS as SCORING_PROTOCOLS
+
+# ---- a training run folder
+CHECKPOINT = "ckpt.pt"
+CONFIG = "config.toml"  # also in an interpret folder: the run config with the [interp] section used
+METRICS = "metrics.jsonl"  # one JSON line per evaluation during training
+EVAL = "eval.json"
+TENSORBOARD = "tensorboard"
+
+# ---- an interpret folder
+INTERP_RUN = "run.json"  # what the folder was made from (checkpoint and data hashes, settings)
+RECORDS = "records"
+RECORDS_META = "meta.json"  # in records/layer{l}/: written last, so its presence means the layer is complete
+SCORES = "scores.jsonl"
+SIMULATIONS = "simulations.jsonl"
+SCORES_CSV = "scores.csv"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+CARDS = "cards"
+CARDS_INDEX = "index.html"
+
+# ---- a sweep folder
+SWEEP_CONFIG = "sweep.toml"
+RUNS = "runs"
+RUN_INTERP = "interp"  # runs/<name>/interp/: the run's interpret folder
+RUN_LOG = "log.txt"
+RUN_RESULT = "result.json"  # written last: its presence means the run is finished
+RESULTS = "results.csv"
+RESULTS_LAYERS = "results_layers.csv"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOTS = "plots"
+
+
+def run_folder(sweep_dir: str | Path, name: str) -> Path:
+    return Path(sweep_dir) / RUNS / name
+
+
+# ---- the result columns
+PROTOCOLS = tuple(SCORING_PROTOCOLS)  # the scoring protocols, in the order of the columns
+
+
+def interp_column(protocol: str) -> str:
+    """A protocol's interpretability column: the mean score over neurons (layer) or over layers (run)."""
+    return "interp_" + protocol.replace("-", "_")
+
+
+def nan_column(protocol: str) -> str:
+    """A protocol's count of unscorable neurons in results_layers.csv."""
+    return "nan_" + protocol.replace("-", "_")
+
+
+CONDITION_COLUMNS = ["name", "arch", "qkv", "ista_lambda", "seed"]  # which run: the key of both tables
+SPARSITY_COLUMNS = ["zero_frac", "l0", "l0_frac", "dead_frac", "dense_frac"]
+RESULT_COLUMNS = [*CONDITION_COLUMNS, "params", "tokens", "train_s", "val_loss", "bpb", *SPARSITY_COLUMNS,
+                  *map(interp_column, PROTOCOLS), "nan_neurons"]
+LAYER_COLUMNS = [*CONDITION_COLUMNS, "layer", *SPARSITY_COLUMNS, "dictionary_norm", *map(interp_column, PROTOCOLS),
+                 *map(nan_column, PROTOCOLS)]

@@ -1,0 +1,53 @@
+"""cratelab.io: atomic files, JSON lines that survive a crash, sha256, CSV, and the "PATH: reason" rule."""
+
+import hashlib
+
+import pytest
+
+from cratelab.errors import CratelabError
+from cratelab.io import (append_line, cut_unfinished_line, describe_os_error, read_json, read_jsonl, sha256_file,
+                         write_csv, write_json, write_text)
+
+
+def test_read_jsonl_drops_only_a_cut_off_last_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')
+    assert read_jsonl(path, repair=True) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(CratelabError, match="line 2"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n' + "x" * 100_000)  # a cut-off line longer than one read of the tail
+    cut_unfinished_line(path)
+    assert path.read_text() == '{"a": 1}\n'
+    path.write_text("no newline at all")
+    cut_unfinished_line(path)
+    assert path.read_text() == ""
+
+
+def test_a_failed_write_names_the_callers_path_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "a.json"
+    write_json(path, {"v": 1})
+    with pytest.raises(TypeError):  # not JSON: nothing is written
+        write_json(path, {"v": object()})
+    assert read_json(path) == {"v": 1} and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    with pytest.raises(OSError) as err:
+        write_text(tmp_path / "missing" / "b.txt", "x")
+    assert describe_os_error(err.value) == f"{tmp_path / 'missing' / 'b.txt'}: No such file or directory"
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CratelabError, match="bad.json: not a valid JSON file"):
+        read_json(tmp_path / "bad.json")
+
+
+def test_an_error_without_a_path_names_the_output_folder():
+    assert describe_os_error(OSError(28, "No space left on device"), "runs/x") == "runs/x: No space left on device"
+    assert describe_os_error(FileExistsError(17, "File exists", "runs/x")) == "runs/x: exists and is not a folder"
+
+
+def test_csv_sha256_and_appended_lines(tmp_path):
+    write_csv(tmp_path / "t.csv", ["a", "b"], [{"a": 1, "b": None, "c": 3}, {"b": "x"}])
+    assert (tmp_path / "t.csv").read_text() == "a,b\n1,\n,x\n"
+    assert sha256_file(tmp_path / "t.csv") == hashlib.sha256(b"a,b\n1,\n,x\n").hexdigest()
+    append_line(tmp_path / "m.jsonl", '{"step": 1}')
+    append_line(tmp_path / "m.jsonl", '{"step": 2}')
+    assert read_jsonl(tmp_path / "m.jsonl") == [{"step": 1}, {"step": 2}]

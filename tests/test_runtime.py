@@ -1,0 +1,44 @@
+"""cratelab.runtime: device names, the autocast dtype, thread bounds, torchrun's place, memory checks."""
+
+import pytest
+import torch
+
+from cratelab.errors import ConfigError, CratelabError
+from cratelab.runtime import (autocast_dtype, check_threads, distributed, is_device_name, max_threads,
+                              require_memory, resolve_device)
+
+
+def test_no_bf16_on_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("float32", cpu) is None
+    for dtype in ("bfloat16", "float16"):
+        with pytest.raises(CratelabError, match=f"train.dtype = '{dtype}'"):
+            autocast_dtype(dtype, cpu)
+
+
+def test_device_names_are_checked_without_touching_a_device():
+    assert all(map(is_device_name, ("auto", "cpu", "cuda", "cuda:1", "mps")))
+    assert not any(map(is_device_name, ("cuda:x", "tpu", "", "CPU")))
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(CratelabError, match="--device = 'tpu'"):
+        resolve_device("tpu", setting="--device")
+
+
+def test_thread_counts_beyond_the_machine_are_a_config_error():
+    assert check_threads(max_threads(), "train.threads") == max_threads()
+    with pytest.raises(ConfigError, match=rf"train.threads: must be at most {max_threads()} on this machine") as err:
+        check_threads(100_000, "train.threads")
+    assert err.value.field == "train.threads"
+
+
+def test_memory_and_torchrun(monkeypatch):
+    with pytest.raises(ConfigError, match="model: a model need at least .* GiB for the weights"):
+        require_memory(2**80, "model", "a model", "the weights")
+    require_memory(1, "model", "a model", "the weights")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed().world_size == 1 and not distributed().under_torchrun
+    for key, value in (("RANK", "3"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "4")):
+        monkeypatch.setenv(key, value)
+    place = distributed()
+    assert place.under_torchrun and (place.rank, place.local_rank, place.world_size) == (3, 1, 4)
