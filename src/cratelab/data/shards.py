@@ -26,7 +26,7 @@ from cratelab.config import DataConfig
 from cratelab.data.corpus import Document, default_cache_dir, load_documents, split_of
 from cratelab.data.tokenizer import Tokenizer, load_tokenizer
 from cratelab.errors import CratelabError
-from cratelab.io import building_folder
+from cratelab.io import building_folder, read_json
 
 FORMAT = 1  # bump when the dataset layout changes: it is part of the cache key
 SPLITS = ("train", "val")
@@ -47,8 +47,8 @@ class TokenDataset:
         path = Path(path)
         if not (path / "meta.json").is_file():
             raise CratelabError(f"{path} is not a prepared dataset (no meta.json): run `cratelab prepare`")
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        tokenizer = Tokenizer.from_dict(json.loads((path / "tokenizer.json").read_text(encoding="utf-8")))
+        meta = read_json(path / "meta.json", what="dataset description")
+        tokenizer = Tokenizer.from_dict(read_json(path / "tokenizer.json", what="tokenizer"))
         arrays = {}
         for split in SPLITS:
             arrays[split] = np.memmap(path / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
