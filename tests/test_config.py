@@ -23,6 +23,8 @@ def test_defaults_are_valid():
     ("train", "lr", 0.0, "train.lr"),
     ("train", "min_lr", 1.0, "train.min_lr"),
     ("train", "device", "tpu", "train.device"),
+    ("train", "device", "cuda:x", "train.device"),
+    ("interp", "device", "cuda:", "interp.device"),
     ("train", "dtype", "int8", "train.dtype"),
     ("data", "tokenizer", "words", "data.tokenizer"),
     ("data", "val_fraction", 0.0, "data.val_fraction"),
@@ -86,3 +88,13 @@ def test_toml_round_trip(tmp_path):
     assert load_config(path) == cfg
     assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
     assert isinstance(RunConfig().to_dict()["model"], dict)
+
+
+def test_a_config_error_is_a_cratelab_error_and_set_applies_after_smoke():
+    from cratelab.config import SweepConfig, load_sweep_config
+    from cratelab.errors import CratelabError
+
+    assert issubclass(ConfigError, CratelabError)
+    base, sweep = load_sweep_config("configs/seed-ablation.toml", ["sweep.workers=1"], smoke=True)
+    assert base.data.corpus == "fixture" and sweep.seeds == [0, 1] and sweep.workers == 1
+    assert SweepConfig().reference_lambda in SweepConfig().ista_lambdas

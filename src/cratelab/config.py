@@ -59,7 +59,7 @@ class ModelConfig:
             require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
         require(self.vocab_size >= 0, p + "vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
         require(self.n_embd % self.n_head == 0, p + "n_embd",
-                 f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
+                f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
         require(self.ista_lambda >= 0, p + "ista_lambda", f"must be >= 0, got {self.ista_lambda}")
         require(self.ista_step_size > 0, p + "ista_step_size", f"must be > 0, got {self.ista_step_size}")
         require(0 <= self.dropout < 1, p + "dropout", f"must be in [0, 1), got {self.dropout}")
@@ -97,7 +97,7 @@ class DataConfig:
         require(bool(self.corpus), p + "corpus", "must not be empty")
         choose(self.tokenizer, ("bpe", "gpt2"), p + "tokenizer")
         require(257 <= self.bpe_vocab_size <= 65535, p + "bpe_vocab_size",
-                 f"must be in [257, 65535], got {self.bpe_vocab_size}")
+                f"must be in [257, 65535], got {self.bpe_vocab_size}")
         require(0 < self.val_fraction < 1, p + "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         require(self.hf_max_tokens >= 1, p + "hf_max_tokens", f"must be >= 1, got {self.hf_max_tokens}")
 
@@ -148,7 +148,7 @@ class EvalConfig:
     def validate(self, prefix: str = "eval") -> None:
         require(self.tokens >= 1, prefix + ".tokens", f"must be >= 1, got {self.tokens}")
         require(0 < self.dense_threshold < 1, prefix + ".dense_threshold",
-                 f"must be in (0, 1), got {self.dense_threshold}")
+                f"must be in (0, 1), got {self.dense_threshold}")
 
 
 @dataclass
@@ -186,13 +186,13 @@ class InterpConfig:
             return list(range(n_layer or 0))
         parts = [part.strip() for part in self.layers.split(",")]
         require(all(part.isdigit() for part in parts), name,
-                 f"must be 'all' or a comma list of layer indices such as '0,2', got {self.layers!r}")
+                f"must be 'all' or a comma list of layer indices such as '0,2', got {self.layers!r}")
         layers = [int(part) for part in parts]
         require(len(set(layers)) == len(layers), name, f"lists a layer twice: {self.layers!r}")
         if n_layer is not None:
             for layer in layers:
                 require(layer < n_layer, name, f"layer {layer} out of range (the model has {n_layer} layers: "
-                                               f"0 to {n_layer - 1})")
+                                              f"0 to {n_layer - 1})")
         return sorted(layers)
 
     def protocol_list(self) -> list[str]:
@@ -214,13 +214,13 @@ class InterpConfig:
         require(len(set(protocols)) == len(protocols), p + "protocols", f"lists a protocol twice: {self.protocols!r}")
         # METHODS lists names ("token-pattern") and patterns ("openai:MODEL": any non-empty MODEL)
         require(any(self.method == m or (":" in m and self.method.startswith(m.split(":")[0] + ":")
-                                          and len(self.method) > len(m.split(":")[0]) + 1) for m in METHODS),
-                 p + "method", f"must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
+                                         and len(self.method) > len(m.split(":")[0]) + 1) for m in METHODS),
+                p + "method", f"must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
         require_device(self.device, p + "device")
         require(self.window >= self.short_window, p + "short_window",
-                 f"must be <= interp.window ({self.window}), got {self.short_window}")
+                f"must be <= interp.window ({self.window}), got {self.short_window}")
         require(self.short_window >= self.snippet, p + "snippet",
-                 f"must be <= interp.short_window ({self.short_window}), got {self.snippet}")
+                f"must be <= interp.short_window ({self.short_window}), got {self.snippet}")
         require(0 < self.confidence < 1, p + "confidence", f"must be in (0, 1), got {self.confidence}")
         for protocol in protocols:  # every chosen protocol must find the records it reads
             proto = PROTOCOLS[protocol]
@@ -229,7 +229,7 @@ class InterpConfig:
                      "per_bin": max(proto.explain_quantile + proto.score_quantile, default=-1) + 1}
             for name, need in needs.items():
                 require(getattr(self, name) >= need, p + name,
-                         f"protocol {protocol!r} needs at least {need}, got {getattr(self, name)}")
+                        f"protocol {protocol!r} needs at least {need}, got {getattr(self, name)}")
 
 
 @dataclass
