@@ -327,7 +327,7 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
         if not path.is_file():  # a source left by an interrupted build is complete: files are atomic
             with tempfile.TemporaryDirectory() as tmp:
                 write_documents(path, _unique(src.read(_fetch(src, Path(tmp)))))
-        docs = list(_iter_jsonl(path, src.name))
+        docs = list(_read_document_lines(path, src.name))
         entries.append({"source": src.name, "registry": src.registry, "package": src.package,
                         "version": src.version, "sha256": src.sha256, "documents": len(docs),
                         "bytes": sum(len(d.text.encode("utf-8")) for d in docs)})
@@ -340,7 +340,7 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
 
 # ---------------------------------------------------------------- loading documents
 
-def _iter_jsonl(path: Path, default_source: str, id_prefix: str = "") -> Iterator[Document]:
+def _read_document_lines(path: Path, default_source: str, id_prefix: str = "") -> Iterator[Document]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -359,7 +359,7 @@ def _iter_directory(root: Path, files: list[Path]) -> Iterator[Document]:
     for path in files:
         rel = path.relative_to(root).as_posix()
         if path.suffix == ".jsonl":
-            yield from _iter_jsonl(path, path.stem, f"{rel}:")
+            yield from _read_document_lines(path, path.stem, f"{rel}:")
             continue
         try:
             text = path.read_text(encoding="utf-8")
@@ -375,7 +375,7 @@ def load_documents(corpus: str, cache_dir: Path) -> Iterator[Document]:
     if corpus == "fixture":
         fixture = resources.files("cratelab.data") / "fixture" / "fixture.jsonl"
         with resources.as_file(fixture) as path:  # a real file only inside this block (zipped installs)
-            return iter(list(_iter_jsonl(path, "fixture")))
+            return iter(list(_read_document_lines(path, "fixture")))
     if corpus == "default":
         root = Path(cache_dir) / "corpus" / "default"
         if not (root / "manifest.json").is_file():
@@ -383,7 +383,7 @@ def load_documents(corpus: str, cache_dir: Path) -> Iterator[Document]:
                                 f"`cratelab prepare` (it downloads about 40 MB of pinned packages), or set "
                                 f"data.corpus to 'fixture' or to a directory of .txt/.jsonl documents")
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        return (d for e in manifest["sources"] for d in _iter_jsonl(root / f"{e['source']}.jsonl", e["source"]))
+        return (d for e in manifest["sources"] for d in _read_document_lines(root / f"{e['source']}.jsonl", e["source"]))
     root = Path(corpus).expanduser()
     if not root.is_dir():
         raise CratelabError(f"data.corpus = {corpus!r} is not 'default', 'fixture', 'hf:NAME[:CONFIG]' "

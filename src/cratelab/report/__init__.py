@@ -11,6 +11,6 @@ from .stats import (Interval, contrast_by_seed, hierarchical_bootstrap, mean_ci,
 from .write import write_report
 
 __all__ = [
-    "Condition", "Interval", "RunResult", "Sweep", "contrast_by_seed", "hierarchical_bootstrap", "read_sweep_results",
-    "mean_ci", "resample_run_scores", "run_score", "slope_weights", "t_critical", "write_report",
+    "Condition", "Interval", "RunResult", "Sweep", "contrast_by_seed", "hierarchical_bootstrap", "mean_ci",
+    "read_sweep_results", "resample_run_scores", "run_score", "slope_weights", "t_critical", "write_report",
 ]
