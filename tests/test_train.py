@@ -5,6 +5,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,6 +86,19 @@ def test_no_bf16_on_cpu():
     for dtype in ("bfloat16", "float16"):
         with pytest.raises(CratelabError, match=f"train.dtype = '{dtype}'"):
             autocast_dtype(dtype, cpu)
+
+
+@pytest.mark.parametrize("major, expected", [(7, None), (8, torch.bfloat16), (9, torch.bfloat16)])
+def test_bf16_only_on_gpus_with_bf16_units(major, expected, monkeypatch):
+    """A V100 or T4 (compute capability 7) only emulates bf16, though torch.cuda.is_bf16_supported() says yes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert autocast_dtype("auto", torch.device("cuda", 0)) == expected
+    if expected is None:
+        with pytest.raises(CratelabError, match="train.dtype = 'bfloat16' needs a CUDA GPU with bf16 support"):
+            autocast_dtype("bfloat16", torch.device("cuda", 0))
 
 
 @pytest.mark.parametrize("log, module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
