@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import statistics
 import time
@@ -113,7 +114,8 @@ def main() -> None:
     matmul_n = 256 if dry else 8192
     peak = measured_peak(matmul_n, device, amp_dtype or torch.float32)
     header = dict(kind="machine", device=torch.cuda.get_device_name(device) if not dry else "cpu (dry run)",
-                  torch=torch.__version__, cuda=torch.version.cuda, dtype=str(amp_dtype or torch.float32).removeprefix("torch."),
+                  torch=torch.__version__, cuda=torch.version.cuda,
+                  dtype=str(amp_dtype or torch.float32).removeprefix("torch."),
                   datasheet_peak_tflops=args.peak_tflops, matmul_n=matmul_n, measured_matmul_tflops=peak / 1e12,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     with jsonl.open("a") as f:
@@ -132,6 +134,9 @@ def main() -> None:
                         row = measure(cfg, batch, device, amp_dtype, compile_backend if compiled else None,
                                       args.warmup, args.steps)
                     except torch.cuda.OutOfMemoryError:
+                        pass
+                    if row is None:  # out of memory; the failed step's tensors are free once the exception is
+                        gc.collect()
                         torch.cuda.empty_cache()
                         if batch == 1:
                             row = dict(error="out of memory at batch 1")
@@ -150,7 +155,8 @@ def main() -> None:
                     print(f"{name}: {row['error']}", flush=True)
                 else:
                     print(f"{name:<18} batch {batch:>3} | {row['tokens_per_s']:>12,.0f} tokens/s | "
-                          f"{row['tflops']:7.1f} TFLOP/s | MFU {row['mfu']:6.1%} (of measured {row['mfu_measured_peak']:6.1%})"
+                          f"{row['tflops']:7.1f} TFLOP/s | MFU {row['mfu']:6.1%} "
+                          f"(of measured {row['mfu_measured_peak']:6.1%})"
                           f" | first step {row['first_step_s']:.1f} s", flush=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -58,9 +58,9 @@ def main() -> None:
     out += [f"# bench/gpu.sh ({when})", ""]
     if machine:
         out += [f"Machine: {machine['device']}, torch {machine['torch']} (CUDA {machine['cuda']}), autocast "
-                f"{machine['dtype']}. MFU against the datasheet bf16 dense peak of {machine['datasheet_peak_tflops']:.0f} "
-                f"TFLOP/s; a {machine['dtype']} {machine['matmul_n']}^3 matmul measured {machine['measured_matmul_tflops']:.1f} "
-                "TFLOP/s in the same "
+                f"{machine['dtype']}. MFU against the datasheet bf16 dense peak of "
+                f"{machine['datasheet_peak_tflops']:.0f} TFLOP/s; a {machine['dtype']} {machine['matmul_n']}^3 matmul "
+                f"measured {machine['measured_matmul_tflops']:.1f} TFLOP/s in the same "
                 "run (second MFU column).", ""]
     out += ["| stage | status |", "|---|---|"]
     out += [f"| {s.partition('=')[0]} | {s.partition('=')[2]} |" for s in args.stage]
@@ -72,7 +72,8 @@ def main() -> None:
     out += ["## GPU tests (`pytest -m gpu tests/test_gpu.py`)", ""]
     if junit.is_file():
         cases = test_outcomes(junit)
-        counts = {o: sum(1 for _, outcome, _ in cases if outcome == o) for o in ("passed", "FAILED", "ERROR", "skipped")}
+        outcomes = [outcome for _, outcome, _ in cases]
+        counts = {o: outcomes.count(o) for o in ("passed", "FAILED", "ERROR", "skipped")}
         out += [", ".join(f"{n} {o.lower()}" for o, n in counts.items() if n), "", "| test | outcome |", "|---|---|"]
         out += [f"| `{name}` | {outcome}{': ' + message if message else ''} |" for name, outcome, message in cases]
     else:
@@ -90,7 +91,8 @@ def main() -> None:
                 continue
             memory = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else ""
             out.append(f"| {r['arch']}-{r['size']} | {'on' if r['compile'] else 'off'} | {r['batch']} x {r['context']} "
-                       f"| {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | {r['mfu']:.1%} | {r['mfu_measured_peak']:.1%} "
+                       f"| {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | {r['mfu']:.1%} "
+                       f"| {r['mfu_measured_peak']:.1%} "
                        f"| {r['first_step_s']:.1f} | {memory} |")
     else:
         out.append("no rows: the bench stage measured nothing")
