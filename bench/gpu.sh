@@ -19,8 +19,9 @@
 # corpus needs the corpus cache brought along in .gpu-cache/ ($CRATELAB_CACHE to change).
 #
 # Time budgets in seconds (each stage also ends when the 8-minute total is spent):
-#   GPU_TESTS_S (150), GPU_BENCH_S (210), GPU_ABLATION_S (75), GPU_REPORT_S (15), GPU_TOTAL_S (480);
-#   ABLATION_WORKERS (4): runs trained at once on the GPU.
+#   GPU_TESTS_S (150), GPU_BENCH_S (210), GPU_ABLATION_S (60), GPU_REPORT_S (30), GPU_TOTAL_S (480);
+#   ABLATION_WORKERS (4): runs trained at once on the GPU; GPU_STAGES (tests,bench,ablation): the
+#   stages to run, e.g. GPU_STAGES=tests to rerun the tests alone after a fix.
 
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -34,6 +35,7 @@ ablation_config=${1:-configs/seed-ablation-long.toml}
 results=${OUT:-bench/gpu-results}
 py=${PYTHON:-python3}
 total=${GPU_TOTAL_S:-480}
+stages=${GPU_STAGES:-tests,bench,ablation}
 log=$results/gpu.log
 mkdir -p "$results" || exit 2
 : >"$log"
@@ -41,6 +43,7 @@ start=$SECONDS
 stage_status=()
 
 say() { echo "$*" | tee -a "$log"; }
+wanted() { [[ ,$stages, == *,$1,* ]]; }
 
 # stage NAME BUDGET COMMAND...: run COMMAND under `timeout` (at most what is left of the total),
 # output to the terminal and gpu.log; records "NAME=rc R, S s" (rc 124: out of time).
@@ -92,12 +95,17 @@ if ((!dry_run)) && ! "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_ava
 fi
 
 # ---- 1. the GPU-marked tests
-stage tests "${GPU_TESTS_S:-150}" "$py" -m pytest -m gpu -v -rA -p no:cacheprovider tests/test_gpu.py \
-  --junitxml="$results/tests.xml"
+rm -f "$results/tests.xml"
+if wanted tests; then
+  stage tests "${GPU_TESTS_S:-150}" "$py" -m pytest -m gpu -v -rA -p no:cacheprovider tests/test_gpu.py \
+    --junitxml="$results/tests.xml"
+fi
 
 # ---- 2. throughput of the paper's shapes
 rm -f "$results/bench.jsonl"
-if ((dry_run)); then
+if ! wanted bench; then
+  :
+elif ((dry_run)); then
   stage bench "${GPU_BENCH_S:-210}" "$py" bench/bench_gpu.py --cpu-dry-run --warmup 1 --steps 2 \
     --jsonl "$results/bench.jsonl"
 else
@@ -107,11 +115,13 @@ fi
 # ---- 3. the seed ablation, several runs sharing the GPU
 sweep_dir=${TMPDIR:-/tmp}/cratelab-gpu-ablation
 rm -rf "$sweep_dir" "$results/ablation-results.csv" "$results/ablation-report.md"
-if ((dry_run)); then
+if ! wanted ablation; then
+  :
+elif ((dry_run)); then
   # the smoke sweep's first two runs, shrunk further, on the CPU; the fixture corpus needs no cache
   export CRATELAB_CACHE=${TMPDIR:-/tmp}/cratelab-gpu-dry-cache
   ablation_config="configs/seed-ablation.toml --smoke (2 runs, 4 steps: dry run)"
-  stage ablation "${GPU_ABLATION_S:-75}" "$py" -m cratelab ablate configs/seed-ablation.toml --smoke \
+  stage ablation "${GPU_ABLATION_S:-60}" "$py" -m cratelab ablate configs/seed-ablation.toml --smoke \
     --out "$sweep_dir" --workers 2 --only crate-shared-lam0.1-s0 --only gpt-relu-s0 \
     --set train.max_steps=4 --set train.eval_interval=4 --set interp.tokens=4096
 elif [[ ! -f $ablation_config ]]; then
@@ -126,12 +136,12 @@ else
       "(build it where the registries are reachable and bring it along: bench/gpu.md)"
     stage_status+=("ablation=skipped: no default corpus in $CRATELAB_CACHE")
   else
-    stage ablation "${GPU_ABLATION_S:-75}" "$py" -m cratelab ablate "$ablation_config" --out "$sweep_dir" \
+    stage ablation "${GPU_ABLATION_S:-60}" "$py" -m cratelab ablate "$ablation_config" --out "$sweep_dir" \
       --workers "${ABLATION_WORKERS:-4}" --set train.device=cuda
   fi
 fi
 if [[ -f $sweep_dir/sweep.toml ]]; then  # the runs that finished, also when the budget cut the sweep short
-  stage report "${GPU_REPORT_S:-15}" "$py" -m cratelab report "$sweep_dir"
+  stage report "${GPU_REPORT_S:-30}" "$py" -m cratelab report "$sweep_dir"
   [[ -f $sweep_dir/results.csv ]] && cp "$sweep_dir/results.csv" "$results/ablation-results.csv"
   [[ -f $sweep_dir/report.md ]] && cp "$sweep_dir/report.md" "$results/ablation-report.md"
 fi
