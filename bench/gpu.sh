@@ -46,11 +46,12 @@ say() { echo "$*" | tee -a "$log"; }
 wanted() { [[ ,$stages, == *,$1,* ]]; }
 
 # stage NAME BUDGET COMMAND...: run COMMAND under `timeout` (at most what is left of the total),
-# output to the terminal and gpu.log; records "NAME=rc R, S s" (rc 124: out of time).
+# output to the terminal and gpu.log; records "NAME=rc R, S s" (rc 124, or 137 after the SIGKILL that
+# follows SIGINT by 10 s: out of time).
 stage() {
   local name=$1 budget=$2 left t0 rc
   shift 2
-  left=$((total - (SECONDS - start)))
+  left=$((total - (SECONDS - start) - 10))  # 10 s for --kill-after
   ((budget > left)) && budget=$left
   if ((budget < 5)); then
     say "== $name: skipped, the ${total} s total is spent"
@@ -61,8 +62,8 @@ stage() {
   t0=$SECONDS
   timeout --signal=INT --kill-after=10 "$budget" "$@" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
-  say "== $name: rc $rc after $((SECONDS - t0)) s$( ((rc == 124)) && echo ' (out of time)')"
-  stage_status+=("$name=rc $rc, $((SECONDS - t0)) s$( ((rc == 124)) && echo ', out of time')")
+  say "== $name: rc $rc after $((SECONDS - t0)) s$( ((rc == 124 || rc == 137)) && echo ' (out of time)')"
+  stage_status+=("$name=rc $rc, $((SECONDS - t0)) s$( ((rc == 124 || rc == 137)) && echo ', out of time')")
 }
 
 # ---- the environment: wheels brought along, cratelab from src/
