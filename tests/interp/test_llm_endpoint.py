@@ -58,7 +58,7 @@ def test_logprob_simulation_explains_and_scores_planted_neurons(records, serve, 
     assert dead.score is None and "constant" in dead.reason
     explains = [body for path, body, _ in server.requests if path == "/chat/completions"]
     assert len(explains) == 3 and all("Tokens (" not in b["messages"][-1]["content"] for b in explains)
-    assert server.paths().count("/completions") == 30  # 10 scoring records a neuron, one request each
+    assert server.paths().count("/completions") == 1 + 30  # the auto probe, then 10 scoring records a neuron
     assert all(headers["Authorization"] == f"Bearer {KEY}" for _, _, headers in server.requests)
 
 
@@ -164,7 +164,7 @@ def test_the_cache_makes_a_rerun_send_nothing_and_never_holds_the_key(records, s
     assert run(records, other, tmp_path, [CAT, NOISE]) == first and other.requests == []
 
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 2 * (1 + 10) and all(p.suffix == ".json" for p in files)
+    assert len(files) == 2 * (1 + 10) + 1 and all(p.suffix == ".json" for p in files)  # + the auto probe
     assert not any(KEY in p.read_text() or "Bearer" in p.read_text() for p in files)
     assert "retrying" in caplog.text and KEY not in caplog.text
 

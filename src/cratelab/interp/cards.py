@@ -20,8 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..io import iter_jsonl, read_jsonl, write_text
+from .files import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON, decode_simulation
 from .records import ActivationRecord, LayerRecords, NeuronRecord
-from .run import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON, decode_simulation
 from .score import get_protocol
 
 SHOWN = 10  # top records shown open; MORE_TOP more sit in a closed <details>
