@@ -233,3 +233,31 @@ def test_cli_interpret_end_to_end(checkpoint, tmp_path):
     rows = read_jsonl(out / "scores.jsonl")
     assert len(rows) == 4 and {r["layer"] for r in rows} == {1} and {r["protocol"] for r in rows} == {"anthropic"}
     assert len(list((out / "cards" / "layer1").glob("neuron*.html"))) == 4
+
+
+def test_an_llm_run_records_how_each_row_was_simulated_and_by_which_models(checkpoint, tmp_path, monkeypatch):
+    from cratelab.config import BackendConfig
+
+    from .llm_server import FakeLLM
+
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CRATELAB_LLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TEST_LLM_KEY", "not-a-real-key")
+    with FakeLLM(logprobs=False) as server:
+        backend = BackendConfig(base_url=server.url, api_key_env="TEST_LLM_KEY", simulator_model="simulator-7b")
+        icfg = dataclasses.replace(ICFG, method="openai:explainer-7b", layers="0", neurons=3,
+                                   protocols="top-and-random", cards=False, backend=backend)
+        summary = interpret(checkpoint, tmp_path / "run", icfg, progress=False)
+        assert server.paths().count("/completions") == 1  # the probe: JSON answers for the whole run
+        sent = len(server.requests)
+        interpret(checkpoint, tmp_path / "run", dataclasses.replace(icfg, backend=dataclasses.replace(
+            backend, concurrency=2, retries=0)), progress=False)  # endpoint options do not change results
+        assert len(server.requests) == sent
+    rows = read_jsonl(tmp_path / "run" / "scores.jsonl")
+    assert len(rows) == 3 and {(r["simulation"], r["explainer_model"], r["simulator_model"]) for r in rows} == {
+        ("json", "explainer-7b", "simulator-7b")}
+    assert summary["layers"][0]["n_neurons"] == 3
+    with pytest.raises(CratelabError, match="interp.backend.simulator_model"):  # a result-changing setting
+        interpret(checkpoint, tmp_path / "run", dataclasses.replace(icfg, backend=dataclasses.replace(
+            backend, simulator_model="other")), progress=False)
