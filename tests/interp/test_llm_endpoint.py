@@ -111,6 +111,7 @@ def test_a_neuron_whose_requests_keep_failing_is_unscorable_and_the_run_goes_on(
     server.fault = fail_cat
     cat, us = run(records, server, tmp_path, [CAT, US])
     assert cat.score is None and cat.reason == "llm failed: HTTP 500 after 4 attempts" and cat.explanation == ""
+    assert (cat.simulation, us.simulation) == ("", "logprobs")  # the failed neuron never reached the simulator
     assert us.score is not None
     summary = summarize_layer([cat, us])
     assert summary.n_unscorable == 1 and summary.unscorable_reasons == {"llm failed: HTTP 500 after 4 attempts": 1}

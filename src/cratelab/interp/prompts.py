@@ -225,7 +225,10 @@ def _template(path: Path, name: str) -> string.Template:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise CratelabError(f"{name}: cannot read the prompt template {path}: {err}") from None
-    template = string.Template(text)
+    return _valid(string.Template(text), name, path)
+
+
+def _valid(template: string.Template, name: str, path: Path) -> string.Template:
     if not template.is_valid():
         raise CratelabError(f"{name}: {path} is not a valid template ($name placeholders, $$ for a dollar sign)")
     return template
@@ -274,11 +277,9 @@ class PromptTemplates:
                     and m["role"] in ("system", "user", "assistant") for m in messages)):
                 raise CratelabError(f"{name}: {path} must be a JSON list of {{\"role\": system|user|assistant, "
                                     "\"content\": text}} messages")
-            templates = [string.Template(m["content"]) for m in messages]
-            joined = string.Template("\n".join(m["content"] for m in messages))
-            _check_placeholders(joined, {"records"}, {"records"}, name, path)
-            if not all(t.is_valid() for t in templates):
-                raise CratelabError(f"{name}: {path} is not a valid template ($name placeholders, $$ for a dollar sign)")
+            # the messages read as one template: the checks see every placeholder, $records once or more
+            _check_placeholders(_valid(string.Template("\n".join(m["content"] for m in messages)), name, path),
+                                {"records"}, {"records"}, name, path)
             explainer = tuple(messages)
         if simulator_path:
             path, name = Path(simulator_path), "interp.backend.simulator_prompt"

@@ -77,7 +77,7 @@ def score_protocols(record: NeuronRecord, protocols: Sequence[ScoringProtocol], 
     for protocol in protocols:
         simulated: list[np.ndarray] = []
         score = score_neuron(record, protocol, explainer, simulator, simulated_out=simulated)
-        out.append((score, simulated if simulated or score.score is not None else None))
+        out.append((score, simulated or None))
     return out
 
 

@@ -168,24 +168,28 @@ def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Exp
 
     simulated_out, when given, receives the simulated activations of the scoring records (for the cards).
     """
-    def result(score: float | None, explanation: str, reason: str | None, simulation: str = "") -> NeuronScore:
+    # getattr: explainers and simulators written for score_records before the rows named them still work
+    def result(score: float | None, explanation: str, reason: str | None, simulated: bool) -> NeuronScore:
+        simulation = (getattr(simulator, "simulation", "") or "") if simulated else ""  # "" when never asked
         return NeuronScore(record.layer, record.neuron, protocol.name, score, explanation, reason,
                            record.firing_rate, record.max_activation, simulation,
                            getattr(explainer, "model", ""), getattr(simulator, "model", ""))
 
     if (missing := protocol.missing_records(record)) is not None:
-        return result(None, "", missing)
+        return result(None, "", missing, simulated=False)
     explaining, scoring = protocol.explanation_records(record), protocol.scoring_records(record)
-    explanation = ""
     try:
         explanation = explainer.explain(explaining)
+    except NeuronFailure as failure:
+        return result(None, "", str(failure), simulated=False)
+    try:
         simulated = simulator.simulate(explanation, [r.tokens for r in scoring])
     except NeuronFailure as failure:
-        return result(None, explanation, str(failure), getattr(simulator, "simulation", ""))
+        return result(None, explanation, str(failure), simulated=True)
     if simulated_out is not None:
         simulated_out[:] = simulated
     score, reason = pooled_correlation([r.activations for r in scoring], simulated)
-    return result(score, explanation, reason, getattr(simulator, "simulation", ""))
+    return result(score, explanation, reason, simulated=True)
 
 
 @dataclass
