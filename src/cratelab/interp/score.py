@@ -149,7 +149,7 @@ class NeuronScore:
 
     def to_row(self, method: str) -> dict[str, Any]:
         """The scores.jsonl / scores.csv row (ROW_FIELDS): the one schema of a score on disk."""
-        return {"method": method, **dataclasses.asdict(self)}
+        return {name: method if name == "method" else getattr(self, name) for name in ROW_FIELDS}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> NeuronScore:
@@ -157,6 +157,7 @@ class NeuronScore:
         return cls(**{name: row[name] for name in names if name in row})  # rows of older runs lack the models
 
 
+# the fields of NeuronScore, with the run's method after the protocol (as in rows before the models were kept)
 ROW_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate", "max_activation",
               "reason", "simulation", "explainer_model", "simulator_model")
 
