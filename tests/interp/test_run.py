@@ -208,6 +208,7 @@ def cratelab(*args, cwd=None):
     (["--set", "model.n_layer=3"], "interpret takes interp.* and data.* overrides"),
     (["--set", "interp.colour=red"], "interp.colour: unknown key"),
     (["--method", "openai:"], "interp.method"),
+    (["--set", "interp.backend.simulation=guess"], "interp.backend.simulation: must be one of"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
     proc = cratelab("interpret", checkpoint, "--out", tmp_path / "out", *args)
