@@ -163,6 +163,7 @@ class InterpConfig:
     n_random: int = 50
     n_bins: int = 11
     per_bin: int = 4
+    top: str = "distinct"  # top records: "distinct" (non-overlapping windows) | "paper" (the top tokens, as the official code)
     bootstrap: int = 1000  # resamples of the bootstrap confidence interval over neurons
     confidence: float = 0.95
     cards: bool = True  # write HTML neuron cards (cards/index.html)
@@ -189,7 +190,7 @@ class InterpConfig:
         return [part.strip() for part in self.protocols.split(",")]
 
     def validate(self, prefix: str = "interp") -> None:
-        from .interp import METHODS, PROTOCOLS  # lazily: the names live with their implementations
+        from .interp import METHODS, PROTOCOLS, TOP_MODES  # lazily: the names live with their implementations
 
         p = prefix + "."
         for name in ("tokens", "batch_size", "workers", "window", "short_window", "snippet", "n_top",
@@ -198,6 +199,7 @@ class InterpConfig:
         for name in ("neurons", "seed", "n_random", "max_cards", "threads"):
             _require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
         self.layer_list()
+        _choice(self.top, TOP_MODES, p + "top")
         protocols = self.protocol_list()
         for protocol in protocols:
             _choice(protocol, tuple(PROTOCOLS), p + "protocols")

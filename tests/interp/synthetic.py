@@ -36,3 +36,16 @@ def planted_stream(n_rows: int = 64, length: int = 128, seed: int = 0) -> tuple[
     acts[..., 2] = np.maximum(rng.standard_normal((n_rows, length)), 0)
     acts[..., 4] = (tokens == RARE) * (2 + jitter[..., 2])
     return tokens.tolist(), acts
+
+
+def smooth_noise_stream(n_rows: int = 64, length: int = 128, n_neurons: int = 8, rho: float = 0.9,
+                        seed: int = 0) -> tuple[list[list[str]], np.ndarray]:
+    """The planted stream's tokens with smooth-noise neurons: relu of an AR(1) process along the token
+    stream (correlation rho per token, about 1 / (1 - rho) tokens long), independent of the tokens.
+    No explanation can predict them, but neighbouring tokens have nearly the same activation."""
+    tokens, _ = planted_stream(n_rows, length, seed)
+    noise = np.random.default_rng([seed, 1]).standard_normal((n_rows * length, n_neurons))
+    x = np.zeros_like(noise)
+    for i in range(1, len(noise)):
+        x[i] = rho * x[i - 1] + np.sqrt(1 - rho**2) * noise[i]
+    return tokens, np.maximum(x, 0).reshape(n_rows, length, n_neurons).astype(np.float32)

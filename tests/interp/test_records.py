@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from cratelab.config import ConfigError, InterpConfig
 from cratelab.errors import CratelabError
 from cratelab.interp import LayerRecords, RecordBuilder, RecordConfig, build_records
 
@@ -216,3 +217,41 @@ def test_too_few_tokens_and_bad_shapes_are_user_errors():
     b.add(np.zeros((1, 5), dtype=np.int64), np.zeros((1, 5, 2)))
     with pytest.raises(CratelabError, match="at least"):
         b.finish()
+
+
+@pytest.mark.parametrize("rows_per_batch", [1, 5, 12])
+def test_paper_top_is_the_top_tokens_with_overlaps(rows_per_batch):
+    ids, acts = stream()
+    cfg = RecordConfig(**{**CFG.__dict__, "top": "paper"})
+    rec = build(ids, acts, rows_per_batch, cfg=cfg)
+    flat = acts.reshape(-1, acts.shape[2])
+    for h in range(acts.shape[2]):
+        order = np.argsort(-flat[:, h], kind="stable")[:cfg.n_top]  # the strongest tokens, ties: earliest
+        np.testing.assert_array_equal(rec.top.centre[h], order)
+        for i, p in enumerate(order):  # each window centred on its token, clipped to its document
+            lo, hi = document(ids, int(p))
+            W = cfg.window
+            assert (rec.top.start[h, i], rec.top.length[h, i]) == (max(p - W // 2, lo),
+                                                                   min(p - W // 2 + W, hi) - max(p - W // 2, lo))
+    centres = np.sort(rec.top.centre[0])
+    assert np.any(np.diff(centres) < cfg.window), "the paper's top tokens include neighbours"
+
+
+def test_record_positions_change_with_the_seed_and_not_with_the_batching():
+    ids, acts = stream(n_rows=30, length=40, H=3)
+    runs = {(seed, rows): build(ids, acts, rows, seed=seed) for seed in (0, 1) for rows in (1, 7, 30)}
+    for kind in ("random", "quantile"):
+        centres = {key: getattr(rec, kind).centre for key, rec in runs.items()}
+        for seed in (0, 1):
+            np.testing.assert_array_equal(centres[seed, 1], centres[seed, 7])
+            np.testing.assert_array_equal(centres[seed, 1], centres[seed, 30])
+        for h in range(acts.shape[2]):  # every neuron's sample moves with the seed
+            assert set(centres[0, 1][h]) != set(centres[1, 1][h]), (kind, h)
+    np.testing.assert_array_equal(runs[0, 1].top.centre, runs[1, 7].top.centre)  # top records are not sampled
+
+
+def test_unknown_top_mode_is_a_user_error_naming_the_field():
+    with pytest.raises(CratelabError, match="top must be one of 'distinct', 'paper'"):
+        RecordConfig(top="overlapping")
+    with pytest.raises(ConfigError, match="interp.top"):
+        InterpConfig(top="overlapping").validate()

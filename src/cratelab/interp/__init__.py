@@ -20,7 +20,7 @@ from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplai
                       fit_token_patterns)
 from .llm import EndpointConfig, endpoint_backend
 from .local_llm import LocalConfig, local_backend
-from .records import ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, RecordConfig, Windows
+from .records import TOP_MODES, ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, RecordConfig, Windows
 from .score import (ANTHROPIC, PROTOCOLS, TOP_AND_RANDOM, LayerSummary, NeuronScore, ScoringProtocol,
                     get_protocol, pooled_correlation, random_only, score_neuron, summarize_layer)
 from .simulate import Simulator, TokenPatternSimulator
@@ -95,7 +95,7 @@ def score_activations(tokens: Sequence[Sequence[str]], activations: np.ndarray |
 
 
 __all__ = [
-    "ANTHROPIC", "METHODS", "PROTOCOLS", "TOP_AND_RANDOM",
+    "ANTHROPIC", "METHODS", "PROTOCOLS", "TOP_AND_RANDOM", "TOP_MODES",
     "ActivationRecord", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary", "LocalConfig",
     "NeuronFailure", "NeuronRecord", "NeuronScore",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",

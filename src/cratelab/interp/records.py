@@ -9,10 +9,12 @@ RecordBuilder collects LayerRecords in ONE streaming pass over batches of (token
 Its memory does not grow with the stream, apart from the stream's token ids (4 bytes a token):
 - Window activations are copied into the buffers when a position is kept, so no second pass and no
   recomputation are needed; the tokens of each window are read back from the token ids at the end.
-- top: per neuron, a running top-k of window centres. Candidates are block maxima, one per aligned
-  `window`-token block of a row, that beat the neighbouring blocks' maxima whenever their windows
-  would overlap. So the top windows of a neuron never overlap, and explanation and scoring records
-  never share tokens (the official code kept the top 50 tokens, often neighbours in one passage).
+- top: per neuron, a running top-k of window centres. With `top = "distinct"` (the default),
+  candidates are block maxima, one per aligned `window`-token block of a row, that beat the
+  neighbouring blocks' maxima whenever their windows would overlap. So the top windows of a neuron
+  never overlap, and explanation and scoring records never share tokens. With `top = "paper"` every
+  token is a candidate, as in the official code: the top `n_top` tokens, often neighbours in one
+  passage, whose windows overlap (near-duplicate explanation and scoring records).
 - random: per neuron, a uniform sample of positions without replacement, independent across
   neurons, by reservoir sampling (Li's Algorithm L: the work grows with log(tokens), not tokens).
   The first `n_random` members, in random order, are the random records; the rest is a pool for
@@ -45,6 +47,7 @@ from ..errors import CratelabError
 from ..io import name_path, sha256_file
 
 FORMAT = "cratelab-neuron-records-1"
+TOP_MODES = ("distinct", "paper")  # RecordConfig.top
 
 
 @dataclass
@@ -87,6 +90,7 @@ class RecordConfig:
     n_random: int = 50
     n_bins: int = 11
     per_bin: int = 4  # quantile samples per bin: 2 to explain + 2 to score
+    top: str = "distinct"  # "distinct": non-overlapping top windows; "paper": the top tokens, overlaps allowed
 
     def __post_init__(self) -> None:
         if not self.window >= self.short_window >= self.snippet >= 1:
@@ -97,6 +101,8 @@ class RecordConfig:
                 raise CratelabError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_random < 0:
             raise CratelabError(f"n_random must be >= 0, got {self.n_random}")
+        if self.top not in TOP_MODES:
+            raise CratelabError(f"top must be one of {', '.join(map(repr, TOP_MODES))}, got {self.top!r}")
 
     @property
     def reservoir(self) -> int:
@@ -314,7 +320,45 @@ class RecordBuilder:
         self._n += tokens.size
 
     def _update_top(self, acts: torch.Tensor, seg: tuple[torch.Tensor, torch.Tensor], n0: int) -> None:
+        # candidates per row, in stream order: val (B, n, H) and, where it can enter, its position t
+        if self.config.top == "paper":
+            val, t, keep = self._token_candidates(acts)
+        else:
+            val, t, keep = self._block_candidates(acts)
         W, k = self.config.window, self.config.n_top
+        B, n, H = val.shape
+        cand = val.masked_fill(~keep, -torch.inf).permute(2, 0, 1).reshape(H, B * n)  # stream order
+        merged = torch.cat([self._top_val, cand], dim=1)
+        # stable sort: equal activations rank by stream position (buffer entries are all earlier)
+        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :k]
+        rank = order.clamp(max=k - 1)
+        self._top_val = merged.gather(1, order)
+        self._top_centre, self._top_start, self._top_length, self._top_slot = (
+            a.gather(1, rank) for a in (self._top_centre, self._top_start, self._top_length, self._top_slot))
+        # the physical slots no kept entry uses go to the new entries (as many, neuron by neuron)
+        kept = order < k
+        used = torch.zeros((H, k), dtype=torch.int32, device=acts.device)
+        used.scatter_add_(1, self._top_slot, kept.int())
+        h, r = (~kept).nonzero(as_tuple=True)
+        free = (used == 0).nonzero(as_tuple=True)[1]
+        c = order[h, r] - k
+        b, j = c // n, c % n
+        centre, start, length, window = _window(acts, seg, b, t[b, j, h], h, n0, W)
+        self._top_slot[h, r] = free
+        self._top_centre[h, r], self._top_start[h, r], self._top_length[h, r] = centre, start, length
+        self._top_acts[h, free] = window
+
+    def _token_candidates(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """top = "paper": every token is a candidate (as the official code), so neighbouring tokens of one
+        passage give overlapping, near-duplicate windows."""
+        B, T, H = acts.shape
+        t = torch.arange(T, device=acts.device)[None, :, None].expand(B, T, H)
+        return acts, t, acts >= self._top_val[:, -1]
+
+    def _block_candidates(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """top = "distinct": the maximum of each aligned `window`-token block, unless an overlapping
+        neighbour block's maximum beats it."""
+        W = self.config.window
         B, T, H = acts.shape
         nb = -(-T // W)
         x = F.pad(acts, (0, 0, 0, nb * W - T), value=-torch.inf) if nb * W != T else acts
@@ -332,26 +376,7 @@ class RecordBuilder:
         close = (t[:, 1:] - t[:, :-1]) < W
         keep[:, 1:] &= ~(close & (val[:, :-1] >= val[:, 1:]))
         keep[:, :-1] &= ~(close & (val[:, 1:] > val[:, :-1]))
-        cand = val.masked_fill(~keep, -torch.inf).permute(2, 0, 1).reshape(H, B * nb)  # stream order
-        merged = torch.cat([self._top_val, cand], dim=1)
-        # stable sort: equal activations rank by stream position (buffer entries are all earlier)
-        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :k]
-        rank = order.clamp(max=k - 1)
-        self._top_val = merged.gather(1, order)
-        self._top_centre, self._top_start, self._top_length, self._top_slot = (
-            a.gather(1, rank) for a in (self._top_centre, self._top_start, self._top_length, self._top_slot))
-        # the physical slots no kept entry uses go to the new entries (as many, neuron by neuron)
-        kept = order < k
-        used = torch.zeros((H, k), dtype=torch.int32, device=acts.device)
-        used.scatter_add_(1, self._top_slot, kept.int())
-        h, r = (~kept).nonzero(as_tuple=True)
-        free = (used == 0).nonzero(as_tuple=True)[1]
-        c = order[h, r] - k
-        b, j = c // nb, c % nb
-        centre, start, length, window = _window(acts, seg, b, t[b, j, h], h, n0, W)
-        self._top_slot[h, r] = free
-        self._top_centre[h, r], self._top_start[h, r], self._top_length[h, r] = centre, start, length
-        self._top_acts[h, free] = window
+        return val, t, keep
 
     def _update_reservoir(self, acts: torch.Tensor, seg: tuple[torch.Tensor, torch.Tensor], n0: int) -> None:
         B, T, H = acts.shape
