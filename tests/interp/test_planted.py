@@ -64,9 +64,13 @@ def test_smooth_noise_scores_zero_with_distinct_records_and_is_inflated_by_paper
     # neighbouring tokens of a smooth-noise neuron are near-duplicate top records: with the paper's
     # top-50 tokens, explanation and scoring windows share passages and the score leaks (the audit
     # measured 0.267 against -0.014); distinct windows leave nothing to leak
-    tokens, acts = smooth_noise_stream()
-    mean = {top: np.mean([r.score for r in score_activations(tokens, acts, protocol="top-and-random",
-                                                              eot_token=EOT, config=RecordConfig(top=top))])
-            for top in ("distinct", "paper")}
-    assert abs(mean["distinct"]) < 0.05, mean
+    tokens, acts = smooth_noise_stream(n_neurons=16)
+    mean = {}
+    for top in ("distinct", "paper"):
+        results = score_activations(tokens, acts, protocol="top-and-random", eot_token=EOT,
+                                    config=RecordConfig(top=top))
+        scores = [r.score for r in results if r.score is not None]  # a constant simulation is unscorable
+        assert len(scores) >= 12, results
+        mean[top] = np.mean(scores)
+    assert abs(mean["distinct"]) < 0.06, mean
     assert mean["paper"] > 0.15, mean
