@@ -306,7 +306,9 @@ class RecordBuilder:
         # smallest keys seen; unfilled entries have key +inf
         self._sample_key = torch.full((VALUE_SAMPLE,), torch.inf, dtype=torch.float64, device=device)
         self._sample_val = torch.zeros((VALUE_SAMPLE, H), device=device)
-        self._counts = torch.zeros((H, 2 * GRID_CELLS + 3), dtype=torch.int64, device=device)
+        # second pass, per neuron and grid edge: tokens below the edge, and at or below it
+        self._below, self._at_or_below = (torch.zeros((H, GRID_CELLS + 1), dtype=torch.int64, device=device)
+                                          for _ in range(2))
         self._res = Windows(centre=torch.full((H, R), -1, dtype=torch.int64, device=device),
                             start=torch.full((H, R), -1, dtype=torch.int64, device=device),
                             length=torch.zeros((H, R), dtype=torch.int32, device=device),
@@ -335,8 +337,10 @@ class RecordBuilder:
                                 f"(they differ after {self._counted:,} tokens)")
         x = acts.reshape(-1, self.n_neurons)
         for r in range(0, len(x), rows := self._rows_per_chunk(1)):
-            code = _cells(self._grid, x[r:r + rows].T.contiguous())
-            self._counts.scatter_add_(1, code, torch.ones_like(code))
+            # sorting the chunk makes the counts one binary search per edge, not one per token
+            ordered = x[r:r + rows].T.contiguous().sort(dim=1).values
+            self._below += torch.searchsorted(ordered, self._grid)
+            self._at_or_below += torch.searchsorted(ordered, self._grid, right=True)
         self._counted += flat.size
 
     def _batch(self, token_ids: np.ndarray | torch.Tensor,
@@ -506,10 +510,17 @@ class RecordBuilder:
             firing_rate=numpy(self._fires.double() / self._n),
         )
 
-    def _cell_ranks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Exact rank range [lo, hi) of every grid cell of every neuron (H, cells), from the second pass."""
-        hi = self._counts.cpu().numpy().cumsum(axis=1)
-        return hi - self._counts.cpu().numpy(), hi
+    def _cell_ranks(self, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact rank range [lo, hi) of the grid cells `code` (H, n) of every neuron (see _cells)."""
+        N, i = self._n, code // 2
+        below, at_or_below = self._below.cpu().numpy(), self._at_or_below.cpu().numpy()
+        pad = lambda a, value, side: np.pad(a, [(0, 0), side], constant_values=value)  # noqa: E731
+        # cell 2i holds the tokens strictly between edges i - 1 and i; cell 2i + 1 those equal to edge i
+        lo = np.where(code % 2 == 1, np.take_along_axis(pad(below, N, (0, 1)), i, axis=1),
+                      np.take_along_axis(pad(at_or_below, 0, (1, 0)), i, axis=1))
+        hi = np.where(code % 2 == 1, np.take_along_axis(pad(at_or_below, N, (0, 1)), i, axis=1),
+                      np.take_along_axis(pad(below, N, (0, 1)), i, axis=1))
+        return lo, np.maximum(hi, lo)
 
     def _quantile_bins(self, pool: np.ndarray, value: np.ndarray) -> np.ndarray:
         """(H, n_bins, per_bin) pool slots: per bin, per_bin members drawn from the bin's true rank range.
@@ -522,7 +533,7 @@ class RecordBuilder:
         cfg, H, N, m = self.config, self.n_neurons, self._n, self.config.n_bins + 1
         rows, slots = np.arange(H)[:, None], np.arange(pool.shape[1])[None, :]
         code = _cells(self._grid, torch.from_numpy(value).to(self._device)).cpu().numpy()
-        lo, hi = (np.take_along_axis(a, code, axis=1) for a in self._cell_ranks())
+        lo, hi = self._cell_ranks(code)
         tied = code % 2 == 1  # a cell of one value (a grid edge): every bin it overlaps may take it
         used = np.zeros(pool.shape, dtype=bool)
         picks = []
@@ -540,9 +551,7 @@ class RecordBuilder:
 
     def _quantile_boundaries(self) -> np.ndarray:
         """(H, n_bins + 1) bin edges: the grid edges nearest in exact rank to j / (n_bins + 1)."""
-        edges = self._grid.cpu().numpy()
-        lo, _ = self._cell_ranks()
-        below = np.take_along_axis(lo, _cells(self._grid, self._grid).cpu().numpy(), axis=1)  # tokens < edge
+        edges, below = self._grid.cpu().numpy(), self._below.cpu().numpy()  # tokens below each edge
         targets = np.arange(self.config.n_bins + 1) * self._n / (self.config.n_bins + 1)
         nearest = np.abs(below[:, :, None] - targets).argmin(axis=1)
         return np.take_along_axis(edges, nearest, axis=1).astype(np.float32)
@@ -551,8 +560,8 @@ def _cells(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Grid cell of each activation, per neuron: grid (H, G + 1) sorted edges, x (H, n) -> (H, n) codes.
 
     Code 2i: strictly between edges i - 1 and i (2 * (G + 1): above the last); code 2i + 1: equal to
-    edge i (and to any tied edges after it), so a tied value such as the zeros of a ReLU code is a
-    cell of its own. Codes grow with the value."""
+    edge i, the first of any tied edges, so a tied value such as the zeros of a ReLU code is a cell
+    of its own. Codes grow with the value."""
     left = torch.searchsorted(grid, x)  # the first edge >= x
     return 2 * left + (grid.gather(1, left.clamp(max=grid.shape[1] - 1)) == x)
 
