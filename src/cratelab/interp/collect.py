@@ -9,9 +9,9 @@ The model reads the text twice, with the same batches: the builders' first pass 
 the second counts every activation into each neuron's quantile grid, so that the quantile bins are
 the true ones (records.py). Memory stays flat in the number of tokens: a batch's activations are
 handed to the builders from inside the forward pass, one layer at a time, and dropped; the builders keep fixed-size buffers plus
-the token ids (4 bytes a token a layer). The pass stops after the last interpreted layer: the LM head,
-often the largest matmul of a small model, is never computed (bench/bench_interp.py: collection then
-costs less than a plain forward pass, though building the records adds about 20-30% of one).
+the token ids (4 bytes a token a layer). Each pass stops after the last interpreted layer: the LM head,
+often the largest matmul of a small model, is never computed (bench/bench_interp.py measures
+collection against a plain forward pass).
 """
 
 from __future__ import annotations
