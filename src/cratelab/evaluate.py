@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .models import LanguageModel, neuron_hook_name
+from .models import LanguageModel, encoder_weight, neuron_hook_name
 
 EVAL_JSON = "eval.json"
 
@@ -32,7 +32,7 @@ class LayerSparsity:
     dead_frac: float
     dense_frac: float
     mean_activation: float
-    dictionary_norm: float  # mean L2 norm of the layer's dictionary atoms (GPT: of the MLP input rows)
+    dictionary_norm: float  # mean L2 norm of the layer's dictionary atoms (an MLP: of its input rows)
     density_hist: list[int] = field(default_factory=list)  # counts over DENSITY_BIN_EDGES
 
 
@@ -49,9 +49,7 @@ class EvalResult:
 
 
 def dictionary_norm(model: LanguageModel, layer: int) -> float:
-    block = model.blocks[layer]
-    weight = block.ista.weight if model.config.arch == "crate" else block.mlp.c_fc.weight
-    return weight.detach().float().norm(dim=1).mean().item()
+    return encoder_weight(model, layer).detach().float().norm(dim=1).mean().item()
 
 
 @torch.no_grad()
@@ -59,8 +57,8 @@ def evaluate(model: LanguageModel, windows: torch.Tensor, token_bytes: np.ndarra
              dense_threshold: float = 0.1, batch_size: int = 16, device: str | torch.device = "cpu") -> EvalResult:
     """Evaluate on `windows` (N, block_size + 1) token ids: inputs are [:, :-1], targets [:, 1:]."""
     model.eval()
-    arch, n_layer, h = model.config.arch, model.config.n_layer, model.config.n_neurons
-    hooks = [neuron_hook_name(arch, layer) for layer in range(n_layer)]
+    n_layer, h = model.config.n_layer, model.config.n_neurons
+    hooks = [neuron_hook_name(model.config, layer) for layer in range(n_layer)]
     byte_lengths = torch.as_tensor(token_bytes, dtype=torch.float64)
     fires = torch.zeros(n_layer, h, dtype=torch.float64)  # tokens on which each neuron is non-zero
     act_sum = torch.zeros(n_layer, dtype=torch.float64)

@@ -70,7 +70,7 @@ def collect_records(model: LanguageModel, tokens: np.ndarray, vocab: Sequence[st
 
         return hook
 
-    hooks = [(neuron_hook_name(cfg.arch, layer), feed(layer)) for layer in layers]
+    hooks = [(neuron_hook_name(cfg, layer), feed(layer)) for layer in layers]
     with tqdm(total=len(offsets) * T, unit="tok", unit_scale=True, desc="records", disable=not progress) as bar, \
             model.hooks(hooks):
         for start in range(0, len(offsets), batch_size):
