@@ -13,7 +13,7 @@ from .synthetic import Spec, full_grid, make_sweep
 
 N_BOOT = 300  # enough for the tests, fast on 2 cores
 PLOTS = ("loss_vs_lambda", "sparsity_vs_lambda", "interp_vs_lambda", "interp_vs_loss", "layer_sparsity",
-         "firing_density", "training_curves")
+         "firing_density", "training_curves", "sparsity_curves")
 METRIC = {m.column: m for m in SEED_METRICS + INTERP_METRICS}
 REFERENCE = Condition("crate", "shared", 0.1)
 
@@ -85,6 +85,16 @@ def test_three_seeds_do_not_survive_the_adjustment_that_the_raw_ci_passes(full, 
     assert "The data show: no significant effect on any tested metric" in q2
     assert "Significant before but not after the Holm adjustment (suggestive only): val loss (nats/token) " \
            "decreases" in q2
+
+
+def test_sparsity_during_training_is_read_from_metrics_jsonl(estimator):
+    """Each run's sparsity curves: per evaluation, the mean over layers of train.py's sparsity/layer{l}/{stat}."""
+    for run in estimator.sweep.runs:
+        zero = [row["zero_frac"] for row in run.layers]
+        assert [t for t, _ in run.sparsity_curves["zero_frac"]] == [s * 1024 for s in (50, 100, 200, 400, 512)]
+        for (tokens, value) in run.sparsity_curves["zero_frac"]:
+            assert value == pytest.approx(sum(zero) / len(zero) - 5 / (tokens / 1024))
+        assert set(run.sparsity_curves) == {"zero_frac", "l0", "dead_frac"}
 
 
 def md_unescape(text: str) -> str:

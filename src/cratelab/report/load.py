@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ class Run:
     method: str | None = None  # the explainer/simulator that scored the neurons
     density: list[dict[str, Any]] = field(default_factory=list)  # eval.json layers: layer, n_neurons, hist
     curve: list[tuple[float, float]] = field(default_factory=list)  # (tokens, val_loss)
+    # per statistic (zero_frac, l0, dead_frac): (tokens, mean over the interpreted layers) at each evaluation
+    sparsity_curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     cards: Path | None = None
     model: dict[str, Any] | None = None  # config.toml's [model] section
 
@@ -133,11 +136,28 @@ def _curve(path: Path) -> list[tuple[float, float]]:
     return sorted(points)
 
 
+SPARSITY_KEY = re.compile(r"^sparsity/layer(\d+)/(\w+)$")  # train.py's sparsity/layer{l}/{stat}
+
+
+def _sparsity_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in read_jsonl(path):
+        per_stat: dict[str, list[float]] = {}
+        for key, value in row.items():
+            if (match := SPARSITY_KEY.match(key)) and isinstance(value, (int, float)) and math.isfinite(value):
+                per_stat.setdefault(match[2], []).append(float(value))
+        if row.get("tokens") is not None:
+            for stat, values in per_stat.items():
+                curves.setdefault(stat, []).append((float(row["tokens"]), float(np.mean(values))))
+    return {stat: sorted(points) for stat, points in curves.items()}
+
+
 def _attach_files(run: Run, folder: Path) -> None:
     """Add what the run folder holds; a missing file leaves its field empty."""
     if (folder / "eval.json").is_file():
         run.density = json.loads((folder / "eval.json").read_text(encoding="utf-8")).get("layers", [])
     run.curve = _curve(folder / "metrics.jsonl")
+    run.sparsity_curves = _sparsity_curves(folder / "metrics.jsonl")
     scores = read_jsonl(folder / "interp" / "scores.jsonl")
     if scores:
         run.neuron_scores, run.unscorable = _neuron_scores(scores)

@@ -19,7 +19,8 @@ from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Estimato
                        difference, lambda_slope, layer_intervals, mean_of, qkv_effect, run_value)
 from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
 from .load import LAYERS, PROTOCOLS, RESULTS, SWEEP_CONFIG, Condition, Run, Sweep, load_sweep
-from .plots import plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_vs_lambda
+from .plots import (plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_sparsity_curves,
+                    plot_vs_lambda)
 from .stats import Interval, t_critical
 
 TITLE = "CRATE seed ablation: report"
@@ -446,6 +447,7 @@ def figures(est: Estimator, plots_dir: Path) -> list[Block]:
         ("layer_sparsity.png", "Per-layer sparsity", lambda p: plot_layer_sparsity(est, p)),
         ("firing_density.png", "Firing-density histograms", lambda p: plot_density(est.sweep, p)),
         ("training_curves.png", "Training curves", lambda p: plot_curves(est.sweep, p)),
+        ("sparsity_curves.png", "Sparsity during training", lambda p: plot_sparsity_curves(est.sweep, p)),
     ]
     blocks: list[Block] = [Heading(2, "Plots")]
     plots_dir.mkdir(parents=True, exist_ok=True)
