@@ -160,6 +160,31 @@ def test_each_evaluation_logs_the_sparsity_that_evaluate_measures(tiny, tmp_path
         assert all(f"sparsity/layer0/{stat}" in row for row in read_metrics(out) for stat in ("l0", "dead_frac"))
 
 
+def test_sparsity_reaches_tensorboard(tiny, tmp_path, monkeypatch):
+    """train.log = "tensorboard" gets every metrics.jsonl value, the sparsity included (a stand-in writer:
+    the test does not need the tensorboard package)."""
+    import types
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+
+    class Writer:
+        def __init__(self, _logdir):
+            pass
+
+        def add_scalar(self, key, value, step):
+            scalars.setdefault(key, []).append((step, value))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    out = tmp_path / "run"
+    train(tiny(max_steps=2, eval_interval=1, log="tensorboard"), out, progress=False)
+    for row in read_metrics(out):
+        for key in ("sparsity/layer0/zero_frac", "sparsity/layer0/l0", "sparsity/layer0/dead_frac", "val_loss"):
+            assert (row["step"], row[key]) in scalars[key]
+
+
 @pytest.mark.e2e
 def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tiny, tmp_path, monkeypatch):
     cfg = tiny(max_steps=6, eval_interval=2)
