@@ -3,10 +3,10 @@ sweep engine reads them, this checks what it will: every cell (factor levels and
 is a valid run config, so a typo in a key or value fails here, naming the field."""
 
 import itertools
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from cratelab.config import config_from_dict
 

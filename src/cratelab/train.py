@@ -146,7 +146,7 @@ def evaluate_loss(model: torch.nn.Module, hooked: LanguageModel, windows: torch.
     model.eval()
     cfg = hooked.config
     sparsity = SparsityCounter(cfg.n_layer, cfg.n_neurons)
-    count_layer = lambda layer: lambda acts, _name: sparsity.add(layer, acts)  # noqa: E731
+    count_layer = lambda layer: lambda acts, _name: sparsity.add(layer, acts)
     nats, count = 0.0, 0
     with hooked.hooks([(neuron_hook_name(cfg, layer), count_layer(layer)) for layer in range(cfg.n_layer)]):
         for start in range(0, len(windows), batch_size):

@@ -8,7 +8,7 @@ no data for its figure, and then writes nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -225,7 +225,7 @@ def plot_sparsity_curves(sweep: Sweep, path: Path) -> bool:
     fig, axes = _figure(len(SPARSITY_CURVES), width=4.2, height=3.6)
     for ax, (stat, label) in zip(axes, SPARSITY_CURVES):
         for condition in sweep.conditions:
-            points = mean_curve(sweep, condition, lambda run: run.sparsity_curves.get(stat, []))
+            points = mean_curve(sweep, condition, lambda run, stat=stat: run.sparsity_curves.get(stat, []))
             if points:
                 ax.plot(*zip(*points), color=condition_color(sweep, condition), marker=_marker(condition), ms=3,
                         label=condition.label)
