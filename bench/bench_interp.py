@@ -71,7 +71,7 @@ def bench_collection(rounds: int) -> list[dict]:
 
         @torch.no_grad()
         def trunk():  # the forward pass as collection runs it: up to the last interpreted layer, no records
-            with model.hooks([(neuron_hook_name(model.config.arch, layers - 1), stop)]):
+            with model.hooks([(neuron_hook_name(model.config, layers - 1), stop)]):
                 for i in range(0, len(windows), batch):
                     try:
                         model(windows[i:i + batch])

@@ -92,3 +92,27 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(run, tokenizer, monke
         save_checkpoint(model, cfg, tokenizer, folder, step=8)
     assert load_checkpoint(folder).step == 7
     assert sorted(p.name for p in folder.iterdir()) == ["ckpt.pt", "config.toml"]  # no temporary file left
+
+
+def test_checkpoints_from_before_the_ablation_options_load_as_the_official_model(tokenizer, tmp_path):
+    """A checkpoint whose stored [model] lacks ffn / ista_residual / ista_decoder (cratelab before issue 11)
+    loads with the defaults, which are the official CRATE function."""
+    new_keys = ("ffn", "ista_residual", "ista_decoder")
+
+    class ConfigBeforeIssue11(RunConfig):
+        def to_dict(self):
+            values = super().to_dict()
+            for key in new_keys:
+                del values["model"][key]
+            return values
+
+    cfg = ConfigBeforeIssue11(model=ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8,
+                                                vocab_size=tokenizer.vocab_size))
+    model = build_model(cfg.model)
+    save_checkpoint(model, cfg, tokenizer, tmp_path)
+    assert not set(new_keys) & set(read_checkpoint(tmp_path)["config"]["model"])
+    ckpt = load_checkpoint(tmp_path)
+    assert (ckpt.config.model.ffn, ckpt.config.model.ista_residual, ckpt.config.model.ista_decoder) == \
+        ("ista", False, "tied")
+    idx = torch.randint(0, tokenizer.vocab_size, (1, 8))
+    torch.testing.assert_close(ckpt.model(idx), model.eval()(idx))

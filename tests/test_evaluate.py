@@ -23,7 +23,7 @@ def test_loss_bpb_and_sparsity_match_a_dense_computation():
     assert math.isclose(result.perplexity, math.exp(result.val_loss), rel_tol=1e-9)
     assert math.isclose(result.bpb, nats.item() / math.log(2) / token_bytes[windows[:, 1:]].sum(), rel_tol=1e-5)
     for layer in range(2):
-        acts = cache[neuron_hook_name("crate", layer)].reshape(-1, 64)
+        acts = cache[neuron_hook_name(ModelConfig(arch="crate"), layer)].reshape(-1, 64)
         s = result.layers[layer]
         assert math.isclose(s.zero_frac, (acts == 0).float().mean().item(), rel_tol=1e-5)
         assert math.isclose(s.l0, (acts != 0).sum(1).float().mean().item(), rel_tol=1e-5)

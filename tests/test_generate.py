@@ -32,7 +32,7 @@ def test_top_k_restricts_the_choice():
 def test_steering_a_neuron_moves_the_next_token_distribution():
     model = small_model()
     idx = torch.tensor([[1, 2, 3, 4]])
-    hooks = [(neuron_hook_name("crate", 1), set_neuron(3, 10.0))]
+    hooks = [(neuron_hook_name(ModelConfig(arch="crate"), 1), set_neuron(3, 10.0))]
     before = next_token_distribution(model, idx)
     after = next_token_distribution(model, idx, hooks)
     assert (before - after).abs().sum() > 1e-3

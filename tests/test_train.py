@@ -125,6 +125,57 @@ def test_metrics_checkpoint_and_rerun(tiny, tmp_path):
     assert len(read_metrics(out)) == 3
 
 
+def test_each_evaluation_logs_the_sparsity_that_evaluate_measures(tiny, tmp_path):
+    """The sparsity in metrics.jsonl is evaluate.py's, on the same evaluation windows, of the checkpoint saved
+    at that step; also for CRATE with an MLP (whose interpreted layer is mlp.hook_post)."""
+    from cratelab.data.batches import eval_windows
+    from cratelab.data.shards import prepare_dataset
+    from cratelab.evaluate import evaluate
+
+    for ffn in ("ista", "mlp"):
+        cfg = tiny(max_steps=2, eval_interval=1)
+        cfg = replace(cfg, model=replace(cfg.model, n_layer=2, ffn=ffn))
+        out = tmp_path / ffn
+        train(cfg, out, progress=False)
+        logged = read_metrics(out)[-1]
+        ckpt = load_checkpoint(out)
+        dataset = prepare_dataset(ckpt.config.data, progress=False)
+        windows = eval_windows(dataset.val, cfg.model.block_size, cfg.eval.tokens)
+        expected = evaluate(ckpt.model, windows, dataset.tokenizer.token_byte_lengths(), batch_size=4)
+        assert math.isclose(logged["val_loss"], expected.val_loss, rel_tol=1e-5)
+        for s in expected.layers:
+            for stat in ("zero_frac", "l0", "dead_frac"):
+                assert math.isclose(logged[f"sparsity/layer{s.layer}/{stat}"], getattr(s, stat),
+                                    rel_tol=1e-9, abs_tol=1e-12), (ffn, s.layer, stat)
+        assert 0 < logged["sparsity/layer0/zero_frac"] < 1
+        assert all(f"sparsity/layer0/{stat}" in row for row in read_metrics(out) for stat in ("l0", "dead_frac"))
+
+
+def test_sparsity_reaches_tensorboard(tiny, tmp_path, monkeypatch):
+    """train.log = "tensorboard" gets every metrics.jsonl value, the sparsity included (a stand-in writer:
+    the test does not need the tensorboard package)."""
+    import types
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+
+    class Writer:
+        def __init__(self, _logdir):
+            pass
+
+        def add_scalar(self, key, value, step):
+            scalars.setdefault(key, []).append((step, value))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    out = tmp_path / "run"
+    train(tiny(max_steps=2, eval_interval=1, log="tensorboard"), out, progress=False)
+    for row in read_metrics(out):
+        for key in ("sparsity/layer0/zero_frac", "sparsity/layer0/l0", "sparsity/layer0/dead_frac", "val_loss"):
+            assert (row["step"], row[key]) in scalars[key]
+
+
 @pytest.mark.e2e
 def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tiny, tmp_path, monkeypatch):
     cfg = tiny(max_steps=6, eval_interval=2)

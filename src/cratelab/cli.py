@@ -123,7 +123,7 @@ def cmd_generate(args) -> None:
             _fail(f"--set-neuron: layer {layer} out of range (the model has {mcfg.n_layer} layers)")
         if not 0 <= index < mcfg.n_neurons:
             _fail(f"--set-neuron: neuron {index} out of range (layers have {mcfg.n_neurons} neurons)")
-        hooks.append((neuron_hook_name(mcfg.arch, layer), set_neuron(index, value)))
+        hooks.append((neuron_hook_name(mcfg, layer), set_neuron(index, value)))
     device = resolve_device(args.device, setting="--device")
     model.to(device)
     idx = torch.tensor([tok.encode(args.prompt)], dtype=torch.long, device=device)

@@ -34,6 +34,10 @@ def require_device(value: str, name: str) -> None:
     require(is_device_name(value), name, f"must be {DEVICE_HELP}, got {value!r}")
 
 
+MAX_ISTA_STEPS = 64
+MAX_OVERCOMPLETE = 64
+
+
 @dataclass
 class ModelConfig:
     arch: str = "crate"  # "crate" | "gpt"
@@ -43,11 +47,15 @@ class ModelConfig:
     vocab_size: int = 0  # 0: take the tokenizer's vocabulary size
     block_size: int = 128
     qkv: str = "shared"  # CRATE only: "shared" (MSSA, one U per head) | "separate" (GPT-style q, k, v)
+    # CRATE only (ignored for arch = "gpt", like qkv); the defaults are the official model
+    ffn: str = "ista"  # "ista" (sparse coding) | "mlp" (a ReLU MLP of the same width h in its place)
+    ista_residual: bool = False  # False: x = FFN(LN2 x) as the official code; True: x = x + FFN(LN2 x)
+    ista_decoder: str = "tied"  # "tied" (output W^T A, official) | "separate" (a learned decoder D A, CRATE-alpha)
     ista_lambda: float = 0.1
     ista_step_size: float = 0.1
     ista_steps: int = 2
-    overcomplete: int = 4  # dictionary atoms per model dimension (h = overcomplete * n_embd); GPT MLP width too
-    mlp_act: str = "relu"  # GPT baseline only: "relu" (as the official baseline) | "gelu"
+    overcomplete: int = 4  # dictionary atoms per model dimension (h = overcomplete * n_embd); MLP width too
+    mlp_act: str = "relu"  # the MLP's activation (GPT baseline; CRATE with ffn = "mlp"): "relu" (official) | "gelu"
     dropout: float = 0.0
 
     def validate(self, prefix: str = "model") -> None:
@@ -55,13 +63,23 @@ class ModelConfig:
         choose(self.arch, ("crate", "gpt"), p + "arch")
         choose(self.qkv, ("shared", "separate"), p + "qkv")
         choose(self.mlp_act, ("relu", "gelu"), p + "mlp_act")
+        choose(self.ffn, ("ista", "mlp"), p + "ffn")
+        choose(self.ista_decoder, ("tied", "separate"), p + "ista_decoder")
+        require(isinstance(self.ista_residual, bool), p + "ista_residual",
+                 f"must be true or false, got {self.ista_residual!r}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "ista_steps", "overcomplete"):
             require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+        # each unrolled step is a layer of the network (and saved for backward); beyond these it is a typo
+        require(self.ista_steps <= MAX_ISTA_STEPS, p + "ista_steps",
+                 f"must be <= {MAX_ISTA_STEPS}, got {self.ista_steps}")
+        require(self.overcomplete <= MAX_OVERCOMPLETE, p + "overcomplete",
+                 f"must be <= {MAX_OVERCOMPLETE}, got {self.overcomplete}")
         require(self.vocab_size >= 0, p + "vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
         require(self.n_embd % self.n_head == 0, p + "n_embd",
-                f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
+                 f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
         require(self.ista_lambda >= 0, p + "ista_lambda", f"must be >= 0, got {self.ista_lambda}")
-        require(self.ista_step_size > 0, p + "ista_step_size", f"must be > 0, got {self.ista_step_size}")
+        # ISTA descends only for eta < 2 / |W|_2^2 (about 0.1 at the official init): above 1 is a typo
+        require(0 < self.ista_step_size <= 1, p + "ista_step_size", f"must be in (0, 1], got {self.ista_step_size}")
         require(0 <= self.dropout < 1, p + "dropout", f"must be in [0, 1), got {self.dropout}")
 
     @property

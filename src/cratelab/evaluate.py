@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .layout import EVAL
-from .models import LanguageModel, neuron_hook_name
+from .models import LanguageModel, encoder_weight, neuron_hook_name
 
 
 # log10 firing-rate bins from 1e-7 to 1 (dead neurons are counted apart)
@@ -32,7 +32,7 @@ class LayerSparsity:
     dead_frac: float
     dense_frac: float
     mean_activation: float
-    dictionary_norm: float  # mean L2 norm of the layer's dictionary atoms (GPT: of the MLP input rows)
+    dictionary_norm: float  # mean L2 norm of the layer's dictionary atoms (an MLP: of its input rows)
     density_hist: list[int] = field(default_factory=list)  # counts over DENSITY_BIN_EDGES
 
 
@@ -48,10 +48,47 @@ class EvalResult:
         return asdict(self)
 
 
+class SparsityCounter:
+    """What the sparsity statistics need, accumulated batch by batch: per layer, on how many evaluation
+    tokens each interpreted neuron is non-zero, the sum of activations, and the tokens seen. One tensor,
+    so that processes evaluating shares of the tokens can sum it (all_reduce)."""
+
+    def __init__(self, n_layer: int, n_neurons: int):
+        self.n_neurons = n_neurons
+        self.counts = torch.zeros(n_layer, n_neurons + 2, dtype=torch.float64)  # [fires per neuron, act sum, tokens]
+
+    def add(self, layer: int, acts: torch.Tensor) -> None:
+        """Count one batch of a layer's activations, (..., n_neurons)."""
+        acts = acts.detach().reshape(-1, self.n_neurons).float()
+        row = self.counts[layer]
+        row[:-2] += (acts != 0).double().sum(0).cpu()
+        row[-2] += acts.double().sum().item()
+        row[-1] += acts.shape[0]
+
+    def layer_sparsity(self, layer: int, dense_threshold: float, dictionary_norm: float) -> LayerSparsity:
+        fires, act_sum, n_tokens = self.counts[layer, :-2], self.counts[layer, -2].item(), self.counts[layer, -1].item()
+        h = self.n_neurons
+        rate = (fires / n_tokens).numpy()
+        hist, _ = np.histogram(np.log10(rate[rate > 0]), bins=DENSITY_BIN_EDGES)
+        l0 = float(fires.sum().item() / n_tokens)
+        return LayerSparsity(
+            layer=layer, n_neurons=h, zero_frac=1.0 - l0 / h, l0=l0, l0_frac=l0 / h,
+            dead_frac=float((rate == 0).mean()), dense_frac=float((rate > dense_threshold).mean()),
+            mean_activation=float(act_sum / (n_tokens * h)), dictionary_norm=dictionary_norm,
+            density_hist=hist.tolist())
+
+
+# what training logs of each interpreted layer at every evaluation (metrics.jsonl, TensorBoard, wandb)
+TRAINING_SPARSITY = ("zero_frac", "l0", "dead_frac")
+
+
+def training_sparsity_metrics(layers: list[LayerSparsity]) -> dict[str, float]:
+    """Flat metric names, one per layer and statistic: ``sparsity/layer{l}/{zero_frac|l0|dead_frac}``."""
+    return {f"sparsity/layer{s.layer}/{stat}": getattr(s, stat) for s in layers for stat in TRAINING_SPARSITY}
+
+
 def dictionary_norm(model: LanguageModel, layer: int) -> float:
-    block = model.blocks[layer]
-    weight = block.ista.weight if model.config.arch == "crate" else block.mlp.c_fc.weight
-    return weight.detach().float().norm(dim=1).mean().item()
+    return encoder_weight(model, layer).detach().float().norm(dim=1).mean().item()
 
 
 @torch.no_grad()
@@ -59,11 +96,10 @@ def evaluate(model: LanguageModel, windows: torch.Tensor, token_bytes: np.ndarra
              dense_threshold: float = 0.1, batch_size: int = 16, device: str | torch.device = "cpu") -> EvalResult:
     """Evaluate on `windows` (N, block_size + 1) token ids: inputs are [:, :-1], targets [:, 1:]."""
     model.eval()
-    arch, n_layer, h = model.config.arch, model.config.n_layer, model.config.n_neurons
-    hooks = [neuron_hook_name(arch, layer) for layer in range(n_layer)]
+    n_layer, h = model.config.n_layer, model.config.n_neurons
+    hooks = [neuron_hook_name(model.config, layer) for layer in range(n_layer)]
     byte_lengths = torch.as_tensor(token_bytes, dtype=torch.float64)
-    fires = torch.zeros(n_layer, h, dtype=torch.float64)  # tokens on which each neuron is non-zero
-    act_sum = torch.zeros(n_layer, dtype=torch.float64)
+    sparsity = SparsityCounter(n_layer, h)
     nats = n_bytes = n_tokens = 0.0
     for start in range(0, len(windows), batch_size):
         batch = windows[start:start + batch_size].to(device)
@@ -75,20 +111,8 @@ def evaluate(model: LanguageModel, windows: torch.Tensor, token_bytes: np.ndarra
         n_bytes += byte_lengths[y.reshape(-1).cpu()].sum().item()
         n_tokens += y.numel()
         for layer, name in enumerate(hooks):
-            acts = cache[name].reshape(-1, h).float()
-            fires[layer] += (acts != 0).double().sum(0).cpu()
-            act_sum[layer] += acts.double().sum().item()
-    layers = []
-    for layer in range(n_layer):
-        rate = (fires[layer] / n_tokens).numpy()
-        live = rate[rate > 0]
-        hist, _ = np.histogram(np.log10(live), bins=DENSITY_BIN_EDGES)
-        l0 = float(fires[layer].sum().item() / n_tokens)
-        layers.append(LayerSparsity(
-            layer=layer, n_neurons=h, zero_frac=1.0 - l0 / h, l0=l0, l0_frac=l0 / h,
-            dead_frac=float((rate == 0).mean()), dense_frac=float((rate > dense_threshold).mean()),
-            mean_activation=float(act_sum[layer].item() / (n_tokens * h)),
-            dictionary_norm=dictionary_norm(model, layer), density_hist=hist.tolist()))
+            sparsity.add(layer, cache[name])
+    layers = [sparsity.layer_sparsity(layer, dense_threshold, dictionary_norm(model, layer)) for layer in range(n_layer)]
     val_loss = nats / n_tokens
     return EvalResult(tokens=int(n_tokens), val_loss=val_loss, perplexity=math.exp(min(val_loss, 700.0)),
                       bpb=nats / math.log(2) / max(n_bytes, 1.0), layers=layers)

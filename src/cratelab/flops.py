@@ -15,7 +15,7 @@ def forward_flops_per_token(cfg: ModelConfig, context: int | None = None) -> flo
     d, h, T, V = cfg.n_embd, cfg.n_neurons, context or cfg.block_size, cfg.vocab_size
     qkv_width = d if (cfg.arch == "crate" and cfg.qkv == "shared") else 3 * d
     attention = 2 * d * qkv_width + 2 * d * d + 2 * d * T  # projections + causal (T/2) QK^T and AV
-    if cfg.arch == "crate":
+    if cfg.arch == "crate" and cfg.ffn == "ista":  # (a separate decoder costs what the tied one does)
         sparse_coding = 2 * cfg.ista_steps * (2 * d * h)
     else:
         sparse_coding = 2 * (2 * d * h)  # MLP up and down

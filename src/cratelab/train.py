@@ -4,8 +4,9 @@ Read `train` top to bottom, as nanoGPT's train.py: processes and device, output 
 optimizer, resume, then the loop (lr schedule, micro-steps with gradient accumulation, clip, step,
 and every ``eval_interval`` steps: evaluate, log, checkpoint). Small helpers come first.
 
-Run folder (names in layout.py): ``config.toml``, ``ckpt.pt`` (see checkpoint.py), ``metrics.jsonl`` (one JSON line per
-evaluation: step, tokens, train_loss, val_loss, lr, tokens_per_s, elapsed_s).
+Run folder (names in layout.py): ``config.toml``, ``ckpt.pt`` (see checkpoint.py), ``metrics.jsonl`` (one JSON
+line per evaluation: step, tokens, train_loss, val_loss, lr, tokens_per_s, elapsed_s, and per interpreted layer
+``sparsity/layer{l}/zero_frac``, ``/l0``, ``/dead_frac`` measured on the same evaluation batches).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from .data.batches import TrainBatches, eval_windows
 from .data.shards import prepare_dataset
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
+from .evaluate import SparsityCounter, dictionary_norm, training_sparsity_metrics
 from .io import append_line, keep_jsonl
 from .layout import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
-from .models import build_model
+from .models import LanguageModel, build_model, neuron_hook_name
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
 
 
@@ -134,23 +136,35 @@ def nan_message(what: str, value: float, step: int, ckpt_path: Path) -> str:
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, autocast: AbstractContextManager,
-                  device: torch.device, ddp: bool) -> float:
-    """Mean next-token loss over the evaluation windows; under DDP each process holds a share of them."""
+def evaluate_loss(model: torch.nn.Module, hooked: LanguageModel, windows: torch.Tensor, batch_size: int,
+                  autocast: AbstractContextManager, device: torch.device, ddp: bool,
+                  dense_threshold: float) -> tuple[float, dict[str, float]]:
+    """Mean next-token loss over the evaluation windows (under DDP each process holds a share of them), and
+    the interpreted layers' sparsity on the same forward passes: hooks on ``hooked``, the plain module
+    that ``model`` runs (itself, or compiled)."""
     model.eval()
+    cfg = hooked.config
+    sparsity = SparsityCounter(cfg.n_layer, cfg.n_neurons)
+    count_layer = lambda layer: lambda acts, _name: sparsity.add(layer, acts)
     nats, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size].to(device)
-        with autocast:
-            loss = model(batch[:, :-1], batch[:, 1:])[1]
-        n = batch[:, 1:].numel()
-        nats, count = nats + loss.item() * n, count + n
+    with hooked.hooks([(neuron_hook_name(cfg, layer), count_layer(layer)) for layer in range(cfg.n_layer)]):
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start:start + batch_size].to(device)
+            with autocast:
+                loss = model(batch[:, :-1], batch[:, 1:])[1]
+            n = batch[:, 1:].numel()
+            nats, count = nats + loss.item() * n, count + n
     model.train()
     if ddp:
         total = torch.tensor([nats, count], dtype=torch.float64, device=device)
         dist.all_reduce(total)
         nats, count = total.tolist()
-    return nats / count
+        counts = sparsity.counts.to(device)
+        dist.all_reduce(counts)
+        sparsity.counts = counts.cpu()
+    layers = [sparsity.layer_sparsity(layer, dense_threshold, dictionary_norm(hooked, layer))
+              for layer in range(cfg.n_layer)]
+    return nats / count, training_sparsity_metrics(layers)
 
 
 def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | None = None) -> dict[str, Any]:
@@ -303,12 +317,13 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
             bar.update()
 
             if step % tc.eval_interval == 0 or step == tc.max_steps:
-                val_loss = evaluate_loss(eval_model, val_windows, tc.batch_size, autocast, device, ddp)
+                val_loss, sparsity = evaluate_loss(eval_model, raw_model, val_windows, tc.batch_size, autocast, device,
+                                                   ddp, cfg.eval.dense_threshold)
                 if not math.isfinite(val_loss):
                     raise CratelabError(nan_message("validation loss", val_loss, step, ckpt_path))
                 metrics = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_steps, "val_loss": val_loss,
                            "lr": lr, "tokens_per_s": loss_steps * tokens_per_step / train_time,
-                           "elapsed_s": time.perf_counter() - start}
+                           "elapsed_s": time.perf_counter() - start, **sparsity}
                 rng = [rng_states(device)]
                 if ddp:
                     rng = [None] * world_size

@@ -1,5 +1,7 @@
 """A float64 reference of the official CRATE equations (paper-facts section 1), written from the
-equations with plain tensor algebra, on state dicts that use the OFFICIAL key names."""
+equations with plain tensor algebra, on state dicts that use the OFFICIAL key names; extended with
+the ablation options of issue 11 (an MLP in place of ISTA, a residual around it, a separate decoder),
+whose extra weights use the keys `transformer.h.{i}.ista.decoder` and `transformer.h.{i}.mlp.*`."""
 
 from __future__ import annotations
 
@@ -29,16 +31,23 @@ def attention(x, c_attn, proj_w, proj_b, n_head, separate):
     return y @ proj_w.T + proj_b
 
 
-def ista(x, W, eta, lam, steps):
-    """A_{t+1} = ReLU(A_t + eta (W x - W W^T A_t) - eta lam), A_0 = 0; returns (W^T A_T, A_T)."""
+def ista(x, W, eta, lam, steps, D=None):
+    """A_{t+1} = ReLU(A_t + eta (W x - W W^T A_t) - eta lam), A_0 = 0; returns (W^T A_T or D A_T, A_T)."""
     A = torch.zeros(*x.shape[:-1], W.shape[0], dtype=x.dtype)
     for _ in range(steps):
         A = torch.relu(A + eta * (x @ W.T - (A @ W) @ W.T) - eta * lam)
-    return A @ W, A
+    return (A @ W if D is None else A @ D.T), A
 
 
-def crate_forward(sd, idx, n_layer, n_head, eta=0.1, lam=0.1, steps=2, separate=False):
-    """Logits and per-layer sparse codes; `sd` uses official names, float64 tensors."""
+def mlp(x, fc_w, fc_b, proj_w, proj_b):
+    """c_proj(ReLU(c_fc x)); returns (output, hidden)."""
+    hidden = torch.relu(x @ fc_w.T + fc_b)
+    return hidden @ proj_w.T + proj_b, hidden
+
+
+def crate_forward(sd, idx, n_layer, n_head, eta=0.1, lam=0.1, steps=2, separate=False,
+                  ffn="ista", residual=False, decoder="tied"):
+    """Logits and per-layer interpreted codes; `sd` uses official names, float64 tensors."""
     T = idx.shape[1]
     x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
     codes = []
@@ -48,14 +57,22 @@ def crate_forward(sd, idx, n_layer, n_head, eta=0.1, lam=0.1, steps=2, separate=
         x = x + attention(h, sd[p + "attn.c_attn.weight"], sd[p + "attn.c_proj.weight"],
                           sd[p + "attn.c_proj.bias"], n_head, separate)
         h = layer_norm(x, sd[p + "prenorm_2.weight"], sd[p + "prenorm_2.bias"])
-        x, code = ista(h, sd[p + "ista.weight"], eta, lam, steps)
+        if ffn == "mlp":
+            out, code = mlp(h, sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"],
+                            sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"])
+        else:
+            out, code = ista(h, sd[p + "ista.weight"], eta, lam, steps,
+                             D=sd[p + "ista.decoder"] if decoder == "separate" else None)
+        x = x + out if residual else out
         codes.append(code)
     x = layer_norm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"])
     return x @ sd["lm_head.weight"].T, codes
 
 
-def random_official_state_dict(n_layer, n_embd, vocab, block, overcomplete=4, separate=False, seed=0):
-    """Random weights under the official key names (scaled so activations are non-trivial)."""
+def random_official_state_dict(n_layer, n_embd, vocab, block, overcomplete=4, separate=False, seed=0,
+                               ffn="ista", decoder="tied"):
+    """Random weights under the official key names (scaled so activations are non-trivial); the
+    separate decoder is drawn independently of W, so that a model decoding with W^T would not match."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape, s=0.2: torch.randn(*shape, generator=g, dtype=torch.float64) * s  # noqa: E731
     sd = {"transformer.wte.weight": r(vocab, n_embd, s=1.0), "transformer.wpe.weight": r(block, n_embd, s=0.5),
@@ -67,7 +84,14 @@ def random_official_state_dict(n_layer, n_embd, vocab, block, overcomplete=4, se
             p + "attn.c_attn.weight": r((3 if separate else 1) * n_embd, n_embd),
             p + "attn.c_proj.weight": r(n_embd, n_embd), p + "attn.c_proj.bias": r(n_embd),
             p + "prenorm_2.weight": 1 + r(n_embd), p + "prenorm_2.bias": r(n_embd),
-            p + "ista.weight": r(overcomplete * n_embd, n_embd, s=0.3),
         })
+        h = overcomplete * n_embd
+        if ffn == "mlp":
+            sd.update({p + "mlp.c_fc.weight": r(h, n_embd), p + "mlp.c_fc.bias": r(h),
+                       p + "mlp.c_proj.weight": r(n_embd, h, s=0.1), p + "mlp.c_proj.bias": r(n_embd)})
+        else:
+            sd[p + "ista.weight"] = r(h, n_embd, s=0.3)
+            if decoder == "separate":
+                sd[p + "ista.decoder"] = r(n_embd, h, s=0.3)
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     return sd

@@ -10,10 +10,15 @@ from .reference import crate_forward, random_official_state_dict
 SIZES = dict(n_layer=2, n_head=4, n_embd=32, vocab_size=97, block_size=24)
 
 
+def reference_key_to_ours(key):
+    """Official names, plus the reference's `transformer.h.{i}.mlp.*` for ffn = "mlp" (no official name)."""
+    return key.replace("transformer.h.", "blocks.") if ".mlp." in key else official_key_to_ours(key)
+
+
 def crate_with_official_weights(sd, **overrides):
     cfg = ModelConfig(arch="crate", **{**SIZES, **overrides})
     model = build_model(cfg).double().eval()
-    model.load_state_dict({official_key_to_ours(k): v for k, v in sd.items()})
+    model.load_state_dict({reference_key_to_ours(k): v for k, v in sd.items()})
     return model
 
 
@@ -28,10 +33,87 @@ def test_crate_matches_float64_reference(qkv, eta, lam, steps):
     logits, cache = model.run_with_cache(idx)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-10, atol=1e-10)
     for layer, ref_code in enumerate(ref_codes):
-        code = cache[neuron_hook_name("crate", layer)]
+        code = cache[neuron_hook_name(ModelConfig(arch="crate"), layer)]
         torch.testing.assert_close(code, ref_code, rtol=1e-10, atol=1e-10)
         zero_frac = (ref_code == 0).double().mean().item()
         assert 0.05 < zero_frac < 0.95, "the test weights must give a code with zeros and non-zeros"
+
+
+ABLATIONS = [  # (ffn, ista_residual, ista_decoder): every non-default combination that changes the function
+    ("ista", True, "tied"), ("ista", False, "separate"), ("ista", True, "separate"),
+    ("mlp", False, "tied"), ("mlp", True, "tied"),
+]
+
+
+@pytest.mark.parametrize("ffn,residual,decoder", ABLATIONS)
+@pytest.mark.parametrize("qkv", ["shared", "separate"])
+def test_ablation_options_match_float64_reference(ffn, residual, decoder, qkv):
+    separate = qkv == "separate"
+    sd = random_official_state_dict(2, 32, 97, 24, separate=separate, seed=7, ffn=ffn, decoder=decoder)
+    options = dict(ffn=ffn, ista_residual=residual, ista_decoder=decoder)
+    model = crate_with_official_weights(sd, qkv=qkv, ista_steps=3, **options)
+    idx = torch.randint(0, 97, (3, 24), generator=torch.Generator().manual_seed(1))
+    ref_logits, ref_codes = crate_forward(sd, idx, 2, 4, steps=3, separate=separate,
+                                          ffn=ffn, residual=residual, decoder=decoder)
+    logits, cache = model.run_with_cache(idx)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-10, atol=1e-10)
+    for layer, ref_code in enumerate(ref_codes):
+        torch.testing.assert_close(cache[neuron_hook_name(model.config, layer)], ref_code, rtol=1e-10, atol=1e-10)
+        assert 0.05 < (ref_code == 0).double().mean().item() < 0.95
+
+
+def test_mlp_ffn_is_interpreted_at_its_hidden_layer():
+    cfg = ModelConfig(arch="crate", ffn="mlp", **SIZES)
+    assert neuron_hook_name(cfg, 1) == "blocks.1.mlp.hook_post"
+    model = build_model(cfg).eval()
+    _, cache = model.run_with_cache(torch.randint(0, 97, (1, 8)), names=[neuron_hook_name(cfg, 1)])
+    assert cache["blocks.1.mlp.hook_post"].shape == (1, 8, cfg.n_neurons)
+    assert not hasattr(model.blocks[0], "ista")
+
+
+def test_separate_decoder_starts_as_the_tied_dictionary():
+    """D is initialised to W^T (no extra random draws), so an untrained model computes the tied function."""
+    torch.manual_seed(3)
+    tied = build_model(ModelConfig(arch="crate", **SIZES)).eval()
+    torch.manual_seed(3)
+    untied = build_model(ModelConfig(arch="crate", ista_decoder="separate", **SIZES)).eval()
+    decoder = untied.blocks[0].ista.decoder
+    assert decoder.shape == (SIZES["n_embd"], 4 * SIZES["n_embd"])
+    torch.testing.assert_close(decoder, untied.blocks[0].ista.weight.t())
+    assert decoder.data_ptr() != untied.blocks[0].ista.weight.data_ptr()
+    idx = torch.randint(0, 97, (2, 10))
+    torch.testing.assert_close(untied(idx), tied(idx))
+    _, loss = untied(idx, idx)
+    loss.backward()  # and they are separate parameters: each gets its own gradient
+    assert decoder.grad is not None and not torch.allclose(decoder.grad, untied.blocks[0].ista.weight.grad.t())
+
+
+def test_residual_around_ista():
+    model = build_model(ModelConfig(arch="crate", ista_residual=True, **SIZES)).eval()
+    _, cache = model.run_with_cache(torch.randint(0, 97, (1, 8)))
+    decoded = cache["blocks.0.ista.hook_post"] @ model.blocks[0].ista.weight
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], cache["blocks.0.hook_resid_mid"] + decoded)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("ffn", "moe"), ("ista_decoder", "untied"), ("ista_residual", 1), ("ista_steps", 65), ("ista_steps", 0),
+    ("overcomplete", 65), ("ista_step_size", 1.5), ("ista_step_size", 0.0),
+])
+def test_ablation_options_are_validated(field, value):
+    with pytest.raises(ConfigError, match=f"^model.{field}: "):
+        ModelConfig(arch="crate", **{**SIZES, field: value}).validate()
+
+
+def test_gpt_ignores_crate_only_options():
+    """As with qkv: the GPT baseline has no ISTA, so the CRATE-only options do not change it."""
+    options = dict(ffn="mlp", ista_residual=True, ista_decoder="separate", qkv="separate")
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(arch="gpt", **SIZES)).eval()
+    torch.manual_seed(0)
+    other = build_model(ModelConfig(arch="gpt", **SIZES, **options)).eval()
+    idx = torch.randint(0, 97, (1, 8))
+    torch.testing.assert_close(plain(idx), other(idx))
+    assert neuron_hook_name(other.config, 0) == "blocks.0.mlp.hook_post"
 
 
 def test_float32_model_matches_reference_to_rounding():
@@ -83,7 +165,7 @@ def test_steering_sets_a_neuron_and_changes_the_prediction():
     model = build_model(ModelConfig(arch="crate", **SIZES)).eval()
     idx = torch.randint(0, 97, (1, 12))
     base = model(idx)
-    name = neuron_hook_name("crate", 1)
+    name = neuron_hook_name(ModelConfig(arch="crate"), 1)
     with model.hooks([(name, set_neuron(7, 5.0))]):
         steered, cache = model.run_with_cache(idx, names=[name])
     assert torch.all(cache[name][..., 7] == 5.0)

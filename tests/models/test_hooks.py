@@ -12,7 +12,7 @@ def test_hook_points_and_shapes(arch):
     model = build_model(ModelConfig(arch=arch, **SIZES))
     _, cache = model.run_with_cache(torch.randint(0, 50, (3, 12)))
     for layer in range(2):
-        assert cache[neuron_hook_name(arch, layer)].shape == (3, 12, 64)
+        assert cache[neuron_hook_name(ModelConfig(arch=arch), layer)].shape == (3, 12, 64)
         for name in ("attn.hook_out", "attn.hook_z", "hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
             assert cache[f"blocks.{layer}.{name}"].shape == (3, 12, 16)
     assert cache["hook_embed"].shape == (3, 12, 16)

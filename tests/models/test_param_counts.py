@@ -24,3 +24,26 @@ def test_paper_sizes(name):
     gpt = build_model(ModelConfig(arch="gpt", **shape)).num_params()
     assert (crate, gpt) == (crate_exact, gpt_exact)
     assert abs(crate / 1e6 - crate_paper) < 0.1 and abs(gpt / 1e6 - gpt_paper) < 0.1
+
+
+SHAPE_2L = dict(n_layer=2, n_embd=128, n_head=4, vocab_size=50304, block_size=1024)
+
+
+@pytest.mark.parametrize("options,exact", [
+    ({}, 6_637_056),
+    ({"ista_residual": True}, 6_637_056),  # a residual has no parameters
+    ({"ista_decoder": "separate"}, 6_637_056 + 2 * 128 * 512),  # D: (d, h) per layer
+    # ISTA's W (h x d) replaced by c_fc (h x d + h) and c_proj (d x h + d) per layer
+    ({"ffn": "mlp"}, 6_637_056 + 2 * (128 * 512 + 512 + 128)),
+    ({"ffn": "mlp", "qkv": "separate"}, 6_637_056 + 2 * (128 * 512 + 512 + 128) + 2 * 2 * 128 ** 2),
+    ({"overcomplete": 8}, 6_637_056 + 2 * 128 * 512),
+])
+def test_crate_ablation_sizes(options, exact):
+    assert build_model(ModelConfig(arch="crate", **SHAPE_2L, **options)).num_params() == exact
+
+
+def test_crate_mlp_is_the_baselines_mlp():
+    """With ffn = "mlp" and separate Q,K,V, CRATE's parameters are GPT-2's but for its q, k, v biases."""
+    crate_mlp = build_model(ModelConfig(arch="crate", ffn="mlp", qkv="separate", **SHAPE_2L)).num_params()
+    gpt = build_model(ModelConfig(arch="gpt", **SHAPE_2L)).num_params()
+    assert gpt - crate_mlp == 2 * 3 * 128  # GPT-2's c_attn bias (3d) per layer

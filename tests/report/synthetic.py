@@ -77,6 +77,14 @@ def _layer_means(rows: list[dict], protocol: str) -> list[float]:
                            and r["score"] is not None])) for layer in range(N_LAYERS)]
 
 
+def training_sparsity(layers: list[dict], step: int) -> dict[str, float]:
+    """metrics.jsonl's sparsity keys at a step: each layer's final values, zero fraction rising to them as 1 - 5/step."""
+    return {key: value for row in layers for key, value in (
+        (f"sparsity/layer{row['layer']}/zero_frac", row["zero_frac"] - 5 / step),
+        (f"sparsity/layer{row['layer']}/l0", (1 - row["zero_frac"] + 5 / step) * WIDTH),
+        (f"sparsity/layer{row['layer']}/dead_frac", row["dead_frac"]))}
+
+
 def write_run(out: Path, spec: Spec, interp: bool, rng: np.random.Generator) -> tuple[dict, list[dict]]:
     truth = _truth(spec, rng)
     folder = layout.run_folder(out, spec.run_name)
@@ -111,8 +119,8 @@ def write_run(out: Path, spec: Spec, interp: bool, rng: np.random.Generator) -> 
         {"val_loss": truth["val_loss"], "layers": [{"layer": l, "n_neurons": WIDTH, "density_hist": hist.tolist()}
                                                    for l in range(N_LAYERS)]}))
     (folder / layout.METRICS).write_text("".join(
-        json.dumps({"step": s, "tokens": s * 1024, "train_loss": 6.0 - s / 100, "val_loss": truth["val_loss"] + 2 / s})
-        + "\n" for s in (50, 100, 200, 400, 512)))
+        json.dumps({"step": s, "tokens": s * 1024, "train_loss": 6.0 - s / 100, "val_loss": truth["val_loss"] + 2 / s,
+                    **training_sparsity(layers, s)}) + "\n" for s in (50, 100, 200, 400, 512)))
     (folder / layout.CONFIG).write_text(
         f'[model]\narch = "{spec.arch}"\nn_layer = {N_LAYERS}\nn_head = 4\nn_embd = {WIDTH // 4}\n'
         f'block_size = 128\nvocab_size = 4096\nqkv = "{spec.qkv}"\n')

@@ -5,9 +5,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cratelab.report.stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, mean_ci,
-                                   percentile_interval, resample_run_scores, run_score, slope_weights, t_cdf,
-                                   t_critical)
+from cratelab.report.stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, holm_bonferroni,
+                                   mean_ci, percentile_interval, resample_run_scores, run_score, slope_weights,
+                                   t_cdf, t_critical, t_p_value)
 
 # two-sided critical values from the standard t table
 T_TABLE = {(0.95, 1): 12.706, (0.95, 2): 4.303, (0.95, 3): 3.182, (0.95, 4): 2.776, (0.95, 5): 2.571,
@@ -148,3 +148,71 @@ def test_envelope_is_the_union_and_says_when_seeds_are_missing():
     assert (envelope(t, 0.7, 1.8).low, envelope(t, 0.7, 1.8).high) == (0.5, 1.8)
     one_seed = envelope(Interval(1.0, None, None, 1, "1 seed"), 0.9, 1.1)
     assert (one_seed.low, one_seed.high) == (0.9, 1.1) and "neurons only" in one_seed.method
+
+
+# ---------------------------------------------------------------- p-values and Holm-Bonferroni
+
+@pytest.mark.parametrize("key", sorted(T_TABLE))
+def test_t_p_value_at_the_tables_critical_value_is_one_minus_the_confidence(key):
+    confidence, df = key
+    assert t_p_value(T_TABLE[key], 1.0, df) == pytest.approx(1 - confidence, abs=2e-4)
+    assert t_p_value(-T_TABLE[key], 1.0, df) == pytest.approx(1 - confidence, abs=2e-4)  # two-sided
+
+
+def test_t_p_value_closed_forms():
+    assert t_p_value(1.0, 1.0, 1) == pytest.approx(0.5, abs=1e-12)  # Cauchy: P(|T| > 1) = 1/2
+    for t in (0.3, 2.0, 9.0):  # df 2: P(|T| > t) = 1 - t / sqrt(2 + t^2)
+        assert t_p_value(t, 1.0, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+    assert t_p_value(0.0, 1.0, 5) == pytest.approx(1.0)
+    assert (t_p_value(0.0, 0.0, 2), t_p_value(0.5, 0.0, 2)) == (1.0, 0.0)  # identical seeds
+
+
+def test_mean_ci_p_value_is_the_paired_t_test_and_matches_its_interval():
+    iv = mean_ci([1.0, 2.0, 3.0])  # mean 2, se 1/sqrt(3), t = 2 sqrt(3), df 2
+    t = 2 * math.sqrt(3)
+    assert iv.p_value == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)  # 0.0742
+    assert iv.p_value == pytest.approx(0.0742, abs=1e-4)
+    rng = np.random.default_rng(3)
+    for _ in range(200):  # the test and the interval are one: p < 0.05 exactly when the 95% CI excludes 0
+        iv = mean_ci(list(rng.normal(0.5, 1.0, size=int(rng.integers(2, 7)))))
+        assert (iv.p_value < 0.05) == iv.significant
+    assert mean_ci([4.0]).p_value is None and mean_ci([]).p_value is None
+
+
+def test_envelope_keeps_the_t_p_value():
+    assert envelope(Interval(1.0, 0.5, 1.5, 3, "t", 0.02), 0.7, 1.8).p_value == 0.02
+
+
+def test_holm_bonferroni_hand_worked_example():
+    # sorted: 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1: 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm_bonferroni([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # worked the same way: 0.05, 0.08, 0.09, 0.08, 0.05 -> running max
+    assert holm_bonferroni([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx([0.05, 0.08, 0.09, 0.09, 0.09])
+    assert holm_bonferroni([0.3, 0.6, 0.5]) == pytest.approx([0.9, 1.0, 1.0])  # capped at 1, then monotone
+    assert holm_bonferroni([0.04]) == pytest.approx([0.04]) and holm_bonferroni([]) == []
+
+
+def holm_sequential(p_values, alpha):
+    """Holm (1979) as a procedure: walk the sorted p-values, reject while p_(k) <= alpha / (m - k + 1)."""
+    rejected = set()
+    for k, i in enumerate(sorted(range(len(p_values)), key=lambda i: p_values[i])):
+        if p_values[i] > alpha / (len(p_values) - k):
+            break
+        rejected.add(i)
+    return rejected
+
+
+def test_holm_adjusted_p_values_reject_what_holms_procedure_rejects():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        p = list(rng.uniform(0, 0.2, size=int(rng.integers(1, 12))) ** 2)
+        for alpha in (0.01, 0.05, 0.1):
+            adjusted = holm_bonferroni(p)
+            assert {i for i, q in enumerate(adjusted) if q <= alpha} == holm_sequential(p, alpha)
+            assert all(q >= x for q, x in zip(adjusted, p)) and all(q <= 1 for q in adjusted)
+
+
+@pytest.mark.parametrize("bad", [[0.1, float("nan")], [1.5], [-0.1]])
+def test_holm_bonferroni_rejects_non_p_values(bad):
+    with pytest.raises(ValueError, match="p-values"):
+        holm_bonferroni(bad)

@@ -72,7 +72,7 @@ def collect_records(model: LanguageModel, tokens: np.ndarray, vocab: Sequence[st
 
         return hook
 
-    hooks = [(neuron_hook_name(cfg.arch, layer), feed(layer)) for layer in layers]
+    hooks = [(neuron_hook_name(cfg, layer), feed(layer)) for layer in layers]
     with tqdm(total=2 * len(offsets) * T, unit="tok", unit_scale=True, desc="records (2 passes)",
               disable=not progress) as bar, model.hooks(hooks):
         for step["method"] in ("add", "count"):  # the builders read the same batches twice

@@ -42,6 +42,23 @@ class CausalSelfAttention(nn.Module):
         return self.hook_out(self.resid_dropout(self.c_proj(y)))
 
 
+class MLP(nn.Module):
+    """x -> c_proj(act(c_fc x)), hidden width h = overcomplete * n_embd: the GPT-2 MLP, also CRATE's with ffn = "mlp"."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.overcomplete * cfg.n_embd, bias=True)
+        self.act = F.relu if cfg.mlp_act == "relu" else F.gelu
+        self.c_proj = nn.Linear(cfg.overcomplete * cfg.n_embd, cfg.n_embd, bias=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()  # the interpreted neurons
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hook_post(self.act(self.hook_pre(self.c_fc(x))))
+        return self.dropout(self.c_proj(hidden))
+
+
 class LanguageModel(HookedModel):
     """Token + position embeddings -> blocks -> ln_f -> tied LM head."""
 

@@ -5,26 +5,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..config import ModelConfig
-from .base import CausalSelfAttention, LanguageModel
+from .base import MLP, CausalSelfAttention, LanguageModel
 from .hooks import HookPoint
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.overcomplete * cfg.n_embd, bias=True)
-        self.act = F.relu if cfg.mlp_act == "relu" else F.gelu
-        self.c_proj = nn.Linear(cfg.overcomplete * cfg.n_embd, cfg.n_embd, bias=True)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.hook_pre = HookPoint()
-        self.hook_post = HookPoint()  # the interpreted neurons
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.hook_post(self.act(self.hook_pre(self.c_fc(x))))
-        return self.dropout(self.c_proj(hidden))
 
 
 class GPTBlock(nn.Module):

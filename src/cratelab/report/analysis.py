@@ -16,8 +16,8 @@ import numpy as np
 
 from ..layout import PROTOCOLS, interp_column
 from .load import Condition, RunResult, Sweep
-from .stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, mean_ci, percentile_interval,
-                    resample_run_scores, run_score, slope_weights)
+from .stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, holm_bonferroni, mean_ci,
+                    percentile_interval, resample_run_scores, run_score, slope_weights)
 
 Contrast = dict[Condition, float]
 
@@ -73,6 +73,8 @@ class Estimator:
         self._n_draws = max(1, len(sweep.seeds))
         self._resampled: dict[tuple[str, str], np.ndarray] = {}
         self._estimates: dict[tuple, Interval] = {}
+        self._adjusted: dict[tuple, float] = {}  # Holm-adjusted p-values of the family (set_family)
+        self.family_size = 0
 
     def runs(self, condition: Condition) -> dict[int, RunResult]:
         return self._runs.get(condition, {})
@@ -98,12 +100,43 @@ class Estimator:
         units = [[self.runs(c)[seed] for c in contrast] for seed in values]
         if not all(has_neuron_scores(r, metric.protocol) for unit in units for r in unit):
             return Interval(t_interval.estimate, t_interval.low, t_interval.high, t_interval.n,
-                            t_interval.method + "; neuron-level scores missing, so no bootstrap over neurons")
+                            t_interval.method + "; neuron-level scores missing, so no bootstrap over neurons",
+                            t_interval.p_value)
         resampled = [[self._resample(r, metric.protocol) for r in unit] for unit in units]
         key = "|".join(f"{c.label}:{w:g}" for c, w in contrast.items())
         rng = np.random.default_rng([self.seed, _stable_seed("seeds", metric.column, key)])
         replicates = hierarchical_bootstrap(resampled, list(contrast.values()), rng)
         return envelope(t_interval, *percentile_interval(replicates, self.confidence))
+
+    def set_family(self, contrasts: list[Contrast], metrics: list[Metric]) -> None:
+        """Declare the report's family of tested contrasts: every (metric, contrast) with a p-value gets a
+        Holm-Bonferroni adjusted p-value over the whole family (those without one, 1 seed, stay out)."""
+        keys, p_values = [], []
+        for contrast in contrasts:
+            for metric in metrics:
+                p = self.estimate(metric, contrast).p_value
+                if p is not None:
+                    keys.append((metric, frozenset(contrast.items())))
+                    p_values.append(p)
+        self._adjusted = dict(zip(keys, holm_bonferroni(p_values)))
+        self.family_size = len(p_values)
+
+    def adjusted_p(self, metric: Metric, contrast: Contrast) -> float | None:
+        """The Holm-adjusted p-value of a family member (or of its negation: the same test), else None."""
+        for items in (contrast.items(), [(c, -w) for c, w in contrast.items()]):
+            p = self._adjusted.get((metric, frozenset(items)))
+            if p is not None:
+                return p
+        return None
+
+    def significant(self, metric: Metric, contrast: Contrast) -> bool | None:
+        """Significant after adjustment: the raw CI excludes 0 and the Holm-adjusted p <= 1 - confidence.
+        Outside the family (no p-value: 1 seed) only the raw CI decides; None without an interval."""
+        iv = self.estimate(metric, contrast)
+        p = self.adjusted_p(metric, contrast)
+        if not iv.has_ci or p is None:
+            return iv.significant
+        return bool(iv.significant and p <= 1.0 - self.confidence)
 
     def _resample(self, run: RunResult, protocol: str) -> np.ndarray:
         key = (run.name, protocol)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class RunResult:
     method: str | None = None  # the explainer/simulator that scored the neurons
     density: list[dict[str, Any]] = field(default_factory=list)  # eval.json layers: layer, n_neurons, hist
     curve: list[tuple[float, float]] = field(default_factory=list)  # (tokens, val_loss)
+    # per statistic (zero_frac, l0, dead_frac): (tokens, mean over the interpreted layers) at each evaluation
+    sparsity_curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     cards: Path | None = None
     model: dict[str, Any] | None = None  # config.toml's [model] section
 
@@ -130,11 +133,28 @@ def _curve(path: Path) -> list[tuple[float, float]]:
     return sorted(points)
 
 
+SPARSITY_KEY = re.compile(r"^sparsity/layer(\d+)/(\w+)$")  # train.py's sparsity/layer{l}/{stat}
+
+
+def _sparsity_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in read_jsonl(path):
+        per_stat: dict[str, list[float]] = {}
+        for key, value in row.items():
+            if (match := SPARSITY_KEY.match(key)) and isinstance(value, (int, float)) and math.isfinite(value):
+                per_stat.setdefault(match[2], []).append(float(value))
+        if row.get("tokens") is not None:
+            for stat, values in per_stat.items():
+                curves.setdefault(stat, []).append((float(row["tokens"]), float(np.mean(values))))
+    return {stat: sorted(points) for stat, points in curves.items()}
+
+
 def _attach_files(run: RunResult, folder: Path) -> None:
     """Add what the run folder holds; a missing file leaves its field empty."""
     if (folder / EVAL).is_file():
         run.density = read_json(folder / EVAL, what="evaluation").get("layers", [])
     run.curve = _curve(folder / METRICS)
+    run.sparsity_curves = _sparsity_curves(folder / METRICS)
     scores = read_jsonl(folder / RUN_INTERP / SCORES)
     if scores:
         run.neuron_scores, run.unscorable = _neuron_scores(scores)

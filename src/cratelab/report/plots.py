@@ -8,7 +8,7 @@ no data for its figure, and then writes nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from ..evaluate import DENSITY_BIN_EDGES
 from .analysis import (INTERP_METRICS, Estimator, Metric, crate_lambdas, crate_qkvs, layer_intervals, mean_of,
                        run_value)
-from .load import Condition, Sweep
+from .load import Condition, RunResult, Sweep
 from .stats import Interval
 
 QKV_STYLE = {"shared": ("tab:blue", "o", "-"), "separate": ("tab:orange", "s", "--")}
@@ -187,11 +187,12 @@ def plot_density(sweep: Sweep, path: Path) -> bool:
     return True
 
 
-def mean_curve(sweep: Sweep, condition: Condition) -> list[tuple[float, float]]:
-    """(tokens, val_loss) averaged over the condition's seeds at each evaluation point."""
+def mean_curve(sweep: Sweep, condition: Condition,
+               curve_of: Callable[[RunResult], list[tuple[float, float]]] = lambda run: run.curve) -> list[tuple[float, float]]:
+    """(tokens, value) averaged over the condition's seeds at each evaluation point; by default val loss."""
     points: dict[float, list[float]] = {}
     for run in sweep.by_seed(condition).values():
-        for tokens, loss in run.curve:
+        for tokens, loss in curve_of(run):
             points.setdefault(tokens, []).append(loss)
     return [(tokens, float(np.mean(losses))) for tokens, losses in sorted(points.items())]
 
@@ -210,5 +211,28 @@ def plot_curves(sweep: Sweep, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Training curves (mean over seeds)")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+SPARSITY_CURVES = (("zero_frac", "zero fraction"), ("l0", "L0 (active neurons/token)"), ("dead_frac", "dead fraction"))
+
+
+def plot_sparsity_curves(sweep: Sweep, path: Path) -> bool:
+    """The interpreted layers' sparsity at each evaluation during training (metrics.jsonl), per condition."""
+    if not any(run.sparsity_curves for run in sweep.runs):
+        return False
+    fig, axes = _figure(len(SPARSITY_CURVES), width=4.2, height=3.6)
+    for ax, (stat, label) in zip(axes, SPARSITY_CURVES):
+        for condition in sweep.conditions:
+            points = mean_curve(sweep, condition, lambda run, stat=stat: run.sparsity_curves.get(stat, []))
+            if points:
+                ax.plot(*zip(*points), color=condition_color(sweep, condition), marker=_marker(condition), ms=3,
+                        label=condition.label)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Sparsity during training (mean over interpreted layers and seeds, on the eval batches)")
     fig.savefig(path, dpi=110)
     return True

@@ -27,6 +27,7 @@ class Interval:
     high: float | None
     n: int  # seeds (or seed pairs) behind the estimate
     method: str
+    p_value: float | None = None  # two-sided t test of "mean = 0" on the same seed values; None below 2 seeds
 
     @property
     def has_ci(self) -> bool:
@@ -34,7 +35,7 @@ class Interval:
 
     @property
     def significant(self) -> bool | None:
-        """Whether the interval excludes 0; None without an interval."""
+        """Whether the interval excludes 0 (unadjusted); None without an interval."""
         if not self.has_ci:
             return None
         return not (self.low <= 0.0 <= self.high)
@@ -110,8 +111,33 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
     mean = float(x.mean())
     if n == 1:
         return Interval(mean, None, None, 1, "1 seed: no confidence interval")
-    half = t_critical(confidence, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, f"t over {n} seeds (df {n - 1})")
+    se = float(x.std(ddof=1)) / math.sqrt(n)
+    half = t_critical(confidence, n - 1) * se
+    return Interval(mean, mean - half, mean + half, n, f"t over {n} seeds (df {n - 1})", t_p_value(mean, se, n - 1))
+
+
+def t_p_value(mean: float, se: float, df: int) -> float:
+    """Two-sided p-value of t = mean / se under Student's t with df degrees of freedom (the test whose
+    inversion is mean_ci's interval). Identical seed values (se = 0) give p = 0, or 1 when the mean is 0."""
+    if se == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
+    t = mean / se
+    return regularized_beta(df / (df + t * t), df / 2.0, 0.5)  # = 2 P(T > |t|), without 1 - cdf's rounding
+
+
+def holm_bonferroni(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: with the p-values sorted ascending,
+    p_adj(i) = max over j <= i of min(1, (m - j + 1) p(j)) (i, j from 1; m tests). Rejecting every test
+    with p_adj <= alpha controls the family-wise error rate at alpha, under any dependence."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if np.any(np.isnan(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"p-values must be in [0, 1], got {list(p_values)}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted.tolist()
 
 
 def contrast_by_seed(values: Sequence[Mapping[int, float]], weights: Sequence[float]) -> dict[int, float]:
@@ -186,5 +212,7 @@ def envelope(t_interval: Interval, boot_low: float, boot_high: float) -> Interva
     if not t_interval.has_ci:
         return Interval(t_interval.estimate, boot_low, boot_high, t_interval.n,
                         "bootstrap over neurons only (1 seed: seed-to-seed variation not measured)")
+    # the p-value is the t test's; the significance rule (Estimator.significant) also wants this union to exclude 0
     return Interval(t_interval.estimate, min(t_interval.low, boot_low), max(t_interval.high, boot_high),
-                    t_interval.n, f"hierarchical bootstrap and t over {t_interval.n} seeds (union)")
+                    t_interval.n, f"hierarchical bootstrap and t over {t_interval.n} seeds (union)",
+                    t_interval.p_value)

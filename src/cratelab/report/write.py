@@ -20,7 +20,8 @@ from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Estimato
                        difference, lambda_slope, layer_intervals, mean_of, qkv_effect, run_value)
 from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
 from .load import Condition, RunResult, Sweep, read_sweep_results
-from .plots import plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_vs_lambda
+from .plots import (plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_sparsity_curves,
+                    plot_vs_lambda)
 from .stats import Interval, t_critical
 
 TITLE = "CRATE seed ablation: report"
@@ -48,16 +49,23 @@ def fmt_interval(iv: Interval, metric: Metric, signed: bool = False) -> str:
     return f"{metric.fmt(iv.estimate, signed)} [{metric.fmt(iv.low, signed)}, {metric.fmt(iv.high, signed)}]"
 
 
-def verdict(iv: Interval, confidence: float) -> str:
-    """Plain words: is the difference distinguishable from 0?"""
+def verdict(est: Estimator, metric: Metric, contrast: Contrast) -> str:
+    """Plain words: is the difference distinguishable from 0, after the Holm adjustment?"""
+    iv, conf = est.estimate(metric, contrast), pct(est.confidence)
     if iv.estimate is None:
         return "not tested: no seed has both runs"
     if not iv.has_ci:
         return f"not tested: {iv.method}"
+    p_adj = est.adjusted_p(metric, contrast)
+    if p_adj is None:  # one seed: a CI only from neurons, no t test, outside the family
+        return (f"significant at {conf}: the CI excludes 0 (over neurons only: 1 seed; not adjusted)" if iv.significant
+                else f"not significant at {conf}: the CI includes 0")
+    adjusted = f"Holm-adjusted p = {p_adj:.3g}"
+    if est.significant(metric, contrast):
+        return f"significant at {conf} after Holm adjustment: the CI excludes 0, {adjusted}"
     if iv.significant:
-        extra = " (over neurons only: 1 seed)" if iv.n == 1 else ""  # one seed has a CI only from neurons
-        return f"significant at {pct(confidence)}: the CI excludes 0{extra}"
-    return f"not significant at {pct(confidence)}: the CI includes 0"
+        return f"not significant at {conf} after Holm adjustment ({adjusted}), though the raw CI excludes 0"
+    return f"not significant at {conf}: the CI includes 0 ({adjusted})"
 
 
 def direction(iv: Interval) -> str:
@@ -166,7 +174,7 @@ def header(est: Estimator, reference: Condition, generated: datetime) -> list[Bl
             Bullets(items)]
 
 
-def methods(est: Estimator, n_intervals: int) -> list[Block]:
+def methods(est: Estimator) -> list[Block]:
     conf = pct(est.confidence)
     n = len(est.sweep.seeds)
     t_note = (f"with the sweep's n = {n} seeds the t quantile is {t_critical(est.confidence, n - 1):.2f}, so only "
@@ -179,13 +187,16 @@ def methods(est: Estimator, n_intervals: int) -> list[Block]:
         f"({est.n_boot} resamples, seed {est.seed}: seeds with replacement, then neurons with replacement within "
         "each layer of each drawn run) and the t interval over seeds. A bootstrap over a few seeds alone covers "
         "too little, the t interval alone rests on normality; a difference is called significant only if both "
-        "exclude 0.",
+        "exclude 0 (and the adjustment for multiple comparisons below keeps it).",
         "Differences are paired by seed: per seed, condition minus reference; then mean and interval over the "
         "seeds that have both runs.",
-        f"Significant means the {conf} CI excludes 0. There is no correction for multiple comparisons: of the "
-        f"{n_intervals} difference intervals below, about {(1 - est.confidence) * n_intervals:.0f} would exclude 0 "
-        f"by chance "
-        "with no real effect at all, so a lone borderline result is weak evidence.",
+        f"Multiple comparisons: the {conf} CIs shown are raw (unadjusted). \"Significant\" in this report means "
+        f"significant after a Holm–Bonferroni adjustment over the family of all {est.family_size} tested "
+        f"differences (each λ slope, separate − shared and each condition minus the reference, for each metric): "
+        f"the raw CI excludes 0 and the Holm-adjusted p-value is at most {1 - est.confidence:g}. The p-values "
+        f"are the paired t test's on the same per-seed values as the t interval (for interpretability too, "
+        f"where the CI is the union with the bootstrap's); this keeps the chance of any false positive in the "
+        f"family at or below {1 - est.confidence:g}. Differences without a p-value (1 seed) are not adjusted.",
         "Unscorable neurons (a constant real or simulated side) have no score: they are counted below and left "
         "out of the means, never hidden.",
     ])]
@@ -194,16 +205,18 @@ def methods(est: Estimator, n_intervals: int) -> list[Block]:
 # ---------------------------------------------------------------- answers
 
 def effect_items(est: Estimator, contrast: Contrast, metrics: list[Metric]) -> tuple[list[Text], dict[str, list[str]]]:
-    """One line per metric, and the metrics sorted by outcome: a significant effect (worded), a CI that
-    includes 0, no interval at all."""
+    """One line per metric, and the metrics sorted by outcome: a significant effect after adjustment
+    (worded), one significant only before it, a CI that includes 0, no interval at all."""
     items: list[Text] = []
-    outcome: dict[str, list[str]] = {"shown": [], "nothing": [], "untested": []}
+    outcome: dict[str, list[str]] = {"shown": [], "unadjusted": [], "nothing": [], "untested": []}
     for metric in metrics:
         iv = est.estimate(metric, contrast)
         n = f" (n={iv.n})" if iv.has_ci else ""
-        items.append(f"{metric.label}: {fmt_interval(iv, metric, signed=True)}{n}: {verdict(iv, est.confidence)}")
-        if iv.significant:
+        items.append(f"{metric.label}: {fmt_interval(iv, metric, signed=True)}{n}: {verdict(est, metric, contrast)}")
+        if est.significant(metric, contrast):
             outcome["shown"].append(f"{metric.label} {direction(iv)}")
+        elif iv.significant:
+            outcome["unadjusted"].append(f"{metric.label} {direction(iv)}")
         elif iv.has_ci:
             outcome["nothing"].append(metric.label)
         else:
@@ -214,6 +227,9 @@ def effect_items(est: Estimator, contrast: Contrast, metrics: list[Metric]) -> t
 def summary_line(outcome: dict[str, list[str]]) -> str:
     shown, nothing, untested = outcome["shown"], outcome["nothing"], outcome["untested"]
     text = "The data show: " + ("; ".join(shown) if shown else "no significant effect on any tested metric") + "."
+    if outcome["unadjusted"]:
+        text += (" Significant before but not after the Holm adjustment (suggestive only): "
+                 + "; ".join(outcome["unadjusted"]) + ".")
     if nothing:
         text += " They show nothing (CI includes 0) for: " + ", ".join(nothing) + "."
     if untested:
@@ -318,7 +334,7 @@ def difference_table(est: Estimator, contrast: Contrast, caption: str) -> Table:
     rows = []
     for metric in measured_metrics(est):
         iv = est.estimate(metric, contrast)
-        rows.append([metric.label, str(iv.n), fmt_interval(iv, metric, signed=True), verdict(iv, est.confidence)])
+        rows.append([metric.label, str(iv.n), fmt_interval(iv, metric, signed=True), verdict(est, metric, contrast)])
     return Table(["metric", "seed pairs", f"difference [{pct(est.confidence)} CI]", "verdict"], rows, caption,
                  numeric={1, 2})
 
@@ -344,14 +360,17 @@ def gpt_section(est: Estimator, reference: Condition) -> list[Block]:
                                       f"{gpt.label} minus {reference.label}, paired by seed")]
 
 
-def count_difference_intervals(est: Estimator, reference: Condition) -> int:
-    """How many difference intervals the report shows (for the multiple-comparisons warning)."""
+def tested_contrasts(est: Estimator, reference: Condition) -> list[Contrast]:
+    """Every contrast the report tests against 0 (the family of the Holm adjustment, with each metric): the
+    λ slopes, separate − shared, and each condition (CRATE or GPT) minus the reference."""
     sweep = est.sweep
-    tables = 0
+    contrasts = [slope[0] for q in crate_qkvs(sweep) if (slope := lambda_slope(sweep, q))]
+    if (effect := qkv_effect(sweep)) is not None:
+        contrasts.append(effect[0])
     if est.runs(reference):
-        tables = sum(1 for c in sweep.conditions if c != reference and (c.is_crate or c == gpt_condition(sweep)))
-    slopes = sum(1 for q in crate_qkvs(sweep) if lambda_slope(sweep, q))
-    return len(measured_metrics(est)) * (tables + slopes + (qkv_effect(sweep) is not None))
+        contrasts += [difference(c, reference) for c in sweep.conditions
+                      if c != reference and (c.is_crate or c == gpt_condition(sweep))]
+    return contrasts
 
 
 # ---------------------------------------------------------------- the paper
@@ -377,20 +396,21 @@ def paper_section(est: Estimator, reference: Condition) -> list[Block]:
         paper_crate, paper_gpt = PAPER[row][metric.protocol or metric.column]
         ours = [est.estimate(metric, mean_of(c)) if c and est.runs(c) else None for c in (reference, gpt)]
         diff = est.estimate(metric, difference(reference, gpt)) if all(ours) else None
+        significant = est.significant(metric, difference(reference, gpt)) if diff else None
         rows.append([metric.label, f"{paper_crate:g}", f"{paper_gpt:g}", f"{paper_crate - paper_gpt:+.2f}",
                      fmt_interval(ours[0], metric) if ours[0] else "n/a",
                      fmt_interval(ours[1], metric) if ours[1] else "n/a",
                      fmt_interval(diff, metric, signed=True) if diff else "n/a",
-                     agreement(paper_crate - paper_gpt, diff)])
+                     agreement(paper_crate - paper_gpt, diff, significant)])
     return blocks + [Table(["quantity", "paper CRATE", "paper GPT", "paper CRATE − GPT", f"ours {reference.label}",
                             "ours GPT-ReLU", f"ours CRATE − GPT [{pct(est.confidence)} CI]", "direction"], rows,
                            numeric={1, 2, 3, 4, 5, 6})]
 
 
-def agreement(paper_difference: float, ours: Interval | None) -> str:
+def agreement(paper_difference: float, ours: Interval | None, significant: bool | None) -> str:
     if ours is None or ours.estimate is None:
         return "n/a"
-    if not ours.significant:
+    if not significant:
         return "undecided: our CI includes 0" if ours.has_ci else "undecided: no CI"
     same = (ours.estimate > 0) == (paper_difference > 0)
     return "same as the paper" if same else "opposite to the paper"
@@ -428,6 +448,7 @@ def figures(est: Estimator, plots_dir: Path) -> list[Block]:
         ("layer_sparsity.png", "Per-layer sparsity", lambda p: plot_layer_sparsity(est, p)),
         ("firing_density.png", "Firing-density histograms", lambda p: plot_density(est.sweep, p)),
         ("training_curves.png", "Training curves", lambda p: plot_curves(est.sweep, p)),
+        ("sparsity_curves.png", "Sparsity during training", lambda p: plot_sparsity_curves(est.sweep, p)),
     ]
     blocks: list[Block] = [Heading(2, "Plots")]
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -462,7 +483,8 @@ def build(est: Estimator, reference: Condition, plots_dir: Path, generated: date
     if not est.sweep.runs:
         return header(est, reference, generated) + [Paragraph(f"{RESULTS} lists no finished run yet: nothing to "
                                                               f"report.")]
-    return (header(est, reference, generated) + methods(est, count_difference_intervals(est, reference))
+    est.set_family(tested_contrasts(est, reference), measured_metrics(est))
+    return (header(est, reference, generated) + methods(est)
             + answers(est) + per_condition(est) + differences(est, reference) + gpt_section(est, reference)
             + paper_section(est, reference) + per_layer(est) + figures(est, plots_dir) + runs_section(est))
 
