@@ -22,8 +22,8 @@ def planted_batches(directions: torch.Tensor, batch_size: int, seed: int):
 def test_recovers_planted_directions(architecture):
     torch.manual_seed(0)
     directions = torch.nn.functional.normalize(torch.randn(N_PLANTED, D_IN), dim=1)
-    cfg = SAEConfig(architecture=architecture, d_sae=32, l1_coefficient=0.3, k=3, lr=1e-2, tokens=256 * 800,
-                    batch_size=256, buffer_tokens=256, dead_feature_window=50, resample_every=200, device="cpu")
+    cfg = SAEConfig(architecture=architecture, d_sae=32, l1_coefficient=0.3, k=3, lr=1e-2, tokens=128 * 300,
+                    batch_size=128, buffer_tokens=128, dead_feature_window=50, resample_every=100, device="cpu")
     sae = training_sae(cfg, D_IN, hook="planted", model_name="planted", context_size=1, device=torch.device("cpu"))
     train = trainer(sae, cfg, torch.device("cpu"), None)
     fit_sae(train, cfg, planted_batches(directions, cfg.batch_size, seed=1))

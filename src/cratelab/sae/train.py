@@ -101,7 +101,8 @@ def resample_dead(sae, trainer, batch: torch.Tensor, seed: int) -> int:
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     alive = ~trainer.dead_neurons
     scale = 0.2 * (sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else 1.0)
-    sae.W_dec[dead] = directions
+    # decoder rows at the live rows' norm (SAELens's decoder is not unit-norm: it starts at decoder_init_norm)
+    sae.W_dec[dead] = directions * (sae.W_dec[alive].norm(dim=1).mean() if alive.any() else 1.0)
     sae.W_enc[:, dead] = directions.T * scale
     sae.b_enc[dead] = 0.0
     for param, index in ((sae.W_dec, (dead,)), (sae.W_enc, (slice(None), dead)), (sae.b_enc, (dead,))):
@@ -155,6 +156,9 @@ def fit_sae(train, cfg: SAEConfig, batches: Iterator[torch.Tensor], *, batches_p
     with tqdm(total=cfg.steps, initial=train.n_training_steps, unit="step", desc="sae", disable=not progress) as bar:
         while train.n_training_steps < cfg.steps:
             batch = next(batches)
+            if train.n_training_steps == 0:  # b_dec starts at the data mean (SAELens's old b_dec_init "mean")
+                with torch.no_grad():
+                    sae.b_dec.copy_(batch.to(sae.b_dec.device).mean(0))
             output = train.step(batch)
             train.n_training_steps += 1
             since_save += 1
