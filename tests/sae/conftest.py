@@ -4,8 +4,6 @@ from cratelab.checkpoint import load_checkpoint
 from cratelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from cratelab.train import train
 
-pytest.importorskip("sae_lens")
-
 
 @pytest.fixture(scope="session")
 def gpt_run(tmp_path_factory):

@@ -8,10 +8,12 @@ import sys
 import pytest
 import torch
 
-from cratelab.interp.run import interpret
-from cratelab.config import InterpConfig
-from cratelab.io import read_jsonl
-from cratelab.sae import SAEConfig, evaluate_sae, load_sae_folder, sae_source, train_sae
+pytest.importorskip("sae_lens")  # the optional extra cratelab[sae]
+
+from cratelab.interp.run import interpret  # noqa: E402
+from cratelab.config import InterpConfig  # noqa: E402
+from cratelab.io import read_jsonl  # noqa: E402
+from cratelab.sae import SAEConfig, evaluate_sae, load_sae_folder, sae_source, train_sae  # noqa: E402
 
 HOOK = "blocks.0.mlp.hook_post"
 CFG = SAEConfig(expansion_factor=2, l1_coefficient=0.05, lr=1e-2, tokens=64 * 120, batch_size=64, buffer_tokens=1024,

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from cratelab.sae.config import SAEConfig
-from cratelab.sae.train import fit_sae, trainer, training_sae
+pytest.importorskip("sae_lens")  # the optional extra cratelab[sae]
+
+from cratelab.sae.config import SAEConfig  # noqa: E402
+from cratelab.sae.train import fit_sae, trainer, training_sae  # noqa: E402
 
 D_IN, N_PLANTED = 16, 8
 

@@ -355,7 +355,8 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     first = records[layers[0]]
     summary = {
         "format": FORMAT, "checkpoint": str(ckpt.path), "checkpoint_sha256": identity["checkpoint_sha256"],
-        "step": ckpt.step, "arch": mcfg.arch, "method": icfg.method, "protocols": [p.name for p in protocols],
+        "step": ckpt.step, "arch": mcfg.arch, **({"source": identity["source"]} if "source" in identity else {}),
+        "method": icfg.method, "protocols": [p.name for p in protocols],
         "n_tokens": first.n_tokens, "n_neurons": source.n_units, "neurons_per_layer": len(subsets[layers[0]]),
         "settings": dataclasses.asdict(icfg),
         **summarize(rows, layers, [p.name for p in protocols], icfg),
