@@ -117,3 +117,23 @@ def test_bad_input_is_one_line_exit_2(gpt_run, tmp_path, args, message):
     r = _cli("sae", str(gpt_run.path), "--out", str(tmp_path / "sae"), *args)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_crate_sparse_code_hook(gpt_run, tmp_path):
+    """CRATE's interpreted hook (the ISTA code A_T) trains and evaluates the same way (random weights suffice)."""
+    from cratelab.checkpoint import load_checkpoint, save_checkpoint
+    from cratelab.config import ModelConfig, RunConfig
+    from cratelab.models import build_model
+
+    cfg = RunConfig(model=ModelConfig(arch="crate", n_layer=1, n_head=2, n_embd=16, block_size=32,
+                                      vocab_size=gpt_run.tokenizer.vocab_size), data=gpt_run.config.data)
+    torch.manual_seed(0)
+    save_checkpoint(build_model(cfg.model), cfg, gpt_run.tokenizer, tmp_path / "crate", step=0)
+    crate = load_checkpoint(tmp_path / "crate")
+    cfg_sae = SAEConfig(architecture="topk", k=4, expansion_factor=2, tokens=64 * 8, batch_size=64, buffer_tokens=256,
+                        device="cpu", threads=1)
+    out = train_sae(crate, "blocks.0.ista.hook_post", tmp_path / "sae", cfg_sae)
+    folder = load_sae_folder(out)
+    assert folder.sae.cfg.d_in == 64 and folder.layer == 0 and folder.sae.cfg.metadata.hook_name == folder.hook
+    result = evaluate_sae(crate, folder.sae, folder.hook, tokens=256)
+    assert result["l0"] <= 4 and result["ce_loss_clean"] > 0
