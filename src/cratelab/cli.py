@@ -180,10 +180,10 @@ def cmd_interpret(args) -> None:
             raise ConfigError("--set", f"interpret takes interp.* and data.* overrides, got {text.split('=')[0]!r}")
     source, sae_layer = None, None
     if _is_sae_folder(args.checkpoint):  # an SAE folder: its features are scored like neurons
-        from .sae import load_sae_folder, sae_source
+        from .sae import load_sae_folder, load_sae_run, sae_source
 
         folder = load_sae_folder(args.checkpoint)
-        ckpt = _load(folder.meta["run"])
+        ckpt = load_sae_run(folder)
         source, sae_layer = sae_source(folder), str(folder.layer)
         if args.layers not in (None, sae_layer):
             _fail(f"--layers: {args.checkpoint} is an SAE of layer {sae_layer} ({folder.hook}), got {args.layers!r}")

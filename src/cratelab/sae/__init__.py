@@ -7,8 +7,8 @@ SAE folder (its features scored like neurons, through `sae_source`). SAELens is 
 
 from .config import SAEConfig, load_sae_config, sae_config_from_dict
 from .evaluate import EVAL_JSON, evaluate_sae, format_eval
-from .load import SAEFolder, load_sae_folder, sae_source
+from .load import SAEFolder, load_sae_folder, load_sae_run, sae_source
 from .train import is_sae_folder, train_sae
 
 __all__ = ["EVAL_JSON", "SAEConfig", "SAEFolder", "evaluate_sae", "format_eval", "is_sae_folder", "load_sae_config",
-           "load_sae_folder", "sae_config_from_dict", "sae_source", "train_sae"]
+           "load_sae_folder", "load_sae_run", "sae_config_from_dict", "sae_source", "train_sae"]

@@ -42,6 +42,17 @@ def load_sae_folder(path: str | Path) -> SAEFolder:
     return SAEFolder(sae.eval(), meta, path)
 
 
+def load_sae_run(folder: SAEFolder):
+    """The run the SAE was trained on, checked to be the same checkpoint (a run trained on since is refused)."""
+    from ..checkpoint import checkpoint_file, load_checkpoint
+
+    ckpt = load_checkpoint(folder.meta["run"])
+    if sha256_file(checkpoint_file(ckpt.path)) != folder.meta["checkpoint_sha256"]:
+        raise CratelabError(f"{folder.path}: its run {ckpt.path} has changed since the SAE was trained "
+                            "(another checkpoint): retrain the SAE")
+    return ckpt
+
+
 def sae_source(folder: SAEFolder) -> ActivationSource:
     """The SAE's features at its hook point: interpret scores them with the same records and protocols as neurons."""
     sae = folder.sae
