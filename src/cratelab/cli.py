@@ -166,13 +166,23 @@ def cmd_interpret(args) -> None:
         path, _ = parse_override(text)
         if path[0] not in ("interp", "data"):
             raise ConfigError("--set", f"interpret takes interp.* and data.* overrides, got {text.split('=')[0]!r}")
-    ckpt = _load(args.checkpoint)
+    source, sae_layer = None, None
+    if _is_sae_folder(args.checkpoint):  # an SAE folder: its features are scored like neurons
+        from .sae import load_sae_folder, load_sae_run, sae_source
+
+        folder = load_sae_folder(args.checkpoint)
+        ckpt = load_sae_run(folder)
+        source, sae_layer = sae_source(folder), str(folder.layer)
+        if args.layers not in (None, sae_layer):
+            _fail(f"--layers: {args.checkpoint} is an SAE of layer {sae_layer} ({folder.hook}), got {args.layers!r}")
+    else:
+        ckpt = _load(args.checkpoint)
     values = config_values(ckpt.config.to_dict(), args.overrides)
-    flags = {"layers": args.layers, "neurons": args.neurons, "tokens": args.tokens, "method": args.method,
+    flags = {"layers": sae_layer or args.layers, "neurons": args.neurons, "tokens": args.tokens, "method": args.method,
              "device": args.device, "protocols": ",".join(args.protocol) if args.protocol else None}
     values["interp"].update({k: v for k, v in flags.items() if v is not None})
     ckpt.config = load_config(values)
-    summary = interpret(ckpt, Path(args.out), ckpt.config.interp)
+    summary = interpret(ckpt, Path(args.out), ckpt.config.interp, source=source)
     conf = round(100 * ckpt.config.interp.confidence)
     print(f"{'protocol':<15} {'layer':>5} {'mean':>7} {f'{conf}% CI':>17} {'scored':>6} {'unscorable':>10}")
     for s in summary["layers"]:
@@ -184,6 +194,29 @@ def cmd_interpret(args) -> None:
     out = Path(args.out)
     cards = out / layout.CARDS / layout.CARDS_INDEX
     print(f"\nwritten: {out / layout.SUMMARY_MD}, {out / layout.SCORES_CSV}" + (f", {cards}" if cards.is_file() else ""))
+
+
+def _is_sae_folder(path: str) -> bool:
+    from .sae.train import is_sae_folder
+
+    return is_sae_folder(path)
+
+
+def cmd_sae(args) -> None:
+    from .models import neuron_hook_name
+    from .runtime import resolve_device
+    from .sae import EVAL_JSON, evaluate_sae, format_eval, load_sae_config, load_sae_folder, train_sae
+
+    cfg = load_sae_config(args.config, args.overrides)
+    device = resolve_device(cfg.device, setting="sae.device")  # a bad device fails before any work
+    ckpt = _load(args.run)
+    hook = args.hook or neuron_hook_name(ckpt.config.model.arch, 0)
+    out = train_sae(ckpt, hook, Path(args.out), cfg, fresh=args.fresh, progress=sys.stderr.isatty())
+    folder = load_sae_folder(out)
+    result = evaluate_sae(ckpt, folder.sae, hook, tokens=cfg.eval_tokens, device=device, batch_size=cfg.model_batch_size, dense_threshold=ckpt.config.eval.dense_threshold, out=out,
+                          progress=sys.stderr.isatty())
+    print(format_eval(result))
+    print(f"\nwritten: {out} (SAELens format: cfg.json, sae_weights.safetensors), {out / EVAL_JSON}")
 
 
 def cmd_ablate(args) -> None:
@@ -265,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("interpret", help="explain and score a checkpoint's neurons: records, scores, summary, "
                                          "HTML cards (resumable)")
-    p.add_argument("checkpoint", help="run folder or its ckpt.pt")
+    p.add_argument("checkpoint", help="run folder or its ckpt.pt, or an SAE folder from `cratelab sae` (its features)")
     p.add_argument("--out", required=True, help="run folder of the interpretation; rerun with it to resume")
     p.add_argument("--layers", help="'all' or a comma list such as 0,2 (default: interp.layers)")
     p.add_argument("--neurons", type=int, help="neurons scored per layer, a seeded random subset; 0 = all")
@@ -276,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     _add_set(p)
     p.set_defaults(func=cmd_interpret)
+
+    p = sub.add_parser("sae", help="train a sparse autoencoder on a run's hook point (SAELens format), then "
+                                   "evaluate it: L0, dead/dense, FVU, spliced CE loss (resumable)")
+    p.add_argument("run", help="run folder or its ckpt.pt")
+    p.add_argument("--hook", help="hook point, e.g. blocks.0.mlp.hook_post (GPT) or blocks.0.ista.hook_post (CRATE); "
+                                  "default: the interpreted neurons of layer 0")
+    p.add_argument("--out", required=True, help="SAE folder; rerun with it to resume")
+    p.add_argument("--config", help="TOML file with an [sae] section (default: the defaults)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming from --out")
+    _add_set(p)
+    p.set_defaults(func=cmd_sae)
 
     p = sub.add_parser("ablate", help="the seed ablation: train, evaluate and score a grid of runs, then report")
     p.add_argument("config", help="sweep config, e.g. configs/seed-ablation.toml")

@@ -25,8 +25,9 @@ from tqdm import tqdm
 from ..config import RecordConfig
 from ..data.batches import spread_offsets
 from ..errors import CratelabError
-from ..models import LanguageModel, neuron_hook_name
+from ..models import LanguageModel
 from .records import LayerRecords, RecordBuilder
+from .source import ActivationSource, model_neurons
 
 
 def window_offsets(n_available: int, block_size: int, n_tokens: int) -> np.ndarray:
@@ -46,19 +47,21 @@ class _Stop(Exception):
 def collect_records(model: LanguageModel, tokens: np.ndarray, vocab: Sequence[str], *, layers: Sequence[int],
                     n_tokens: int, eot_id: int | None = None, seed: int = 0, config: RecordConfig = RecordConfig(),
                     batch_size: int = 16, device: str | torch.device = "cpu",
-                    progress: bool = False) -> dict[int, LayerRecords]:
+                    progress: bool = False, source: ActivationSource | None = None) -> dict[int, LayerRecords]:
     """Neuron records of the given layers over about n_tokens tokens of `tokens` (1-D token ids).
 
     vocab: token id -> readable string (the records show these). One forward pass per batch of
     windows feeds every layer's builder; same inputs and seed, same records, whatever batch_size.
+    source: what is recorded (default: the interpreted neurons of each layer).
     """
     cfg = model.config
+    source = source or model_neurons(cfg)
     layers = sorted(set(layers))
     if not layers or not all(0 <= layer < cfg.n_layer for layer in layers):
         raise CratelabError(f"layers {layers} out of range (the model has {cfg.n_layer} layers)")
     T = cfg.block_size
     offsets = window_offsets(len(tokens), T, n_tokens)
-    builders = {layer: RecordBuilder(cfg.n_neurons, list(vocab), eot_id=eot_id, layer=layer, seed=seed,
+    builders = {layer: RecordBuilder(source.n_units, list(vocab), eot_id=eot_id, layer=layer, seed=seed,
                                      config=config) for layer in layers}
     model.eval().to(device)
     batch: dict[str, np.ndarray] = {}
@@ -66,13 +69,13 @@ def collect_records(model: LanguageModel, tokens: np.ndarray, vocab: Sequence[st
 
     def feed(layer: int):
         def hook(activations: torch.Tensor, _name: str) -> None:
-            getattr(builders[layer], step["method"])(batch["ids"], activations)
+            getattr(builders[layer], step["method"])(batch["ids"], source.transform(activations))
             if layer == layers[-1]:
                 raise _Stop
 
         return hook
 
-    hooks = [(neuron_hook_name(cfg, layer), feed(layer)) for layer in layers]
+    hooks = [(source.hook_name(layer), feed(layer)) for layer in layers]
     with tqdm(total=2 * len(offsets) * T, unit="tok", unit_scale=True, desc="records (2 passes)",
               disable=not progress) as bar, model.hooks(hooks):
         for step["method"] in ("add", "count"):  # the builders read the same batches twice

@@ -51,6 +51,7 @@ from .records import LayerRecords, NeuronRecord
 from .score import ROW_FIELDS, NeuronScore, ScoringProtocol, get_protocol, score_neuron
 from .simulate import Simulator
 from .summary import summarize, summary_markdown
+from .source import ActivationSource, model_neurons
 
 FSYNC_EVERY_S = 0.5
 # settings that change how fast a run goes or how it is reported, never its records or scores
@@ -116,7 +117,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpConfig, identity: dict[str, Any],
-                   progress: bool) -> tuple[dict[int, LayerRecords], bool]:
+                   progress: bool, source: ActivationSource) -> tuple[dict[int, LayerRecords], bool]:
     """The records of the layers, collected in one pass for those whose folder is missing; and whether any was."""
     root = out / RECORDS
     missing = [layer for layer in layers if not (root / f"layer{layer}" / "meta.json").is_file()]
@@ -132,7 +133,7 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
         vocab = [tok.token_str(i) for i in range(tok.vocab_size)]
         fresh = collect_records(ckpt.model, dataset.val, vocab, layers=missing, n_tokens=icfg.tokens,
                                 eot_id=tok.eot_id, seed=icfg.seed, config=icfg.records,
-                                batch_size=icfg.batch_size, device=device, progress=progress)
+                                batch_size=icfg.batch_size, device=device, progress=progress, source=source)
         for layer, records in fresh.items():
             with building_folder(root / f"layer{layer}") as tmp:
                 records.save(tmp)
@@ -210,11 +211,12 @@ def _run_jobs(job, todo: list[tuple[int, int]], workers: int) -> Iterator[Any]:
 # ---------------------------------------------------------------- the pipeline
 
 def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: InterpConfig | None = None,
-              progress: bool | None = None) -> dict[str, Any]:
+              progress: bool | None = None, source: ActivationSource | None = None) -> dict[str, Any]:
     """Records, scores, summary and cards of a checkpoint's neurons in out_dir; returns the summary.
 
     checkpoint: a loaded Checkpoint (its config's [data] says which held-out text to read) or a path.
     icfg: defaults to the checkpoint's own [interp] section. Rerunning on the same out_dir resumes.
+    source: the units scored (default: each layer's neurons; e.g. an SAE's features, cratelab.sae.sae_source).
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     icfg = icfg if icfg is not None else ckpt.config.interp
@@ -241,17 +243,20 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
             settings[name] = sha256_file(Path(settings[name]))
     data = {k: v for k, v in dataclasses.asdict(ckpt.config.data).items() if k != "cache_dir"}
     identity = {"format": FORMAT, "checkpoint_sha256": sha256_file(ckpt_file), "data": data, "interp": settings}
+    if source is not None:  # the default source adds nothing: folders made before sources existed still resume
+        identity["source"] = source.identity
+    source = source or model_neurons(mcfg)
     _check_identity(out, identity)
     run_cfg = RunConfig(model=ckpt.config.model, data=ckpt.config.data, train=ckpt.config.train,
                         eval=ckpt.config.eval, interp=icfg)
     write_text(out / CONFIG, dump_toml(run_cfg))
 
     t0 = time.perf_counter()
-    records, collected = _records_stage(ckpt, out, layers, icfg, identity, progress)
+    records, collected = _records_stage(ckpt, out, layers, icfg, identity, progress, source)
     if collected:
         timing["records_s"] = time.perf_counter() - t0
 
-    subsets = {layer: neuron_subset(icfg, layer, mcfg.n_neurons) for layer in layers}
+    subsets = {layer: neuron_subset(icfg, layer, source.n_units) for layer in layers}
     t0 = time.perf_counter()
     rows, scored = _scoring_stage(out, records, subsets, protocols, icfg, progress)
     if scored:  # a resumed run adds the time it took to finish
@@ -260,8 +265,9 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     first = records[layers[0]]
     summary = {
         "format": FORMAT, "checkpoint": str(ckpt.path), "checkpoint_sha256": identity["checkpoint_sha256"],
-        "step": ckpt.step, "arch": mcfg.arch, "method": icfg.method, "protocols": [p.name for p in protocols],
-        "n_tokens": first.n_tokens, "n_neurons": mcfg.n_neurons, "neurons_per_layer": len(subsets[layers[0]]),
+        "step": ckpt.step, "arch": mcfg.arch, **({"source": identity["source"]} if "source" in identity else {}),
+        "method": icfg.method, "protocols": [p.name for p in protocols],
+        "n_tokens": first.n_tokens, "n_neurons": source.n_units, "neurons_per_layer": len(subsets[layers[0]]),
         "settings": dataclasses.asdict(icfg),
         **summarize(rows, layers, [p.name for p in protocols], icfg),
     }

@@ -1,0 +1,93 @@
+"""`[sae]`: a sparse autoencoder trained on one hook point of a run, typed and validated like the run
+configs (TOML, `--set sae.key=value`, ConfigError naming the field)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, apply_overrides, read_toml, section_from_dict
+from ..runtime import DEVICE_HELP, is_device_name
+
+ARCHITECTURES = ("relu", "topk")  # ReLU + L1 (the paper's), TopK (the current standard)
+
+
+@dataclass
+class SAEConfig:
+    architecture: str = "relu"  # "relu" (ReLU + L1 penalty, dead features resampled) | "topk"
+    expansion_factor: int = 16  # d_sae = expansion_factor * d_in, unless d_sae is set (the paper: 16 x 512)
+    d_sae: int = 0  # 0: expansion_factor * d_in
+    l1_coefficient: float = 5.0  # relu: weight of the L1 penalty (SAELens scales it by the decoder norms)
+    l1_warm_up_steps: int = 0  # relu: steps over which the L1 weight ramps up from 0
+    k: int = 32  # topk: features active per token
+    aux_loss_coefficient: float = 1.0  # topk: SAELens's auxiliary loss that revives dead features
+    lr: float = 4e-4  # the paper's
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0  # linear decay to 0 over the last steps (SAELens's schedule); 0 = constant
+    tokens: int = 2_000_000  # training activations (one per token)
+    batch_size: int = 4096  # activations per optimizer step (the paper: 4 x 1024)
+    buffer_tokens: int = 65_536  # activations shuffled together; memory is this x d_in floats
+    model_batch_size: int = 16  # windows of model.block_size tokens per forward pass of the model
+    dead_feature_window: int = 1000  # steps without firing that make a feature dead
+    resample_every: int = 0  # relu: resample dead features every this many steps (0 = never)
+    eval_tokens: int = 65_536  # held-out tokens for `sae` evaluation (L0, FVU, spliced CE loss)
+    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = after every buffer
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+    def validate(self, prefix: str = "sae") -> None:
+        p = prefix + "."
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(p + "architecture", f"must be one of {', '.join(map(repr, ARCHITECTURES))}, "
+                                                 f"got {self.architecture!r}")
+        for name in ("expansion_factor", "k", "tokens", "batch_size", "buffer_tokens", "model_batch_size",
+                     "dead_feature_window", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(p + name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("d_sae", "l1_warm_up_steps", "lr_warm_up_steps", "lr_decay_steps", "resample_every",
+                     "checkpoint_every", "seed", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(p + name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("l1_coefficient", "aux_loss_coefficient"):
+            if getattr(self, name) < 0:
+                raise ConfigError(p + name, f"must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(p + "lr", f"must be > 0, got {self.lr}")
+        if self.batch_size > self.buffer_tokens:
+            raise ConfigError(p + "buffer_tokens", f"must be >= sae.batch_size ({self.batch_size}), "
+                                                   f"got {self.buffer_tokens}")
+        if self.tokens < self.batch_size:
+            raise ConfigError(p + "tokens", f"must be >= sae.batch_size ({self.batch_size}), got {self.tokens}")
+        if not is_device_name(self.device):
+            raise ConfigError(p + "device", f"must be {DEVICE_HELP}, got {self.device!r}")
+
+    def width(self, d_in: int) -> int:
+        """d_sae for an input of d_in dimensions."""
+        return self.d_sae or self.expansion_factor * d_in
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def sae_config_from_dict(values: dict[str, Any]) -> SAEConfig:
+    cfg = section_from_dict(SAEConfig, values, "sae")
+    cfg.validate()
+    return cfg
+
+
+def load_sae_config(path: str | Path | None = None, overrides: list[str] = ()) -> SAEConfig:
+    """The [sae] section of a TOML file (other sections are ignored: a run config may carry one), or the
+    defaults, with `--set sae.key=value` overrides applied."""
+    values = read_toml(path) if path is not None else {}
+    for text in overrides:
+        if not text.split("=", 1)[0].strip().startswith("sae."):
+            raise ConfigError("--set", f"sae takes sae.* overrides, got {text.split('=', 1)[0].strip()!r}")
+    values = apply_overrides({"sae": values.get("sae", {})}, list(overrides))
+    return sae_config_from_dict(values["sae"])

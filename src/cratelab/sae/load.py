@@ -1,0 +1,66 @@
+"""A trained SAE folder, opened with SAELens, and its features as an activation source for `interpret`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CratelabError
+from ..interp.source import ActivationSource
+from ..io import read_json, sha256_file
+from .train import SAE_JSON, SAELENS_FILES, is_sae_folder, require_sae_lens
+
+
+@dataclass
+class SAEFolder:
+    sae: Any  # a sae_lens.SAE (inference)
+    meta: dict[str, Any]  # sae.json: run, checkpoint_sha256, hook, layer, settings
+    path: Path
+
+    @property
+    def hook(self) -> str:
+        return self.meta["hook"]
+
+    @property
+    def layer(self) -> int:
+        return int(self.meta["layer"])
+
+
+def load_sae_folder(path: str | Path) -> SAEFolder:
+    path = Path(path)
+    if not is_sae_folder(path):
+        what = "unfinished (rerun `cratelab sae` to resume it)" if (path / SAE_JSON).is_file() else "not an SAE folder"
+        raise CratelabError(f"{path}: {what}: expected sae.json and cfg.json from `cratelab sae`")
+    meta = read_json(path / SAE_JSON, what="SAE description")
+    try:
+        sae = require_sae_lens().SAE.load_from_disk(path, device="cpu")
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise CratelabError(f"{path}: cannot load the SAE ({type(err).__name__}: {err})") from None
+    return SAEFolder(sae.eval(), meta, path)
+
+
+def load_sae_run(folder: SAEFolder):
+    """The run the SAE was trained on, checked to be the same checkpoint (a run trained on since is refused)."""
+    from ..checkpoint import checkpoint_file, load_checkpoint
+
+    ckpt = load_checkpoint(folder.meta["run"])
+    if sha256_file(checkpoint_file(ckpt.path)) != folder.meta["checkpoint_sha256"]:
+        raise CratelabError(f"{folder.path}: its run {ckpt.path} has changed since the SAE was trained "
+                            "(another checkpoint): retrain the SAE")
+    return ckpt
+
+
+def sae_source(folder: SAEFolder) -> ActivationSource:
+    """The SAE's features at its hook point: interpret scores them with the same records and protocols as neurons."""
+    sae = folder.sae
+
+    @torch.no_grad()
+    def encode(acts: torch.Tensor) -> torch.Tensor:
+        return sae.to(acts.device).encode(acts.float())
+
+    identity = {"kind": "sae", "hook": folder.hook, "d_sae": sae.cfg.d_sae,
+                "sae_sha256": sha256_file(folder.path / SAELENS_FILES[0])}
+    return ActivationSource(sae.cfg.d_sae, lambda _layer: folder.hook, encode, identity)
