@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("sae_lens")  # the optional extra cratelab[sae]
 
 from cratelab.interp.run import interpret  # noqa: E402
-from cratelab.config import InterpConfig  # noqa: E402
+from cratelab.config import InterpConfig, RecordConfig  # noqa: E402
 from cratelab.io import read_jsonl  # noqa: E402
 from cratelab.sae import SAEConfig, evaluate_sae, load_sae_folder, sae_source, train_sae  # noqa: E402
 
@@ -75,7 +75,7 @@ def test_resume_after_interruption_matches_uninterrupted(gpt_run, sae_dir, tmp_p
 
 def test_interpret_scores_sae_features(gpt_run, sae_dir, tmp_path):
     folder = load_sae_folder(sae_dir)
-    icfg = InterpConfig(tokens=2048, window=16, batch_size=8, device="cpu", bootstrap=100, neurons=40, seed=3,
+    icfg = InterpConfig(tokens=2048, records=RecordConfig(window=16), batch_size=8, device="cpu", bootstrap=100, neurons=40, seed=3,
                         layers=str(folder.layer), protocols="top-and-random,random-only")
     summary = interpret(gpt_run, tmp_path / "interp", icfg, progress=False, source=sae_source(folder))
     rows = read_jsonl(tmp_path / "interp" / "scores.jsonl")
@@ -100,7 +100,7 @@ def test_cli_sae_then_interpret(gpt_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "CE loss recovered" in r.stdout and (out / "eval.json").is_file()
     r = _cli("interpret", str(out), "--out", str(tmp_path / "interp"), "--neurons", "3", "--tokens", "2048",
-             "--protocol", "random-only", "--set", "interp.window=16", "--set", "interp.bootstrap=50")
+             "--protocol", "random-only", "--set", "interp.records.window=16", "--set", "interp.bootstrap=50")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "interp" / "summary.md").is_file()
 
