@@ -34,6 +34,12 @@ def require_device(value: str, name: str) -> None:
     require(is_device_name(value), name, f"must be {DEVICE_HELP}, got {value!r}")
 
 
+# Upper bounds that catch typos before a run starts: a dozen ISTA steps is already far past the paper's
+# one or two, and no trainable model has a million-wide residual stream (each step would never end).
+MAX_ISTA_STEPS = 100
+MAX_N_EMBD = 65536
+
+
 @dataclass
 class ModelConfig:
     arch: str = "crate"  # "crate" | "gpt"
@@ -57,6 +63,9 @@ class ModelConfig:
         choose(self.mlp_act, ("relu", "gelu"), p + "mlp_act")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "ista_steps", "overcomplete"):
             require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.ista_steps <= MAX_ISTA_STEPS, p + "ista_steps",
+                f"must be at most {MAX_ISTA_STEPS} (the paper unrolls 1 or 2), got {self.ista_steps}")
+        require(self.n_embd <= MAX_N_EMBD, p + "n_embd", f"must be at most {MAX_N_EMBD}, got {self.n_embd}")
         require(self.vocab_size >= 0, p + "vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
         require(self.n_embd % self.n_head == 0, p + "n_embd",
                 f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
@@ -403,6 +412,23 @@ def load_sweep_config(source: str | Path | dict[str, Any] | None, overrides: lis
     sweep = section_from_dict(SweepConfig, values.pop("sweep", {}), "sweep")
     sweep.validate()
     return config_from_dict(values), sweep
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], allowed: frozenset[str] = frozenset(),
+                     allowed_sections: tuple[str, ...] = ()) -> list[str]:
+    """Each ``section.key`` whose value differs between two config dicts (as RunConfig.to_dict gives them),
+    as "section.key old -> new", except the fields in ``allowed`` and the sections in ``allowed_sections``.
+    How a resumed run or sweep finds the settings it would fold in."""
+    diffs = []
+    for section in sorted(set(old) | set(new)):
+        if section in allowed_sections:
+            continue
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if name not in allowed and a.get(key) != b.get(key):
+                diffs.append(f"{name} {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
 
 
 def dump_toml(cfg: RunConfig) -> str:
