@@ -215,3 +215,13 @@ def test_cli_interpret_end_to_end(checkpoint, tmp_path):
     rows = read_jsonl(out / "scores.jsonl")
     assert len(rows) == 4 and {r["layer"] for r in rows} == {1} and {r["protocol"] for r in rows} == {"anthropic"}
     assert len(list((out / "cards" / "layer1").glob("neuron*.html"))) == 4
+
+
+def test_summary_markdown_shows_the_checkpoint_path_literally():
+    from cratelab.interp.run import summary_markdown
+
+    summary = {"checkpoint": "runs/<script>x</script>/*a*_`b`", "settings": {"confidence": 0.95, "seed": 0},
+               "step": 1, "method": "token-pattern", "n_tokens": 10, "neurons_per_layer": 1, "n_neurons": 2,
+               "model": {}, "layers": []}
+    title = summary_markdown(summary).splitlines()[0]
+    assert title == "# Neuron interpretability: `` runs/<script>x</script>/*a*_`b` ``"
