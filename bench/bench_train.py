@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -38,28 +39,52 @@ class PlainISTA(ISTA):
     forward = plain_autograd_ista
 
 
-def matmul_time(n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that wall-clock times measure it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_time(n: int = 2048, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                repeats: int = 1) -> float:
+    """Seconds per n x n x n matrix product: the mean of ``repeats`` products timed together."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    synchronize(device)
     t0 = time.perf_counter()
-    a @ b
-    return time.perf_counter() - t0
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return (time.perf_counter() - t0) / repeats
 
 
-def make_step(cfg: ModelConfig, batch: int, plain_ista: bool):
+def make_step(cfg: ModelConfig, batch: int, plain_ista: bool = False, device: str | torch.device = "cpu",
+              amp_dtype: torch.dtype | None = None, compile_backend: str | None = None):
+    """A function that runs one training step (forward, backward, AdamW) on a fixed random batch and
+    returns its seconds. On CUDA, AdamW is fused as in train.py; ``amp_dtype`` autocasts the forward
+    pass; ``compile_backend`` ("inductor" as ``train.compile``, "eager" to test the tracing alone)
+    wraps the model in torch.compile."""
+    device = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg).to(device)
     if plain_ista:
         for block in model.blocks:
             block.ista.__class__ = PlainISTA
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
+                                  fused=True if device.type == "cuda" else None)
+    forward = torch.compile(model, backend=compile_backend) if compile_backend else model
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size), device=device)
 
     def step() -> float:
+        synchronize(device)
         t0 = time.perf_counter()
-        _, loss = model(x, x)
+        with autocast:
+            _, loss = forward(x, x)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
         return time.perf_counter() - t0
 
     return step

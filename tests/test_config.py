@@ -98,3 +98,38 @@ def test_a_config_error_is_a_cratelab_error_and_set_applies_after_smoke():
     base, sweep = load_sweep_config("configs/seed-ablation.toml", ["sweep.workers=1"], smoke=True)
     assert base.data.corpus == "fixture" and sweep.seeds == [0, 1] and sweep.workers == 1
     assert SweepConfig().reference_lambda in SweepConfig().ista_lambdas
+def test_interp_records_and_backend_are_nested_tables(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[interp]\nmethod = "openai:m"\n[interp.records]\nwindow = 32\nn_top = 40\n'
+                    '[interp.backend]\nexplainer_model = "mistral"\nsimulation = "json"\n')
+    cfg = load_config(path, ["interp.records.short_window=4", "interp.backend.simulator_model=llama",
+                             "interp.backend.timeout_s=30"])
+    assert (cfg.interp.records.window, cfg.interp.records.short_window, cfg.interp.records.n_top) == (32, 4, 40)
+    b = cfg.interp.backend
+    assert (b.explainer_model, b.simulator_model, b.simulation, b.timeout_s) == ("mistral", "llama", "json", 30.0)
+    again = tmp_path / "again.toml"
+    again.write_text(dump_toml(cfg))
+    assert "[interp.records]" in again.read_text() and load_config(again) == cfg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("interp.records.colour=1", "interp.records.colour: unknown key"),
+    ("interp.records.window=0", "interp.records.window: must be >= 1"),
+    ("interp.records.snippet=9", "interp.records.snippet: must be <= interp.records.short_window"),
+    ("interp.records.window=x", "interp.records.window: expected int"),
+    ("interp.backend.simulation=guess", "interp.backend.simulation: must be one of 'auto', 'logprobs', 'json'"),
+    ("interp.backend.concurrency=0", "interp.backend.concurrency: must be >= 1"),
+    ("interp.backend.retries=-1", "interp.backend.retries: must be >= 0"),
+    ("interp.backend.base_url=ftp://x", "interp.backend.base_url: must be http(s)"),
+    ("interp.backend.simulator_prompt=/nonexistent/p.txt", "interp.backend.simulator_prompt: no prompt template"),
+    ("interp.window=16", "interp.window: unknown key"),  # the record keys moved to [interp.records]
+])
+def test_bad_nested_interp_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, [override])
+
+
+def test_config_errors_are_cratelab_errors():
+    from cratelab.errors import CratelabError
+
+    assert issubclass(ConfigError, CratelabError)

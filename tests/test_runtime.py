@@ -1,5 +1,7 @@
 """cratelab.runtime: device names, the autocast dtype, thread bounds, torchrun's place, memory checks."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -42,3 +44,16 @@ def test_memory_and_torchrun(monkeypatch):
         monkeypatch.setenv(key, value)
     place = distributed()
     assert place.under_torchrun and (place.rank, place.local_rank, place.world_size) == (3, 1, 4)
+
+
+@pytest.mark.parametrize("major, expected", [(7, None), (8, torch.bfloat16), (9, torch.bfloat16)])
+def test_bf16_only_on_gpus_with_bf16_units(major, expected, monkeypatch):
+    """A V100 or T4 (compute capability 7) only emulates bf16, though torch.cuda.is_bf16_supported() says yes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert autocast_dtype("auto", torch.device("cuda", 0)) == expected
+    if expected is None:
+        with pytest.raises(CratelabError, match="train.dtype = 'bfloat16' needs a CUDA GPU with bf16 support"):
+            autocast_dtype("bfloat16", torch.device("cuda", 0))

@@ -153,6 +153,16 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tiny, tmp_path, mon
     assert [m["val_loss"] for m in lines] == [m["val_loss"] for m in expected]
 
 
+def test_a_run_without_fp16_resumes_in_fp16_with_a_fresh_grad_scaler(tiny, tmp_path, monkeypatch):
+    """E.g. started on a CPU or in bf16, resumed on a GPU with train.dtype = 'float16': the checkpoint's
+    scaler state is empty, which GradScaler.load_state_dict refuses."""
+    train(tiny(max_steps=2), tmp_path / "run", progress=False)
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda *args: torch.float16)  # fp16 as on a GPU, tiny here
+    final = train(tiny(max_steps=4), tmp_path / "run", progress=False)
+    assert final["step"] == 4 and math.isfinite(final["val_loss"])
+    assert read_checkpoint(tmp_path / "run")["train"]["scaler"]["scale"] > 0  # the scaler ran from then on
+
+
 @pytest.mark.e2e
 def test_a_different_model_in_the_folder_is_refused_unless_fresh(tiny, tmp_path, capsys):
     out = tmp_path / "run"

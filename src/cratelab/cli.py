@@ -160,6 +160,7 @@ def cmd_import_official(args) -> None:
 def cmd_interpret(args) -> None:
     from .config import parse_override
     from .interp.run import interpret
+    from .interp.summary import model_line
 
     for text in args.overrides:  # the model is the checkpoint's: only what to read and how to score may change
         path, _ = parse_override(text)
@@ -179,8 +180,7 @@ def cmd_interpret(args) -> None:
         mean = f"{s['mean']:.3f}" if s["mean"] is not None else "n/a"
         print(f"{s['protocol']:<15} {s['layer']:>5} {mean:>7} {ci:>17} {s['n_scored']:>6} {s['n_unscorable']:>10}")
     for protocol, m in summary["model"].items():
-        mean = f"{m['mean']:.3f}" if m["mean"] is not None else "n/a"
-        print(f"{protocol:<15} {'model':>5} {mean:>7}   (mean over {m['n_layers']} layers)")
+        print(f"{protocol:<15} {'model':>5} {model_line(m)}")
     out = Path(args.out)
     cards = out / layout.CARDS / layout.CARDS_INDEX
     print(f"\nwritten: {out / layout.SUMMARY_MD}, {out / layout.SCORES_CSV}" + (f", {cards}" if cards.is_file() else ""))

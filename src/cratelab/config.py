@@ -160,6 +160,69 @@ class EvalConfig:
                 f"must be in (0, 1), got {self.dense_threshold}")
 
 
+@dataclass(frozen=True)
+class RecordConfig:
+    """`[interp.records]`: tokens per record, and how many records of each kind a neuron keeps."""
+
+    window: int = 64  # tokens per record in the OpenAI protocols
+    short_window: int = 8  # tokens per record in the Anthropic-style protocol
+    snippet: int = 3  # tokens per out-of-context snippet
+    n_top: int = 50
+    n_random: int = 50
+    n_bins: int = 11
+    per_bin: int = 4  # quantile samples per bin: 2 to explain + 2 to score
+
+    def __post_init__(self) -> None:  # checked however it is built: TOML, --set, or Python
+        self.validate()
+
+    def validate(self, prefix: str = "interp.records") -> None:
+        p = prefix + "."
+        for name in ("window", "short_window", "snippet", "n_top", "n_bins", "per_bin"):
+            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.n_random >= 0, p + "n_random", f"must be >= 0, got {self.n_random}")
+        require(self.window >= self.short_window, p + "short_window",
+                f"must be <= {p}window ({self.window}), got {self.short_window}")
+        require(self.short_window >= self.snippet, p + "snippet",
+                f"must be <= {p}short_window ({self.short_window}), got {self.snippet}")
+
+    @property
+    def reservoir(self) -> int:
+        """Uniformly sampled positions kept per neuron: the random records, then the quantile pool."""
+        return self.n_random + (self.n_bins + 1) * self.per_bin
+
+
+SIMULATIONS = ("auto", "logprobs", "json")
+
+
+@dataclass
+class BackendConfig:
+    """`[interp.backend]`: the LLM explainer and simulator of the methods local:PATH and openai:MODEL."""
+
+    explainer_model: str = ""  # "": the model of interp.method
+    simulator_model: str = ""  # "": the model of interp.method (the paper simulated with another model)
+    explainer_prompt: str = ""  # a prompt template file (docs/interpretability.md); "": the built-in prompt
+    simulator_prompt: str = ""  # a prompt template file for logprob simulation; "": the built-in prompt
+    simulation: str = "auto"  # "auto" (decided once per run by a probe) | "logprobs" | "json"
+    base_url: str = ""  # openai: "" = $OPENAI_BASE_URL, else OpenAI's API
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key: keys stay out of configs
+    concurrency: int = 8  # requests in flight at once
+    timeout_s: float = 120.0  # socket timeout of one request
+    retries: int = 3  # further attempts after a timeout, connection error, 408, 429, 5xx or malformed answer
+
+    def validate(self, prefix: str = "interp.backend") -> None:
+        p = prefix + "."
+        choose(self.simulation, SIMULATIONS, p + "simulation")
+        require(self.concurrency >= 1, p + "concurrency", f"must be >= 1, got {self.concurrency}")
+        require(self.retries >= 0, p + "retries", f"must be >= 0, got {self.retries}")
+        require(self.timeout_s > 0, p + "timeout_s", f"must be > 0, got {self.timeout_s}")
+        require(bool(self.api_key_env), p + "api_key_env", "must name an environment variable")
+        require(not self.base_url or self.base_url.startswith(("http://", "https://")), p + "base_url",
+                f"must be http(s)://..., got {self.base_url!r}")
+        for name in ("explainer_prompt", "simulator_prompt"):
+            path = getattr(self, name)
+            require(not path or Path(path).is_file(), p + name, f"no prompt template file at {path}")
+
+
 @dataclass
 class InterpConfig:
     """`cratelab interpret`: which neurons to explain and score, how, and the records they are scored on."""
@@ -174,18 +237,12 @@ class InterpConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     workers: int = 1  # neurons explained and scored at once (threads: worth it for LLM backends)
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (1 is steadier on a busy machine)
-    # the records (RecordConfig): tokens per record, and how many of each kind per neuron
-    window: int = 64
-    short_window: int = 8
-    snippet: int = 3
-    n_top: int = 50
-    n_random: int = 50
-    n_bins: int = 11
-    per_bin: int = 4
     bootstrap: int = 1000  # resamples of the bootstrap confidence interval over neurons
     confidence: float = 0.95
     cards: bool = True  # write HTML neuron cards (cards/index.html)
     max_cards: int = 0  # cards per layer: 0 = one per scored neuron, else the best-scoring ones
+    records: RecordConfig = field(default_factory=RecordConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
 
     def layer_list(self, n_layer: int | None = None) -> list[int]:
         """The layers to interpret, given the model's number of layers (checked); without it, only the
@@ -211,10 +268,9 @@ class InterpConfig:
         from .interp import METHODS, PROTOCOLS  # lazily: the names live with their implementations
 
         p = prefix + "."
-        for name in ("tokens", "batch_size", "workers", "window", "short_window", "snippet", "n_top",
-                     "n_bins", "per_bin", "bootstrap"):
+        for name in ("tokens", "batch_size", "workers", "bootstrap"):
             require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("neurons", "seed", "n_random", "max_cards", "threads"):
+        for name in ("neurons", "seed", "max_cards", "threads"):
             require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
         self.layer_list()
         protocols = self.protocol_list()
@@ -226,19 +282,13 @@ class InterpConfig:
                                          and len(self.method) > len(m.split(":")[0]) + 1) for m in METHODS),
                 p + "method", f"must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
         require_device(self.device, p + "device")
-        require(self.window >= self.short_window, p + "short_window",
-                f"must be <= interp.window ({self.window}), got {self.short_window}")
-        require(self.short_window >= self.snippet, p + "snippet",
-                f"must be <= interp.short_window ({self.short_window}), got {self.snippet}")
         require(0 < self.confidence < 1, p + "confidence", f"must be in (0, 1), got {self.confidence}")
+        self.records.validate(p + "records")
+        self.backend.validate(p + "backend")
         for protocol in protocols:  # every chosen protocol must find the records it reads
-            proto = PROTOCOLS[protocol]
-            needs = {"n_top": max(proto.explain_top + proto.score_top + proto.score_snippets, default=-1) + 1,
-                     "n_random": max(proto.explain_random + proto.score_random, default=-1) + 1,
-                     "per_bin": max(proto.explain_quantile + proto.score_quantile, default=-1) + 1}
-            for name, need in needs.items():
-                require(getattr(self, name) >= need, p + name,
-                        f"protocol {protocol!r} needs at least {need}, got {getattr(self, name)}")
+            for name, need in PROTOCOLS[protocol].required_records().items():
+                require(getattr(self.records, name) >= need, f"{p}records.{name}",
+                        f"protocol {protocol!r} needs at least {need}, got {getattr(self.records, name)}")
 
 
 @dataclass
@@ -296,6 +346,8 @@ SMOKE_OVERRIDES = [
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:
     """Check a TOML value against a field type; ints are accepted where floats are expected."""
+    if dataclasses.is_dataclass(typ):  # a nested table such as [interp.records]
+        return section_from_dict(typ, value, name)
     if typing.get_origin(typ) is list:
         if not isinstance(value, list):
             raise ConfigError(name, f"expected a list, got {type(value).__name__} {value!r}")
@@ -414,21 +466,22 @@ def load_sweep_config(source: str | Path | dict[str, Any] | None, overrides: lis
     return config_from_dict(values), sweep
 
 
+def _flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat_settings(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
 def changed_settings(old: dict[str, Any], new: dict[str, Any], allowed: frozenset[str] = frozenset(),
                      allowed_sections: tuple[str, ...] = ()) -> list[str]:
-    """Each ``section.key`` whose value differs between two config dicts (as RunConfig.to_dict gives them),
-    as "section.key old -> new", except the fields in ``allowed`` and the sections in ``allowed_sections``.
-    How a resumed run or sweep finds the settings it would fold in."""
-    diffs = []
-    for section in sorted(set(old) | set(new)):
-        if section in allowed_sections:
-            continue
-        a, b = old.get(section) or {}, new.get(section) or {}
-        for key in sorted(set(a) | set(b)):
-            name = f"{section}.{key}"
-            if name not in allowed and a.get(key) != b.get(key):
-                diffs.append(f"{name} {a.get(key)!r} -> {b.get(key)!r}")
-    return diffs
+    """Each dotted field (``section.key``, ``interp.backend.key``) whose value differs between two config
+    dicts (as RunConfig.to_dict gives them), as "name old -> new", except the fields in ``allowed`` and
+    those under ``allowed_sections``. How a resumed run or sweep finds the settings it would fold in."""
+    a, b = _flat_settings(old), _flat_settings(new)
+    return [f"{name} {a.get(name)!r} -> {b.get(name)!r}" for name in sorted(set(a) | set(b))
+            if a.get(name) != b.get(name) and name not in allowed
+            and not any(name.startswith(section + ".") for section in allowed_sections)]
 
 
 def dump_toml(cfg: RunConfig) -> str:

@@ -43,10 +43,18 @@ def resolve_device(name: str, local_rank: int = 0, setting: str = "train.device"
     return device
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """bf16 matrix units: NVIDIA GPUs from Ampere (compute capability 8.0) on, and AMD GPUs.
+    torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (V100, T4)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
+
+
 def autocast_dtype(name: str, device: torch.device, setting: str = "train.dtype") -> torch.dtype | None:
     """The autocast dtype, or None for plain float32. Low precision only on CUDA: a CPU without bf16
     units emulates bf16 hundreds of times slower than fp32."""
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16_ok = has_native_bf16(device)
     if name == "auto":
         return torch.bfloat16 if bf16_ok else None
     if name == "float32":

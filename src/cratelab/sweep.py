@@ -28,6 +28,7 @@ import tomli_w
 from . import layout
 from .config import ConfigError, RunConfig, SweepConfig, changed_settings, read_toml
 from .errors import CratelabError
+from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, write_csv, write_json, write_text
 from .runtime import check_threads, cpu_count, is_main_process, set_threads
 
@@ -165,8 +166,8 @@ def save_sweep(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
 SWEEP_RESUMABLE_CHANGES = frozenset({
     "sweep.seeds", "sweep.ista_lambdas", "sweep.qkv", "sweep.baseline", "sweep.reference_lambda",
     "sweep.reference_qkv", "sweep.workers", "train.device", "train.threads", "train.compile", "train.log",
-    "train.wandb_project", "data.cache_dir", "eval.dense_threshold", "interp.device", "interp.batch_size",
-    "interp.workers", "interp.threads", "interp.bootstrap", "interp.confidence", "interp.cards", "interp.max_cards"})
+    "train.wandb_project", "data.cache_dir", "eval.dense_threshold"}) | {
+    "interp." + name for name in INTERP_EXECUTION_ONLY}
 
 
 def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:

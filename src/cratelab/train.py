@@ -251,7 +251,8 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["train"]["optimizer"])
-        scaler.load_state_dict(resume["train"]["scaler"])
+        if resume["train"]["scaler"]:  # empty if saved without fp16 (scaler off): then fp16 starts a fresh scale
+            scaler.load_state_dict(resume["train"]["scaler"])
         batches.load_state_dict(resume["train"]["batches"])
         restore_rng_states(resume["train"]["rng"], rank, world_size, device, tc.seed)
         step, tokens, metrics = resume["step"], resume["tokens"], resume["metrics"]

@@ -1,5 +1,6 @@
 """The OpenAI-compatible endpoint backend against a loopback server started by the tests."""
 
+import json
 import logging
 
 import pytest
@@ -58,7 +59,7 @@ def test_logprob_simulation_explains_and_scores_planted_neurons(records, serve, 
     assert dead.score is None and "constant" in dead.reason
     explains = [body for path, body, _ in server.requests if path == "/chat/completions"]
     assert len(explains) == 3 and all("Tokens (" not in b["messages"][-1]["content"] for b in explains)
-    assert server.paths().count("/completions") == 30  # 10 scoring records a neuron, one request each
+    assert server.paths().count("/completions") == 1 + 30  # the auto probe, then 10 scoring records a neuron
     assert all(headers["Authorization"] == f"Bearer {KEY}" for _, _, headers in server.requests)
 
 
@@ -110,6 +111,7 @@ def test_a_neuron_whose_requests_keep_failing_is_unscorable_and_the_run_goes_on(
     server.fault = fail_cat
     cat, us = run(records, server, tmp_path, [CAT, US])
     assert cat.score is None and cat.reason == "llm failed: HTTP 500 after 4 attempts" and cat.explanation == ""
+    assert (cat.simulation, us.simulation) == ("", "logprobs")  # the failed neuron never reached the simulator
     assert us.score is not None
     summary = summarize_layer([cat, us])
     assert summary.n_unscorable == 1 and summary.unscorable_reasons == {"llm failed: HTTP 500 after 4 attempts": 1}
@@ -164,7 +166,7 @@ def test_the_cache_makes_a_rerun_send_nothing_and_never_holds_the_key(records, s
     assert run(records, other, tmp_path, [CAT, NOISE]) == first and other.requests == []
 
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 2 * (1 + 10) and all(p.suffix == ".json" for p in files)
+    assert len(files) == 2 * (1 + 10) + 1 and all(p.suffix == ".json" for p in files)  # + the auto probe
     assert not any(KEY in p.read_text() or "Bearer" in p.read_text() for p in files)
     assert "retrying" in caplog.text and KEY not in caplog.text
 
@@ -209,3 +211,101 @@ def test_a_corrupt_cache_file_is_asked_again(serve, tmp_path):
     assert explainer.explain(RECORDS) == 'the token "cat"' and len(server.requests) == 2
     explainer.explain(RECORDS)
     assert len(server.requests) == 2
+
+
+# ---------------------------------------------------------------- one simulation method a run, recorded
+
+@pytest.mark.parametrize("server_options, method", [({}, "logprobs"), (dict(logprobs=False), "json"),
+                                                    (dict(completions=False), "json")])
+def test_auto_decides_once_from_a_probe_and_every_row_records_it(records, serve, tmp_path, server_options, method):
+    server = serve(**server_options)
+    rows = run(records, server, tmp_path, [CAT, US])
+    assert [r.simulation for r in rows] == [method, method]
+    assert all((r.explainer_model, r.simulator_model) == ("fake-model", "fake-model") for r in rows)
+    assert rows[0].score > 0.9
+    # the probe is the one logprob request of a JSON run; a logprob run asks no JSON answers at all
+    json_asks = sum("Tokens (" in body["messages"][-1]["content"] for path, body, _ in server.requests
+                    if path == "/chat/completions")
+    assert (server.paths().count("/completions"), json_asks) == ((1 + 20, 0) if method == "logprobs" else (1, 20))
+
+
+def test_a_400_mid_run_fails_that_neuron_and_never_switches_the_method(records, serve, tmp_path):
+    server = serve()
+    completions = []
+
+    def one_bad_request(path, body):  # the 3rd logprob request (the probe is the 1st): a prompt the server refuses
+        if path == "/completions":
+            completions.append(body)
+            return 400 if len(completions) == 3 else None
+        return None
+
+    server.fault = one_bad_request
+    cat, us = run(records, server, tmp_path, [CAT, US], max_concurrency=1)
+    assert cat.score is None and cat.reason.startswith("llm failed: HTTP 400") and cat.simulation == "logprobs"
+    assert us.score > 0.3 and us.simulation == "logprobs"
+    assert not any("Tokens (" in body["messages"][-1]["content"] for path, body, _ in server.requests
+                   if path == "/chat/completions")  # no JSON answer was ever asked for
+
+
+def test_a_probe_that_gets_no_answer_stops_the_run_with_one_line(records, serve, tmp_path):
+    server = serve()
+    server.fault = lambda path, body: 500 if path == "/completions" else None
+    with pytest.raises(CratelabError, match=r"probe that chooses the simulation method failed \(llm failed: HTTP 500 "
+                                            r"after 4 attempts\); set interp.backend.simulation"):
+        run(records, server, tmp_path, [CAT])
+
+
+def test_explainer_and_simulator_models_are_set_separately_from_the_backend_section(records, serve, tmp_path):
+    from cratelab.config import BackendConfig
+
+    server = serve()
+    settings = BackendConfig(explainer_model="mistral-7b-instruct", simulator_model="llama-2-7b", base_url=server.url,
+                             api_key_env="TEST_LLM_KEY", simulation="logprobs", retries=0, timeout_s=10.0)
+    explainer, simulator = make_backend("openai:fake-model", settings, cache_dir=tmp_path)
+    assert simulator.endpoint.config.max_attempts == 1 and simulator.endpoint.config.timeout_s == 10.0
+    cat, = score_records(records, "top-and-random", explainer=explainer, simulator=simulator, neurons=[CAT])
+    assert (cat.explainer_model, cat.simulator_model, cat.simulation) == ("mistral-7b-instruct", "llama-2-7b",
+                                                                         "logprobs")
+    assert cat.to_row("openai:fake-model")["simulator_model"] == "llama-2-7b"
+    models = {(path, body["model"]) for path, body, _ in server.requests}
+    assert models == {("/chat/completions", "mistral-7b-instruct"), ("/completions", "llama-2-7b")}
+
+
+def test_prompt_templates_from_files_are_what_the_server_gets(records, serve, tmp_path):
+    from cratelab.config import BackendConfig
+
+    explainer_file, simulator_file = tmp_path / "explain.json", tmp_path / "simulate.txt"
+    explainer_file.write_text(json.dumps([
+        {"role": "system", "content": "REFERENCE EXPLAINER: costs $$0"},
+        {"role": "user", "content": "Neuron 2\nActivations:\n$records\n"
+                                    "Explanation of neuron 2 behavior: the main thing this neuron does is find"}]))
+    simulator_file.write_text("REFERENCE SIMULATOR\n\nNeuron 2\nExplanation of neuron 2 behavior: the main thing "
+                              "this neuron does is find $explanation.\nActivations:\n<start>\n$records<end>\n")
+    server = serve()
+    settings = BackendConfig(explainer_prompt=str(explainer_file), simulator_prompt=str(simulator_file),
+                             base_url=server.url, api_key_env="TEST_LLM_KEY")
+    explainer, simulator = make_backend("openai:fake-model", settings, cache_dir=tmp_path / "cache")
+    cat, = score_records(records, "top-and-random", explainer=explainer, simulator=simulator, neurons=[CAT])
+    assert cat.explanation == 'the token "cat"' and cat.score > 0.9 and cat.simulation == "logprobs"
+    explains = [body["messages"] for path, body, _ in server.requests if path == "/chat/completions"]
+    assert explains[0][0] == {"role": "system", "content": "REFERENCE EXPLAINER: costs $0"} and len(explains[0]) == 2
+    assert "<start>\n" in explains[0][1]["content"] and "\t10\n" in explains[0][1]["content"]
+    prompts = [body["prompt"] for path, body, _ in server.requests if path == "/completions"]
+    assert len(prompts) == 1 + 10 and all(p.startswith("REFERENCE SIMULATOR\n") for p in prompts)
+    assert 'find the token "cat".\nActivations:\n<start>\n' in prompts[-1]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("explainer_prompt", "not json", "is not a readable JSON list"),
+    ("explainer_prompt", '[{"role": "user", "content": "no records here"}]', r"must contain \$records"),
+    ("simulator_prompt", "$explanation only", r"must contain \$records"),
+    ("simulator_prompt", "$explanation $records $tokens", "unknown placeholder"),
+])
+def test_bad_prompt_templates_name_the_setting(tmp_path, name, content, message):
+    from cratelab.config import BackendConfig
+
+    path = tmp_path / "template"
+    path.write_text(content)
+    with pytest.raises(CratelabError, match=f"interp.backend.{name}: .*{message}"):
+        make_backend("openai:m", BackendConfig(base_url="http://127.0.0.1:9/v1", **{name: str(path)}),
+                     cache_dir=tmp_path)

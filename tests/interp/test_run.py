@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from cratelab.checkpoint import save_checkpoint
-from cratelab.config import ConfigError, DataConfig, InterpConfig, ModelConfig, RunConfig, config_from_dict
+from cratelab.config import (ConfigError, DataConfig, InterpConfig, ModelConfig, RecordConfig, RunConfig,
+                             config_from_dict)
 from cratelab.data.shards import prepare_dataset
 from cratelab.errors import CratelabError
 from cratelab.interp import PROTOCOLS
@@ -21,7 +22,7 @@ from cratelab.io import read_jsonl
 from cratelab.models import build_model
 
 DEAD = (3, 5)  # neurons of layer 1 whose dictionary atom is zeroed: they never fire
-ICFG = InterpConfig(tokens=3072, window=16, batch_size=8, device="cpu", bootstrap=200)
+ICFG = InterpConfig(tokens=3072, records=RecordConfig(window=16), batch_size=8, device="cpu", bootstrap=200)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +63,8 @@ def test_run_folder_layout_and_contents(reference):
     assert len(rows) == 2 * 32 * 3  # every (layer, neuron, protocol) once
     assert len({(r["layer"], r["neuron"], r["protocol"]) for r in rows}) == len(rows)
     assert set(rows[0]) == {"layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate",
-                            "max_activation", "reason"}
+                            "max_activation", "reason", "simulation", "explainer_model", "simulator_model"}
+    assert {(r["simulation"], r["explainer_model"], r["simulator_model"]) for r in rows} == {("token-pattern",) * 3}
     meta = json.loads((out / "records/layer1/meta.json").read_text())
     assert meta["seed"] == 0 and len(meta["checkpoint_sha256"]) == 64 and len(meta["data_sha256"]) == 64
     cfg = config_from_dict(__import__("tomllib").loads((out / "config.toml").read_text()))
@@ -96,7 +98,7 @@ def test_summary_counts_unscorable_neurons_per_layer(reference):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from cratelab.config import InterpConfig
+    from cratelab.config import config_from_dict
     from cratelab.interp import TokenPatternExplainer, TokenPatternSimulator
     from cratelab.interp import run
 
@@ -110,8 +112,8 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)  # a hard kill in the middle of a neuron
             return super().explain(records)
 
-    run.make_backend = lambda method, **options: (Killer(), TokenPatternSimulator())
-    run.interpret(sys.argv[1], sys.argv[2], InterpConfig(**eval(sys.argv[4])), progress=False)
+    run.make_backend = lambda method, *args, **options: (Killer(), TokenPatternSimulator())
+    run.interpret(sys.argv[1], sys.argv[2], config_from_dict({"interp": eval(sys.argv[4])}).interp, progress=False)
 """)
 
 
@@ -162,8 +164,8 @@ def test_neuron_subset_is_seeded_and_per_layer():
     ("layers", "0,x", "interp.layers"),
     ("neurons", -1, "interp.neurons"),
     ("tokens", 0, "interp.tokens"),
-    ("n_top", 20, "interp.n_top: protocol 'anthropic' needs at least 35"),
-    ("snippet", 9, "interp.snippet"),
+    ("records", {"n_top": 20}, "interp.records.n_top: protocol 'anthropic' needs at least 35"),
+    ("records", {"snippet": 9}, "interp.records.snippet"),
     ("confidence", 1.0, "interp.confidence"),
 ])
 def test_bad_interp_values_name_the_field(field, value, message):
@@ -190,6 +192,7 @@ def cratelab(*args, cwd=None):
     (["--set", "model.n_layer=3"], "interpret takes interp.* and data.* overrides"),
     (["--set", "interp.colour=red"], "interp.colour: unknown key"),
     (["--method", "openai:"], "interp.method"),
+    (["--set", "interp.backend.simulation=guess"], "interp.backend.simulation: must be one of"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
     proc = cratelab("interpret", checkpoint, "--out", tmp_path / "out", *args)
@@ -209,7 +212,7 @@ def test_cli_missing_checkpoint(tmp_path):
 def test_cli_interpret_end_to_end(checkpoint, tmp_path):
     out = tmp_path / "out"
     proc = cratelab("interpret", checkpoint, "--out", out, "--neurons", "4", "--layers", "1", "--protocol",
-                    "anthropic", "--tokens", "2048", "--set", "interp.window=16", "--set", "interp.device=cpu")
+                    "anthropic", "--tokens", "2048", "--set", "interp.records.window=16", "--set", "interp.device=cpu")
     assert proc.returncode == 0, proc.stderr
     assert "anthropic" in proc.stdout and "written:" in proc.stdout
     rows = read_jsonl(out / "scores.jsonl")
@@ -217,11 +220,29 @@ def test_cli_interpret_end_to_end(checkpoint, tmp_path):
     assert len(list((out / "cards" / "layer1").glob("neuron*.html"))) == 4
 
 
-def test_summary_markdown_shows_the_checkpoint_path_literally():
-    from cratelab.interp.run import summary_markdown
+def test_an_llm_run_records_how_each_row_was_simulated_and_by_which_models(checkpoint, tmp_path, monkeypatch):
+    from cratelab.config import BackendConfig
 
-    summary = {"checkpoint": "runs/<script>x</script>/*a*_`b`", "settings": {"confidence": 0.95, "seed": 0},
-               "step": 1, "method": "token-pattern", "n_tokens": 10, "neurons_per_layer": 1, "n_neurons": 2,
-               "model": {}, "layers": []}
-    title = summary_markdown(summary).splitlines()[0]
-    assert title == "# Neuron interpretability: `` runs/<script>x</script>/*a*_`b` ``"
+    from .llm_server import FakeLLM
+
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CRATELAB_LLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TEST_LLM_KEY", "not-a-real-key")
+    with FakeLLM(logprobs=False) as server:
+        backend = BackendConfig(base_url=server.url, api_key_env="TEST_LLM_KEY", simulator_model="simulator-7b")
+        icfg = dataclasses.replace(ICFG, method="openai:explainer-7b", layers="0", neurons=3,
+                                   protocols="top-and-random", cards=False, backend=backend)
+        summary = interpret(checkpoint, tmp_path / "run", icfg, progress=False)
+        assert server.paths().count("/completions") == 1  # the probe: JSON answers for the whole run
+        sent = len(server.requests)
+        interpret(checkpoint, tmp_path / "run", dataclasses.replace(icfg, backend=dataclasses.replace(
+            backend, concurrency=2, retries=0)), progress=False)  # endpoint options do not change results
+        assert len(server.requests) == sent
+    rows = read_jsonl(tmp_path / "run" / "scores.jsonl")
+    assert len(rows) == 3 and {(r["simulation"], r["explainer_model"], r["simulator_model"]) for r in rows} == {
+        ("json", "explainer-7b", "simulator-7b")}
+    assert summary["layers"][0]["n_neurons"] == 3
+    with pytest.raises(CratelabError, match="interp.backend.simulator_model"):  # a result-changing setting
+        interpret(checkpoint, tmp_path / "run", dataclasses.replace(icfg, backend=dataclasses.replace(
+            backend, simulator_model="other")), progress=False)

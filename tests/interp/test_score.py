@@ -91,3 +91,26 @@ def test_layer_summary_counts_unscorable_and_bootstraps_a_seeded_interval():
     assert (empty.mean, empty.ci_low, empty.n_unscorable) == (None, None, 2)
     with pytest.raises(ValueError, match="one layer"):
         summarize_layer(scores([0.1]) + scores([0.2], layer=1))
+
+
+def test_one_count_of_the_records_a_protocol_needs_for_config_scoring_and_interpret():
+    from cratelab.config import ConfigError, config_from_dict
+    from cratelab.interp import TokenPatternExplainer, TokenPatternSimulator, score_activations, score_neuron
+
+    from .synthetic import EOT, planted_stream
+
+    assert ANTHROPIC.required_records() == {"n_top": 35, "n_random": 10, "per_bin": 4}
+    assert TOP_AND_RANDOM.required_records() == {"n_top": 10, "n_random": 9, "per_bin": 0}
+    with pytest.raises(ConfigError, match="interp.records.n_random: protocol 'top-and-random' needs at least 9"):
+        config_from_dict({"interp": {"protocols": "top-and-random", "records": {"n_random": 8}}})
+    # a neuron with fewer records than the protocol reads is unscorable, with the reason, never an error
+    for neuron, reason in [(labelled_neuron(n_top=30), "too few top records (30 of the 35 needed)"),
+                           (labelled_neuron(per_bin=2), "too few records per quantile bin (2 of the 4 needed)")]:
+        s = score_neuron(neuron, ANTHROPIC, TokenPatternExplainer(), TokenPatternSimulator())
+        assert s.score is None and s.reason.startswith(reason)
+    assert TOP_AND_RANDOM.missing_records(labelled_neuron(per_bin=0)) is None  # it reads no quantile record
+    # score_activations agrees with interpret: a stream too short for 10 top windows marks neurons unscorable
+    tokens, acts = planted_stream(n_rows=2, length=64)
+    scores = score_activations(tokens, acts, eot_token=EOT)
+    assert len(scores) == acts.shape[2] and all(s.score is None and s.reason.startswith("too few top records")
+                                                 for s in scores)

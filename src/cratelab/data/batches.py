@@ -75,9 +75,14 @@ def eval_windows(tokens: np.ndarray, block_size: int, n_tokens: int) -> torch.Te
     Returns int64 (n_windows, block_size + 1): inputs are [:, :-1], targets [:, 1:].
     """
     check_split_length(tokens, block_size, "validation")
-    span = block_size + 1
-    n = max(1, min(-(-n_tokens // block_size), len(tokens) // span))  # ceil, capped at what fits without overlap
-    last = len(tokens) - span
-    # floor(i * last / (n - 1)): consecutive offsets are at least floor(last / (n - 1)) >= span apart
-    offsets = np.arange(n, dtype=np.int64) * last // max(n - 1, 1)
+    offsets = spread_offsets(len(tokens), block_size + 1, -(-n_tokens // block_size))  # ceil
     return gather_windows(tokens, offsets, block_size)
+
+
+def spread_offsets(n_available: int, width: int, n_windows: int) -> np.ndarray:
+    """Starts of n_windows non-overlapping windows of `width` tokens spread evenly over n_available tokens
+    (as many as fit when there are fewer; at least one): the first at 0, the last at the end."""
+    n = max(1, min(n_windows, n_available // width))
+    last = n_available - width
+    # floor(i * last / (n - 1)): consecutive starts are at least floor(last / (n - 1)) >= width apart
+    return np.arange(n, dtype=np.int64) * last // max(n - 1, 1)

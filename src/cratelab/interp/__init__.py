@@ -15,39 +15,54 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..config import BackendConfig, RecordConfig
 from ..errors import CratelabError
 from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
                       fit_token_patterns)
 from .llm import EndpointConfig, endpoint_backend
 from .local_llm import LocalConfig, local_backend
-from .records import ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, RecordConfig, Windows
-from .score import (ANTHROPIC, PROTOCOLS, TOP_AND_RANDOM, LayerSummary, NeuronScore, ScoringProtocol,
+from .prompts import PromptTemplates
+from .records import ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, Windows
+from .score import (ANTHROPIC, PROTOCOLS, ROW_FIELDS, TOP_AND_RANDOM, LayerSummary, NeuronScore, ScoringProtocol,
                     get_protocol, pooled_correlation, random_only, score_neuron, summarize_layer)
 from .simulate import Simulator, TokenPatternSimulator
 
 METHODS = ("token-pattern", "local:PATH", "openai:MODEL")
 
 
-def make_backend(method: str, **options: Any) -> tuple[Explainer, Simulator]:
+def make_backend(method: str, backend: BackendConfig | None = None, **options: Any) -> tuple[Explainer, Simulator]:
     """The explainer and simulator of an explanation method.
 
     token-pattern: offline, deterministic (options: TokenPatternExplainer's fields).
     local:PATH: a transformers model directory or .gguf file (options: LocalConfig's fields).
     openai:MODEL: an OpenAI-compatible endpoint, by default from $OPENAI_BASE_URL and $OPENAI_API_KEY
     (options: EndpointConfig's fields, e.g. base_url, cache_dir, max_concurrency).
+    backend: the [interp.backend] settings of the LLM methods (models, prompt templates, endpoint);
+    options given here take precedence over them.
     """
     kind, _, target = method.partition(":")
     if method == "token-pattern":
         return TokenPatternExplainer(**_options(method, TokenPatternExplainer, options)), TokenPatternSimulator()
-    if kind == "local" and target:
-        return local_backend(target, LocalConfig(**_options(method, LocalConfig, options)))
-    if kind == "openai" and target:
-        return endpoint_backend(EndpointConfig(model=target, **_options(method, EndpointConfig, options)))
-    raise CratelabError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
+    if kind not in ("local", "openai") or not target:
+        raise CratelabError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
+    settings = backend if backend is not None else BackendConfig()
+    prompts = PromptTemplates.load(settings.explainer_prompt, settings.simulator_prompt)
+    explainer_model, simulator_model = settings.explainer_model or target, settings.simulator_model or target
+    if kind == "local":
+        if settings.simulation == "json":
+            raise CratelabError("interp.backend.simulation: 'json' needs an endpoint (openai:MODEL); a local "
+                                "model is always simulated from its digit probabilities")
+        return local_backend(explainer_model, LocalConfig(**_options(method, LocalConfig, options)),
+                             simulator_path=simulator_model, prompts=prompts)
+    defaults = dict(explainer_model=explainer_model, simulator_model=simulator_model, prompts=prompts,
+                    base_url=settings.base_url or None, api_key_env=settings.api_key_env,
+                    simulation=settings.simulation, max_concurrency=settings.concurrency,
+                    timeout_s=settings.timeout_s, max_attempts=settings.retries + 1)
+    return endpoint_backend(EndpointConfig(**{**defaults, **_options(method, EndpointConfig, options)}))
 
 
 def _options(method: str, config: type, options: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in fields(config)} - {"model"}  # an endpoint's model is named in the method
+    known = {f.name for f in fields(config)}
     if unknown := sorted(set(options) - known):
         raise CratelabError(f"unknown option(s) {', '.join(unknown)} for {method!r}; "
                             f"known: {', '.join(sorted(known)) or 'none'}")
@@ -95,9 +110,9 @@ def score_activations(tokens: Sequence[Sequence[str]], activations: np.ndarray |
 
 
 __all__ = [
-    "ANTHROPIC", "METHODS", "PROTOCOLS", "TOP_AND_RANDOM",
-    "ActivationRecord", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary", "LocalConfig",
-    "NeuronFailure", "NeuronRecord", "NeuronScore",
+    "ANTHROPIC", "METHODS", "PROTOCOLS", "ROW_FIELDS", "TOP_AND_RANDOM",
+    "ActivationRecord", "BackendConfig", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary", "LocalConfig",
+    "NeuronFailure", "NeuronRecord", "NeuronScore", "PromptTemplates",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",
     "TokenPatternSimulator", "TokenPatterns", "Windows",
     "build_records", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend",

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ..io import iter_jsonl, read_jsonl, write_text
 from ..layout import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON
+from .files import decode_simulation
 from .records import ActivationRecord, LayerRecords, NeuronRecord
-from .run import decode_simulation
 from .score import get_protocol
 
 SHOWN = 10  # top records shown open; MORE_TOP more sit in a closed <details>

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import RecordConfig
+from ..data.batches import spread_offsets
 from ..errors import CratelabError
 from ..models import LanguageModel, neuron_hook_name
-from .records import LayerRecords, RecordBuilder, RecordConfig
+from .records import LayerRecords, RecordBuilder
 
 
 def window_offsets(n_available: int, block_size: int, n_tokens: int) -> np.ndarray:
@@ -31,10 +33,7 @@ def window_offsets(n_available: int, block_size: int, n_tokens: int) -> np.ndarr
     if n_available < block_size:
         raise CratelabError(f"the validation split has {n_available:,} tokens, fewer than one window of "
                             f"model.block_size = {block_size}")
-    n = max(1, min(-(-n_tokens // block_size), n_available // block_size))
-    last = n_available - block_size
-    # floor(i * last / (n - 1)): consecutive starts are at least floor(last / (n - 1)) >= block_size apart
-    return np.arange(n, dtype=np.int64) * last // max(n - 1, 1)
+    return spread_offsets(n_available, block_size, -(-n_tokens // block_size))  # ceil
 
 
 class _Stop(Exception):

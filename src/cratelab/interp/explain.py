@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 import numpy as np
 
@@ -25,6 +25,8 @@ NO_PATTERN = "no token pattern"
 
 
 class Explainer(Protocol):
+    model: str  # recorded in every score row
+
     def explain(self, records: Sequence[ActivationRecord]) -> str: ...
 
 
@@ -192,6 +194,7 @@ def fit_token_patterns(records: Sequence[ActivationRecord], max_patterns: int = 
 class TokenPatternExplainer:
     max_patterns: int = 5
     min_share: float = 0.01
+    model: ClassVar[str] = "token-pattern"
 
     def explain(self, records: Sequence[ActivationRecord]) -> str:
         return str(fit_token_patterns(records, self.max_patterns, self.min_share))

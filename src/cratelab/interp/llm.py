@@ -4,7 +4,12 @@
 - simulate, all at once: completions with `echo` and top logprobs; the expected value over the digit
   tokens at each activation slot. Servers that give no prompt logprobs get chat/completions asking for
   a JSON list of integers instead, validated (a wrong number of values is an error). simulation="auto"
-  uses logprobs until the server shows it cannot give them, then JSON for the rest of the run.
+  decides ONCE, before the first simulation, from one probe request (the prompts' worked example):
+  logprobs if the server gives them, JSON if it says it cannot (no logprobs, or HTTP 400/404/405/422).
+  The choice never changes afterwards: a later failure fails that neuron, with its reason. Every
+  score row records the method (NeuronScore.simulation) and the explainer and simulator models.
+- the explainer and the simulator may be different models (the paper explained with Mistral-7B-Instruct
+  and simulated with LLaMA-2-7B), and their prompts may come from template files (prompts.PromptTemplates).
 - every request: at most `max_concurrency` in flight over all threads, a socket timeout, and up to
   `max_attempts` attempts with exponential backoff and jitter after timeouts, connection errors, 408,
   429, 5xx and malformed answers. Then the neuron fails (NeuronFailure, with the last reason) and the
@@ -40,18 +45,18 @@ import numpy as np
 
 from ..errors import CratelabError
 from ..io import write_json
+from ..config import SIMULATIONS
 from .explain import NeuronFailure
-from .prompts import (MAX_ACTIVATION, digit_probabilities, expected_activation, explanation_messages,
-                      json_simulation_messages, parse_explanation, parse_json_activations, simulation_prompt,
+from .prompts import (EXAMPLE_EXPLANATION, EXAMPLE_RECORDS, MAX_ACTIVATION, PromptTemplates, digit_probabilities,
+                      expected_activation, json_simulation_messages, parse_explanation, parse_json_activations,
                       slot_positions)
 from .records import ActivationRecord
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-SIMULATIONS = ("auto", "logprobs", "json")
 # statuses by which a server says it does not offer what was asked (no completions endpoint, no echo
-# with logprobs, too many logprobs): simulation="auto" then falls back to JSON answers
+# with logprobs, too many logprobs): simulation="auto" then simulates with JSON answers
 UNSUPPORTED = (400, 404, 405, 422)
 
 
@@ -64,10 +69,12 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    model: str
+    explainer_model: str
+    simulator_model: str
     base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's API
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key: keys stay out of configs
-    simulation: str = "auto"  # "logprobs", "json", or "auto" (logprobs while the server gives them)
+    simulation: str = "auto"  # "logprobs", "json", or "auto" (decided once per run by a probe request)
+    prompts: PromptTemplates = PromptTemplates()
     top_logprobs: int = 20  # alternatives per prompt token; the digits must be among them
     max_explanation_tokens: int = 60
     temperature: float = 0.0  # a cached answer should be the answer
@@ -79,7 +86,7 @@ class EndpointConfig:
     cache_dir: str | Path | None = field(default_factory=default_cache_dir)  # None: no cache
 
     def __post_init__(self) -> None:
-        if not self.model:
+        if not self.explainer_model or not self.simulator_model:
             raise CratelabError("the endpoint needs a model name (method 'openai:MODEL')")
         if self.simulation not in SIMULATIONS:
             raise CratelabError(f"simulation must be one of {', '.join(SIMULATIONS)}, got {self.simulation!r}")
@@ -277,26 +284,56 @@ def _slot_digit_probabilities(slots: Sequence[int], response: Any) -> list[list[
 class EndpointExplainer:
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
+        self.model = endpoint.config.explainer_model
 
     def explain(self, records: Sequence[ActivationRecord]) -> str:
         cfg = self.endpoint.config
-        payload = {"model": cfg.model, "messages": explanation_messages(records),
+        payload = {"model": self.model, "messages": cfg.prompts.explanation_messages(records),
                    "max_tokens": cfg.max_explanation_tokens, "temperature": cfg.temperature}
         return self.endpoint.call("/chat/completions", payload, lambda r: parse_explanation(_message_text(r)),
                                   kind="explain-1")
 
 
 class EndpointSimulator:
-    """All-at-once simulation, the sequences of a neuron in parallel (bounded by the endpoint)."""
+    """All-at-once simulation, the sequences of a neuron in parallel (bounded by the endpoint).
+
+    `simulation` is "logprobs" or "json"; with "auto" it is None until decide() has probed the server.
+    """
 
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
-        self._logprobs = endpoint.config.simulation != "json"  # "auto" starts with logprobs
+        self.model = endpoint.config.simulator_model
+        self.simulation: str | None = None if endpoint.config.simulation == "auto" else endpoint.config.simulation
         self._lock = threading.Lock()
+
+    def decide(self) -> str:
+        """The simulation method of this run; with "auto", one probe request decides it, once."""
+        with self._lock:  # scoring threads wait for the one probe
+            if self.simulation is None:
+                self.simulation = self._probe()
+        return self.simulation
+
+    def _probe(self) -> str:
+        try:
+            self._by_logprobs(EXAMPLE_EXPLANATION, EXAMPLE_RECORDS[0].tokens)
+        except LogprobsUnavailable as e:
+            reason = str(e)
+        except RequestFailed as e:
+            if e.status not in UNSUPPORTED:  # no answer about logprobs either way: do not guess
+                raise CratelabError(
+                    f"{self.endpoint.base_url}: the probe that chooses the simulation method failed ({e}); "
+                    "set interp.backend.simulation to 'logprobs' or 'json' to skip it") from None
+            reason = str(e)
+        else:
+            log.info("%s: simulating with prompt logprobs", self.endpoint.base_url)
+            return "logprobs"
+        log.warning("%s: no logprob simulation (%s); JSON answers for the whole run", self.endpoint.base_url, reason)
+        return "json"
 
     def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         if not sequences:
             return []
+        self.decide()
         pool = ThreadPoolExecutor(min(len(sequences), self.endpoint.config.max_concurrency))
         try:
             return list(pool.map(partial(self._simulate_one, explanation), sequences))
@@ -306,32 +343,18 @@ class EndpointSimulator:
     def _simulate_one(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
         if not tokens:
             return np.zeros(0)
-        strict = self.endpoint.config.simulation == "logprobs"
-        if self._logprobs:
-            try:
-                return self._by_logprobs(explanation, tokens)
-            except RequestFailed as e:
-                if strict or e.status not in UNSUPPORTED:
-                    raise
-                self._fall_back(str(e))
-            except LogprobsUnavailable as e:
-                if strict:
-                    raise NeuronFailure(f"llm failed: {e}") from None
-                self._fall_back(str(e))
-        return self._by_json(explanation, tokens)
-
-    def _fall_back(self, reason: str) -> None:
-        with self._lock:
-            if self._logprobs:
-                self._logprobs = False
-                log.warning("%s: no logprob simulation (%s); asking for JSON answers from now on",
-                            self.endpoint.base_url, reason)
+        if self.simulation == "json":
+            return self._by_json(explanation, tokens)
+        try:
+            return self._by_logprobs(explanation, tokens)
+        except LogprobsUnavailable as e:  # this neuron fails; the method stays as decided
+            raise NeuronFailure(f"llm failed: {e}") from None
 
     def _by_logprobs(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
         cfg = self.endpoint.config
-        prompt = simulation_prompt(explanation, tokens)
+        prompt = cfg.prompts.simulation_prompt(explanation, tokens)
         # max_tokens=1, not 0: not every server accepts 0; the one generated token is ignored
-        payload = {"model": cfg.model, "prompt": prompt.text, "max_tokens": 1, "temperature": 0.0,
+        payload = {"model": self.model, "prompt": prompt.text, "max_tokens": 1, "temperature": 0.0,
                    "echo": True, "logprobs": cfg.top_logprobs}
         rows = self.endpoint.call("/completions", payload, partial(_slot_digit_probabilities, prompt.slots),
                                   kind="simulate-logprobs-1")
@@ -339,7 +362,7 @@ class EndpointSimulator:
 
     def _by_json(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
         cfg = self.endpoint.config
-        payload = {"model": cfg.model, "messages": json_simulation_messages(explanation, tokens),
+        payload = {"model": self.model, "messages": json_simulation_messages(explanation, tokens),
                    "max_tokens": 16 + 4 * len(tokens), "temperature": cfg.temperature}
         values = self.endpoint.call(
             "/chat/completions", payload,

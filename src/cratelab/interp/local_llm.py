@@ -23,8 +23,8 @@ import torch
 
 from ..errors import CratelabError
 from .explain import NeuronFailure
-from .prompts import (MAX_ACTIVATION, Message, SimulationPrompt, expected_activation, explanation_messages,
-                      parse_explanation, simulation_prompt, slot_positions)
+from .prompts import (MAX_ACTIVATION, Message, PromptTemplates, SimulationPrompt, expected_activation,
+                      parse_explanation, slot_positions)
 from .records import ActivationRecord
 
 INSTALL = "pip install 'cratelab[llm]' (transformers, gguf, accelerate)"
@@ -114,11 +114,12 @@ class LocalLLM:
 
 
 class LocalExplainer:
-    def __init__(self, llm: LocalLLM, max_new_tokens: int = 40):
-        self.llm, self.max_new_tokens = llm, max_new_tokens
+    def __init__(self, llm: LocalLLM, max_new_tokens: int = 40, prompts: PromptTemplates = PromptTemplates(),
+                 model: str = ""):
+        self.llm, self.max_new_tokens, self.prompts, self.model = llm, max_new_tokens, prompts, model
 
     def explain(self, records: Sequence[ActivationRecord]) -> str:
-        answer = self.llm.chat(explanation_messages(records), self.max_new_tokens)
+        answer = self.llm.chat(self.prompts.explanation_messages(records), self.max_new_tokens)
         try:
             return parse_explanation(answer)
         except ValueError as e:  # greedy decoding: asking again would give the same answer
@@ -126,21 +127,27 @@ class LocalExplainer:
 
 
 class LocalSimulator:
-    def __init__(self, llm: LocalLLM):
-        self.llm = llm
+    simulation = "logprobs"  # the expected value under the model's next-token probabilities of the digits
+
+    def __init__(self, llm: LocalLLM, prompts: PromptTemplates = PromptTemplates(), model: str = ""):
+        self.llm, self.prompts, self.model = llm, prompts, model
 
     def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         out = []
         for tokens in sequences:
             try:
-                slots = self.llm.slot_probabilities(simulation_prompt(explanation, tokens)) if tokens else []
+                slots = self.llm.slot_probabilities(self.prompts.simulation_prompt(explanation, tokens)) if tokens else []
             except ValueError as e:
                 raise NeuronFailure(f"llm failed: {e}") from None
             out.append(np.array([expected_activation(p) for p in slots], dtype=np.float64))
         return out
 
 
-def local_backend(path: str | Path, config: LocalConfig = LocalConfig()) -> tuple[LocalExplainer, LocalSimulator]:
-    """Explainer and simulator sharing one loaded model."""
+def local_backend(path: str | Path, config: LocalConfig = LocalConfig(), *, simulator_path: str | Path | None = None,
+                  prompts: PromptTemplates = PromptTemplates()) -> tuple[LocalExplainer, LocalSimulator]:
+    """Explainer (the model at `path`) and simulator (at `simulator_path`, default the same model, loaded once)."""
     llm = LocalLLM(path, config.device, config.dtype)
-    return LocalExplainer(llm, config.max_explanation_tokens), LocalSimulator(llm)
+    same = simulator_path is None or Path(simulator_path) == Path(path)
+    simulator_llm = llm if same else LocalLLM(simulator_path, config.device, config.dtype)
+    return (LocalExplainer(llm, config.max_explanation_tokens, prompts, str(path)),
+            LocalSimulator(simulator_llm, prompts, str(path if same else simulator_path)))

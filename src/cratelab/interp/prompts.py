@@ -19,11 +19,14 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import string
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import CratelabError
 from .explain import explainer_view
 from .records import ActivationRecord
 
@@ -213,3 +216,96 @@ def parse_json_activations(text: str, n_tokens: int) -> np.ndarray:
                for v in values):
         raise ValueError(f"activations must be numbers from 0 to {MAX_ACTIVATION}")
     return np.asarray(values, dtype=np.float64)
+
+
+# ---------------------------------------------------------------- prompt templates from files
+
+def _template(path: Path, name: str) -> string.Template:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CratelabError(f"{name}: cannot read the prompt template {path}: {err}") from None
+    return _valid(string.Template(text), name, path)
+
+
+def _valid(template: string.Template, name: str, path: Path) -> string.Template:
+    if not template.is_valid():
+        raise CratelabError(f"{name}: {path} is not a valid template ($name placeholders, $$ for a dollar sign)")
+    return template
+
+
+def _check_placeholders(template: string.Template, allowed: set[str], required: set[str], name: str,
+                        path: Path) -> None:
+    used = set(template.get_identifiers())
+    if unknown := used - allowed:
+        raise CratelabError(f"{name}: {path} uses unknown placeholder(s) {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(sorted(allowed))})")
+    if missing := required - used:
+        raise CratelabError(f"{name}: {path} must contain {', '.join('$' + m for m in sorted(missing))}")
+
+
+def activation_lines(records: Sequence[ActivationRecord]) -> str:
+    """The records as an explainer sees them: "<start>", one "token<TAB>digit" line a token, "<end>"."""
+    return "\n".join(_record_lines(r.tokens, d.tolist()) for r, d in zip(records, discretize(records)))
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """The explainer's chat messages and the logprob simulator's completion prompt: ours (None), or templates.
+
+    explainer: a JSON file, a list of {"role", "content"} chat messages; `$records` in a content is
+    replaced by the neuron's explanation records (activation_lines). simulator: a text file with
+    `$explanation` and, once, `$records`, replaced by the tokens as "token<TAB>unknown" lines (the
+    activation slots are found in the result). The JSON-answer simulation always uses our prompt.
+    """
+
+    explainer: tuple[Message, ...] | None = None
+    simulator: str | None = None
+
+    @classmethod
+    def load(cls, explainer_path: str | Path | None, simulator_path: str | Path | None) -> PromptTemplates:
+        explainer = simulator = None
+        if explainer_path:
+            path = Path(explainer_path)
+            name = "interp.backend.explainer_prompt"
+            try:
+                messages = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                raise CratelabError(f"{name}: {path} is not a readable JSON list of chat messages ({err})") from None
+            if not (isinstance(messages, list) and messages and all(
+                    isinstance(m, dict) and set(m) == {"role", "content"} and isinstance(m["content"], str)
+                    and m["role"] in ("system", "user", "assistant") for m in messages)):
+                raise CratelabError(f"{name}: {path} must be a JSON list of {{\"role\": system|user|assistant, "
+                                    "\"content\": text}} messages")
+            # the messages read as one template: the checks see every placeholder, $records once or more
+            _check_placeholders(_valid(string.Template("\n".join(m["content"] for m in messages)), name, path),
+                                {"records"}, {"records"}, name, path)
+            explainer = tuple(messages)
+        if simulator_path:
+            path, name = Path(simulator_path), "interp.backend.simulator_prompt"
+            template = _template(path, name)
+            _check_placeholders(template, {"explanation", "records"}, {"explanation", "records"}, name, path)
+            if template.template.count("$records") != 1:
+                raise CratelabError(f"{name}: {path} must contain $records exactly once")
+            simulator = template.template
+        return cls(explainer, simulator)
+
+    def explanation_messages(self, records: Sequence[ActivationRecord]) -> list[Message]:
+        if self.explainer is None:
+            return explanation_messages(records)
+        shown = activation_lines(records)
+        return [{"role": m["role"], "content": string.Template(m["content"]).substitute(records=shown)}
+                for m in self.explainer]
+
+    def simulation_prompt(self, explanation: str, tokens: Sequence[str]) -> SimulationPrompt:
+        if self.simulator is None:
+            return simulation_prompt(explanation, tokens)
+        head, tail = self.simulator.split("$records")
+        one_line = " ".join(explanation.split())
+        text = string.Template(head).substitute(explanation=one_line)
+        slots = []
+        for token in tokens:
+            text += show_token(token) + "\t"
+            slots.append(len(text))
+            text += UNKNOWN + "\n"
+        return SimulationPrompt(text + string.Template(tail).substitute(explanation=one_line), tuple(slots))

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file, save
 
+from ..config import RecordConfig  # the config layer owns it: [interp.records]
 from ..errors import CratelabError
 from ..io import name_path, sha256_file
 
@@ -76,32 +77,6 @@ class NeuronRecord:
     max_activation: float
     mean: float
     firing_rate: float  # share of tokens with activation > 0
-
-
-@dataclass(frozen=True)
-class RecordConfig:
-    window: int = 64  # tokens per record in the OpenAI protocols
-    short_window: int = 8  # tokens per record in the Anthropic-style protocol
-    snippet: int = 3  # tokens per out-of-context snippet
-    n_top: int = 50
-    n_random: int = 50
-    n_bins: int = 11
-    per_bin: int = 4  # quantile samples per bin: 2 to explain + 2 to score
-
-    def __post_init__(self) -> None:
-        if not self.window >= self.short_window >= self.snippet >= 1:
-            raise CratelabError(f"record widths must satisfy window >= short_window >= snippet >= 1, "
-                                f"got {self.window}, {self.short_window}, {self.snippet}")
-        for name in ("n_top", "n_bins", "per_bin"):
-            if getattr(self, name) < 1:
-                raise CratelabError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_random < 0:
-            raise CratelabError(f"n_random must be >= 0, got {self.n_random}")
-
-    @property
-    def reservoir(self) -> int:
-        """Uniformly sampled positions kept per neuron: the random records, then the quantile pool."""
-        return self.n_random + (self.n_bins + 1) * self.per_bin
 
 
 @dataclass

@@ -8,24 +8,23 @@ or extended run picks up where it stopped):
     config.toml         the checkpoint's run config with the [interp] section used
     records/layer{l}/   LayerRecords.save + meta.json (checkpoint hash, data hash, seed, tokens);
                         written to a temporary folder and renamed, so a folder there is complete
-    scores.jsonl        one line per (layer, neuron, protocol): layer, neuron, protocol, method, score,
-                        explanation, firing_rate, max_activation, reason (score null when unscorable)
+    scores.jsonl        one line per (layer, neuron, protocol): NeuronScore.to_row, score.ROW_FIELDS
+                        (score null when unscorable; `simulation` and the explainer and simulator
+                        models say how it was made)
     simulations.jsonl   the simulated activations behind each score (for the cards), same keys
     scores.csv          scores.jsonl as a table, sorted
-    summary.json / .md  per layer and protocol: mean, bootstrap CI over neurons, scored and
-                        unscorable counts (by reason); per protocol the model mean over layers
+    summary.json / .md  summary.py: per layer and protocol, mean, bootstrap CI over neurons, the mean
+                        counting unscorable neurons as 0, counts (by reason); per protocol the model means
     cards/              HTML neuron cards (cards/index.html)
 
 scores.jsonl is appended a neuron at a time (all its protocols), flushed and fsynced; on restart it
 is read back, a cut-off last line is dropped, and only the missing (layer, neuron, protocol) are
-scored: no neuron is scored twice and none is lost.
+scored: no neuron is scored twice and none is lost. The file names are in files.py.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import re
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -46,20 +45,18 @@ from ..runtime import set_threads
 from . import make_backend
 from .collect import collect_records
 from .explain import Explainer
-from .records import LayerRecords, NeuronRecord, RecordConfig
-from .score import NeuronScore, ScoringProtocol, get_protocol, score_neuron, summarize_layer
+from .files import FORMAT, encode_simulation
+from .records import LayerRecords, NeuronRecord
+from .score import ROW_FIELDS, NeuronScore, ScoringProtocol, get_protocol, score_neuron
 from .simulate import Simulator
+from .summary import summarize, summary_markdown
 
-FORMAT = "cratelab-interpret-1"
-SCORE_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate",
-                "max_activation", "reason")
 FSYNC_EVERY_S = 0.5
 # settings that change how fast a run goes or how it is reported, never its records or scores
-EXECUTION_ONLY = ("device", "batch_size", "workers", "threads", "bootstrap", "confidence", "cards", "max_cards")
-
-
-def record_config(icfg: InterpConfig) -> RecordConfig:
-    return RecordConfig(**{f.name: getattr(icfg, f.name) for f in dataclasses.fields(RecordConfig)})
+# (dotted: the backend's endpoint options reach the same answers, the cache keys on what determines them)
+EXECUTION_ONLY = ("device", "batch_size", "workers", "threads", "bootstrap", "confidence", "cards", "max_cards",
+                  "backend.base_url", "backend.api_key_env", "backend.concurrency", "backend.timeout_s",
+                  "backend.retries")
 
 
 def neuron_subset(icfg: InterpConfig, layer: int, n_neurons: int) -> list[int]:
@@ -70,61 +67,18 @@ def neuron_subset(icfg: InterpConfig, layer: int, n_neurons: int) -> list[int]:
     return sorted(rng.choice(n_neurons, icfg.neurons, replace=False).tolist())
 
 
-def encode_simulation(arrays: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Simulated activations, compactly: record lengths and float16 values (3 significant digits, plenty
-    for predictions on a 0-10 scale), base64. JSON lists of floats cost more time than the scoring."""
-    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
-    return {"lengths": [len(a) for a in arrays],
-            "float16": base64.b64encode(flat.astype("<f2").tobytes()).decode("ascii")}
-
-
-def decode_simulation(row: dict[str, Any]) -> list[np.ndarray]:
-    flat = np.frombuffer(base64.b64decode(row["float16"]), dtype="<f2").astype(np.float64)
-    return np.split(flat, np.cumsum(row["lengths"])[:-1]) if row["lengths"] else []
-
-
 # ---------------------------------------------------------------- scoring one neuron
-
-class _RecordingSimulator:
-    """Passes calls through and keeps the last simulation, for the cards."""
-
-    def __init__(self, inner: Simulator):
-        self.inner, self.last = inner, None
-
-    def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        self.last = self.inner.simulate(explanation, sequences)
-        return self.last
-
-
-def missing_records(record: NeuronRecord, protocol: ScoringProtocol) -> str | None:
-    """Why the neuron lacks records the protocol reads (the stream had too few non-overlapping top
-    windows), or None. The configured record counts are checked up front by InterpConfig.validate."""
-    need = max(protocol.explain_top + protocol.score_top + protocol.score_snippets, default=-1) + 1
-    if len(record.top) < need:
-        return (f"too few top records ({len(record.top)} of the {need} needed): stream more tokens "
-                "(each top record needs its own window of text)")
-    return None
-
 
 def score_protocols(record: NeuronRecord, protocols: Sequence[ScoringProtocol], explainer: Explainer,
                     simulator: Simulator) -> list[tuple[NeuronScore, list[np.ndarray] | None]]:
-    """The neuron's score under each protocol, with the simulated activations of its scoring records."""
+    """The neuron's score under each protocol, with the simulated activations of its scoring records
+    (None when it was unscorable before any simulation)."""
     out = []
     for protocol in protocols:
-        reason = missing_records(record, protocol)
-        if reason is not None:
-            out.append((NeuronScore(record.layer, record.neuron, protocol.name, None, "", reason,
-                                    record.firing_rate, record.max_activation), None))
-            continue
-        recording = _RecordingSimulator(simulator)
-        out.append((score_neuron(record, protocol, explainer, recording), recording.last))
+        simulated: list[np.ndarray] = []
+        score = score_neuron(record, protocol, explainer, simulator, simulated_out=simulated)
+        out.append((score, simulated or None))
     return out
-
-
-def _score_row(s: NeuronScore, method: str) -> dict[str, Any]:
-    return {"layer": s.layer, "neuron": s.neuron, "protocol": s.protocol, "method": method, "score": s.score,
-            "explanation": s.explanation, "firing_rate": s.firing_rate, "max_activation": s.max_activation,
-            "reason": s.reason}
 
 
 def _key(row: dict[str, Any]) -> tuple[int, int, str]:
@@ -190,7 +144,7 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
         tok = ckpt.tokenizer
         vocab = [tok.token_str(i) for i in range(tok.vocab_size)]
         fresh = collect_records(ckpt.model, dataset.val, vocab, layers=missing, n_tokens=icfg.tokens,
-                                eot_id=tok.eot_id, seed=icfg.seed, config=record_config(icfg),
+                                eot_id=tok.eot_id, seed=icfg.seed, config=icfg.records,
                                 batch_size=icfg.batch_size, device=device, progress=progress)
         for layer, records in fresh.items():
             with building_folder(root / f"layer{layer}") as tmp:
@@ -212,7 +166,7 @@ def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[in
     todo = [(layer, h) for layer, neurons in subsets.items() for h in neurons
             if any((layer, h, p.name) not in done for p in protocols)]
     if todo:
-        explainer, simulator = make_backend(icfg.method)
+        explainer, simulator = make_backend(icfg.method, icfg.backend)
         # scores.jsonl is the record of what is done: fsynced, at most FSYNC_EVERY_S apart (an fsync
         # per neuron here costs 2-4 ms, as much as scoring the neuron offline). The simulations only feed
         # the cards, which show a neuron without them if a power cut took their last lines.
@@ -227,7 +181,7 @@ def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[in
             # without its simulation (the cards read the last simulation of a key)
             sims.write({"layer": s.layer, "neuron": s.neuron, "protocol": s.protocol, **encode_simulation(sim)}
                        for s, sim in results if sim is not None)
-            rows = [_score_row(s, icfg.method) for s, _ in results]
+            rows = [s.to_row(icfg.method) for s, _ in results]
             scores.write(rows)
             done.update((_key(row), row) for row in rows)
 
@@ -266,60 +220,6 @@ def _run_jobs(job, todo: list[tuple[int, int]], workers: int) -> Iterator[Any]:
                 future.cancel()
 
 
-def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[int], protocols: Sequence[str],
-              icfg: InterpConfig) -> dict[str, Any]:
-    """Per layer and protocol: mean, bootstrap CI, counts; per protocol: the mean over layers."""
-    per_layer, model = [], {}
-    for protocol in protocols:
-        means = []
-        for layer in layers:
-            scores = [NeuronScore(r["layer"], r["neuron"], r["protocol"], r["score"], r["explanation"], r["reason"],
-                                  r["firing_rate"], r["max_activation"])
-                      for r in rows if r["layer"] == layer and r["protocol"] == protocol]
-            if not scores:
-                continue
-            s = summarize_layer(scores, n_bootstrap=icfg.bootstrap, confidence=icfg.confidence, seed=icfg.seed)
-            per_layer.append(dataclasses.asdict(s))
-            if s.mean is not None:
-                means.append(s.mean)
-        model[protocol] = {"mean": float(np.mean(means)) if means else None, "n_layers": len(means)}
-    return {"layers": per_layer, "model": model}
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def md_code(text: str) -> str:
-    """``text`` as a Markdown code span, shown literally whatever it holds (a path may hold `*`, `<`, `]`)."""
-    text = " ".join(str(text).splitlines())
-    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
-    return f"{fence} {text} {fence}"
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    conf = round(100 * summary["settings"]["confidence"])
-    lines = [f"# Neuron interpretability: {md_code(summary['checkpoint'])}", "",
-             f"step {summary['step']}, method `{summary['method']}`, {summary['n_tokens']:,} held-out tokens, "
-             f"{summary['neurons_per_layer']} neurons scored per layer (of {summary['n_neurons']}), "
-             f"seed {summary['settings']['seed']}. Score: pooled Pearson correlation of simulated and real "
-             "activations (the paper reports it x100).", ""]
-    for protocol, model in summary["model"].items():
-        lines += [f"## {protocol}", "", f"| layer | mean | {conf}% CI | scored | unscorable |", "|---|---|---|---|---|"]
-        for s in summary["layers"]:
-            if s["protocol"] == protocol:
-                ci = f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]" if s["mean"] is not None else "n/a"
-                lines.append(f"| {s['layer']} | {_fmt(s['mean'])} | {ci} | {s['n_scored']} | {s['n_unscorable']} |")
-        lines += ["", f"Model mean over {model['n_layers']} layers: **{_fmt(model['mean'])}**", ""]
-    reasons = [(s["layer"], s["protocol"], reason, n) for s in summary["layers"]
-               for reason, n in s["unscorable_reasons"].items()]
-    if reasons:
-        lines += ["## Unscorable neurons", "", "| layer | protocol | neurons | reason |", "|---|---|---|---|"]
-        lines += [f"| {layer} | {protocol} | {n} | {reason} |" for layer, protocol, reason, n in reasons]
-        lines.append("")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- the pipeline
 
 def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: InterpConfig | None = None,
@@ -336,8 +236,9 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     set_threads(icfg.threads, "interp.threads")
     mcfg = ckpt.model.config
     layers = icfg.layer_list(mcfg.n_layer)
-    if icfg.window > mcfg.block_size:  # a record lies within one context of the model
-        raise ConfigError("interp.window", f"must be <= model.block_size ({mcfg.block_size}), got {icfg.window}")
+    if icfg.records.window > mcfg.block_size:  # a record lies within one context of the model
+        raise ConfigError("interp.records.window",
+                          f"must be <= model.block_size ({mcfg.block_size}), got {icfg.records.window}")
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)
     with folder_lock(out):  # a second process on the folder would score the same neurons into it
@@ -353,7 +254,10 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
         timing = read_json_object(out / SUMMARY_JSON, what="interpret summary").get("timing", {})
 
     ckpt_file = checkpoint_file(ckpt.path)
-    settings = {k: v for k, v in dataclasses.asdict(icfg).items() if k not in EXECUTION_ONLY}
+    settings = {k: v for k, v in _flatten(dataclasses.asdict(icfg)).items() if k not in EXECUTION_ONLY}
+    for name in ("backend.explainer_prompt", "backend.simulator_prompt"):  # what a template says, not where
+        if settings[name]:
+            settings[name] = sha256_file(Path(settings[name]))
     data = {k: v for k, v in dataclasses.asdict(ckpt.config.data).items() if k != "cache_dir"}
     identity = {"format": FORMAT, "checkpoint_sha256": sha256_file(ckpt_file), "data": data, "interp": settings}
     _check_identity(out, identity)
@@ -380,7 +284,7 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
         "settings": dataclasses.asdict(icfg),
         **summarize(rows, layers, [p.name for p in protocols], icfg),
     }
-    write_csv(out / SCORES_CSV, SCORE_FIELDS, rows)
+    write_csv(out / SCORES_CSV, ROW_FIELDS, rows)
     if icfg.cards and not (out / CARDS / "index.html").is_file():
         from .cards import write_cards
 

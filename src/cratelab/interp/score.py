@@ -9,9 +9,10 @@ LLM request that kept failing); such a neuron gets score None and a reason, and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -39,6 +40,29 @@ class ScoringProtocol:
     score_random: tuple[int, ...] = ()
     score_quantile: tuple[int, ...] = ()
     score_snippets: tuple[int, ...] = ()
+
+    def required_records(self) -> dict[str, int]:
+        """How many records of each kind (RecordConfig's n_top, n_random, per_bin) the protocol reads."""
+        return {"n_top": max(self.explain_top + self.score_top + self.score_snippets, default=-1) + 1,
+                "n_random": max(self.explain_random + self.score_random, default=-1) + 1,
+                "per_bin": max(self.explain_quantile + self.score_quantile, default=-1) + 1}
+
+    def missing_records(self, record: NeuronRecord) -> str | None:
+        """Why the neuron lacks records the protocol reads, or None. The configured counts are checked
+        up front (InterpConfig.validate); a short stream can still leave a neuron fewer top windows
+        than asked for, as each top record needs its own stretch of text."""
+        need = self.required_records()
+        tops = record.top_short if self.short else record.top
+        randoms = record.random_short if self.short else record.random
+        have = {"n_top": min(len(tops), len(record.snippets) if self.score_snippets else len(tops)),
+                "n_random": len(randoms),
+                "per_bin": min((len(b) for b in record.quantiles), default=0) if need["per_bin"] else 0}
+        kinds = {"n_top": "top records", "n_random": "random records", "per_bin": "records per quantile bin"}
+        for name, kind in kinds.items():
+            if have[name] < need[name]:
+                return (f"too few {kind} ({have[name]} of the {need[name]} needed): stream more tokens "
+                        "(each top record needs its own window of text)")
+        return None
 
     def explanation_records(self, record: NeuronRecord) -> list[ActivationRecord]:
         return self._select(record, self.explain_top, self.explain_random, self.explain_quantile, ())
@@ -119,28 +143,62 @@ class NeuronScore:
     reason: str | None
     firing_rate: float
     max_activation: float
+    simulation: str = ""  # how the activations were simulated: "token-pattern" | "logprobs" | "json"
+    explainer_model: str = ""
+    simulator_model: str = ""
+
+    def to_row(self, method: str) -> dict[str, Any]:
+        """The scores.jsonl / scores.csv row (ROW_FIELDS): the one schema of a score on disk."""
+        return {name: method if name == "method" else getattr(self, name) for name in ROW_FIELDS}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> NeuronScore:
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: row[name] for name in names if name in row})  # rows of older runs lack the models
+
+
+# the fields of NeuronScore, with the run's method after the protocol (as in rows before the models were kept)
+ROW_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate", "max_activation",
+              "reason", "simulation", "explainer_model", "simulator_model")
 
 
 def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Explainer,
-                 simulator: Simulator) -> NeuronScore:
+                 simulator: Simulator, simulated_out: list[np.ndarray] | None = None) -> NeuronScore:
+    """The neuron's score under the protocol; unscorable (score None, with the reason) when it lacks the
+    records the protocol reads, when the explainer or simulator gave up on it, or when a side is constant.
+
+    simulated_out, when given, receives the simulated activations of the scoring records (for the cards).
+    """
+    # getattr: explainers and simulators written for score_records before the rows named them still work
+    def result(score: float | None, explanation: str, reason: str | None, simulated: bool) -> NeuronScore:
+        simulation = (getattr(simulator, "simulation", "") or "") if simulated else ""  # "" when never asked
+        return NeuronScore(record.layer, record.neuron, protocol.name, score, explanation, reason,
+                           record.firing_rate, record.max_activation, simulation,
+                           getattr(explainer, "model", ""), getattr(simulator, "model", ""))
+
+    if (missing := protocol.missing_records(record)) is not None:
+        return result(None, "", missing, simulated=False)
     explaining, scoring = protocol.explanation_records(record), protocol.scoring_records(record)
-    explanation = ""
     try:
         explanation = explainer.explain(explaining)
+    except NeuronFailure as failure:
+        return result(None, "", str(failure), simulated=False)
+    try:
         simulated = simulator.simulate(explanation, [r.tokens for r in scoring])
     except NeuronFailure as failure:
-        return NeuronScore(record.layer, record.neuron, protocol.name, None, explanation, str(failure),
-                           record.firing_rate, record.max_activation)
+        return result(None, explanation, str(failure), simulated=True)
+    if simulated_out is not None:
+        simulated_out[:] = simulated
     score, reason = pooled_correlation([r.activations for r in scoring], simulated)
-    return NeuronScore(record.layer, record.neuron, protocol.name, score, explanation, reason,
-                       record.firing_rate, record.max_activation)
+    return result(score, explanation, reason, simulated=True)
 
 
 @dataclass
 class LayerSummary:
     layer: int
     protocol: str
-    mean: float | None  # mean score over the scorable neurons
+    mean: float | None  # mean score over the scorable neurons (the paper's layer score)
+    mean_all_neurons: float | None  # mean over all neurons, an unscorable one counting as 0
     ci_low: float | None  # bootstrap confidence interval of the mean, over neurons
     ci_high: float | None
     n_neurons: int
@@ -151,7 +209,8 @@ class LayerSummary:
 
 def summarize_layer(scores: Sequence[NeuronScore], *, n_bootstrap: int = 1000, confidence: float = 0.95,
                     seed: int = 0) -> LayerSummary:
-    """Layer mean with a percentile bootstrap interval over neurons; unscorable neurons are counted."""
+    """Layer mean with a percentile bootstrap interval over neurons; unscorable neurons are counted, and
+    also enter a second mean as 0 (an explanation that predicts nothing then lowers the score)."""
     keys = {(s.layer, s.protocol) for s in scores}
     if len(keys) != 1:
         raise ValueError(f"summarize one layer and protocol at a time, got {sorted(keys)}")
@@ -159,10 +218,11 @@ def summarize_layer(scores: Sequence[NeuronScore], *, n_bootstrap: int = 1000, c
     values = np.array([s.score for s in scores if s.score is not None], dtype=np.float64)
     reasons = Counter(s.reason for s in scores if s.score is None)
     mean = low = high = None
+    mean_all = float(values.sum() / len(scores)) if scores else None
     if values.size:
         rng = np.random.default_rng(seed)
         boot = values[rng.integers(0, values.size, (n_bootstrap, values.size))].mean(axis=1)
         tail = 100 * (1 - confidence) / 2
         mean, low, high = float(values.mean()), float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))
-    return LayerSummary(layer, protocol, mean, low, high, len(scores), int(values.size),
+    return LayerSummary(layer, protocol, mean, mean_all, low, high, len(scores), int(values.size),
                         len(scores) - int(values.size), dict(reasons))

@@ -14,11 +14,16 @@ from .explain import TokenPatterns
 
 
 class Simulator(Protocol):
+    simulation: str | None  # how it simulates, recorded in every score row ("token-pattern", "logprobs", "json")
+    model: str  # recorded in every score row
+
     def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]: ...
 
 
 class TokenPatternSimulator:
     """Applies a token-pattern explanation, read from its text: the most specific matching pattern wins."""
+
+    simulation = model = "token-pattern"
 
     def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         parsed = TokenPatterns.parse(explanation)
