@@ -208,9 +208,13 @@ def test_a_second_train_on_a_busy_folder_is_refused_and_a_kill_9_leaves_no_lock(
 def test_nan_loss_stops_with_a_message_and_the_last_good_checkpoint_still_serves(cache, tmp_path):
     out = tmp_path / "run"
     cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=10", cache=cache)
-    # resumed with an absurd learning rate: the weights blow up at the first update
-    proc = cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=20", "--set", "train.lr=1e30", cache=cache,
-                    expect=2)
+    # diverged optimizer moments (a resume with train.lr=1e30 did this before such resumes were refused):
+    # the weights blow up at the first update after the resume, while the saved weights stay good
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    for moments in state["train"]["optimizer"]["state"].values():
+        moments["exp_avg"].mul_(1e30)
+    torch.save(state, out / "ckpt.pt")
+    proc = cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=20", cache=cache, expect=2)
     message = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and message.startswith("error: loss became ")
     assert f"; last good checkpoint kept at {out / 'ckpt.pt'}." in message
