@@ -160,6 +160,9 @@ class EvalConfig:
                 f"must be in (0, 1), got {self.dense_threshold}")
 
 
+TOP_MODES = ("distinct", "paper")  # RecordConfig.top
+
+
 @dataclass(frozen=True)
 class RecordConfig:
     """`[interp.records]`: tokens per record, and how many records of each kind a neuron keeps."""
@@ -171,6 +174,7 @@ class RecordConfig:
     n_random: int = 50
     n_bins: int = 11
     per_bin: int = 4  # quantile samples per bin: 2 to explain + 2 to score
+    top: str = "distinct"  # "distinct": non-overlapping top windows; "paper": the top tokens, overlaps allowed
 
     def __post_init__(self) -> None:  # checked however it is built: TOML, --set, or Python
         self.validate()
@@ -182,13 +186,9 @@ class RecordConfig:
         require(self.n_random >= 0, p + "n_random", f"must be >= 0, got {self.n_random}")
         require(self.window >= self.short_window, p + "short_window",
                 f"must be <= {p}window ({self.window}), got {self.short_window}")
+        choose(self.top, TOP_MODES, p + "top")
         require(self.short_window >= self.snippet, p + "snippet",
                 f"must be <= {p}short_window ({self.short_window}), got {self.snippet}")
-
-    @property
-    def reservoir(self) -> int:
-        """Uniformly sampled positions kept per neuron: the random records, then the quantile pool."""
-        return self.n_random + (self.n_bins + 1) * self.per_bin
 
 
 SIMULATIONS = ("auto", "logprobs", "json")

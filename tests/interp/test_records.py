@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
+from cratelab.config import ConfigError, load_config
 from cratelab.errors import CratelabError
 from cratelab.interp import LayerRecords, RecordBuilder, RecordConfig, build_records
 
-from .synthetic import EOT, planted_stream
+from .synthetic import EOT, planted_stream, relu_code_stream
 
 CFG = RecordConfig(window=16, short_window=8, snippet=3, n_top=12, n_random=10, n_bins=3, per_bin=2)
 
@@ -20,8 +21,9 @@ def stream(n_rows=12, length=40, H=6, seed=0, eot=9):
 
 def build(ids, acts, rows_per_batch, cfg=CFG, seed=0, eot=9):
     b = RecordBuilder(acts.shape[2], [f"t{i}" for i in range(10)], eot_id=eot, seed=seed, config=cfg)
-    for r in range(0, len(ids), rows_per_batch):
-        b.add(ids[r:r + rows_per_batch], acts[r:r + rows_per_batch])
+    for step in (b.add, b.count):  # the two passes
+        for r in range(0, len(ids), rows_per_batch):
+            step(ids[r:r + rows_per_batch], acts[r:r + rows_per_batch])
     return b.finish()
 
 
@@ -182,8 +184,9 @@ def test_buffers_do_not_grow_with_the_stream():
     def state_bytes(rows):
         ids, acts = stream(n_rows=rows)
         b = RecordBuilder(acts.shape[2], [f"t{i}" for i in range(10)], eot_id=9, config=CFG)
-        for r in range(0, rows, 2):
-            b.add(ids[r:r + 2], acts[r:r + 2])
+        for step in (b.add, b.count):
+            for r in range(0, rows, 2):
+                step(ids[r:r + 2], acts[r:r + 2])
         tensors = [v for v in vars(b).values() if hasattr(v, "nbytes") or hasattr(v, "element_size")]
         tensors += [getattr(b._res, f) for f in ("centre", "start", "length", "acts")]
         return sum(t.nbytes if hasattr(t, "nbytes") else t.element_size() * t.nelement() for t in tensors)
@@ -216,3 +219,63 @@ def test_too_few_tokens_and_bad_shapes_are_user_errors():
     b.add(np.zeros((1, 5), dtype=np.int64), np.zeros((1, 5, 2)))
     with pytest.raises(CratelabError, match="at least"):
         b.finish()
+
+
+@pytest.mark.parametrize("rows_per_batch", [1, 5, 12])
+def test_paper_top_is_the_top_tokens_with_overlaps(rows_per_batch):
+    ids, acts = stream()
+    cfg = RecordConfig(**{**CFG.__dict__, "top": "paper"})
+    rec = build(ids, acts, rows_per_batch, cfg=cfg)
+    flat = acts.reshape(-1, acts.shape[2])
+    for h in range(acts.shape[2]):
+        order = np.argsort(-flat[:, h], kind="stable")[:cfg.n_top]  # the strongest tokens, ties: earliest
+        np.testing.assert_array_equal(rec.top.centre[h], order)
+        for i, p in enumerate(order):  # each window centred on its token, clipped to its document
+            lo, hi = document(ids, int(p))
+            W = cfg.window
+            assert (rec.top.start[h, i], rec.top.length[h, i]) == (max(p - W // 2, lo),
+                                                                   min(p - W // 2 + W, hi) - max(p - W // 2, lo))
+    centres = np.sort(rec.top.centre[0])
+    assert np.any(np.diff(centres) < cfg.window), "the paper's top tokens include neighbours"
+
+
+def test_record_positions_change_with_the_seed_and_not_with_the_batching():
+    ids, acts = stream(n_rows=30, length=40, H=3)
+    runs = {(seed, rows): build(ids, acts, rows, seed=seed) for seed in (0, 1) for rows in (1, 7, 30)}
+    for kind in ("random", "quantile"):
+        centres = {key: getattr(rec, kind).centre for key, rec in runs.items()}
+        for seed in (0, 1):
+            np.testing.assert_array_equal(centres[seed, 1], centres[seed, 7])
+            np.testing.assert_array_equal(centres[seed, 1], centres[seed, 30])
+        for h in range(acts.shape[2]):  # every neuron's sample moves with the seed
+            assert set(centres[0, 1][h]) != set(centres[1, 1][h]), (kind, h)
+    np.testing.assert_array_equal(runs[0, 1].top.centre, runs[1, 7].top.centre)  # top records are not sampled
+
+
+def test_unknown_top_mode_is_a_user_error_naming_the_field():
+    with pytest.raises(CratelabError, match="interp.records.top: must be one of 'distinct', 'paper'"):
+        RecordConfig(top="overlapping")
+    with pytest.raises(ConfigError, match="interp.records.top"):
+        load_config(None, ["interp.records.top=overlapping"])
+
+
+def quantile_placement(rec, acts):
+    """Share of quantile records inside their true bin (inclusive edges: ties count for every bin
+    they touch), and how many come from above the top bin (the top twelfth)."""
+    cfg, flat = rec.config, acts.reshape(-1, acts.shape[2])
+    inside, above = 0, 0
+    for h in range(flat.shape[1]):
+        q = np.quantile(flat[:, h], np.arange(cfg.n_bins + 2) / (cfg.n_bins + 1))
+        values = flat[rec.quantile.centre[h], h].reshape(cfg.n_bins, cfg.per_bin)
+        inside += sum(np.sum((q[j] <= values[j]) & (values[j] <= q[j + 1])) for j in range(cfg.n_bins))
+        above += np.sum(values > q[cfg.n_bins])
+    return inside / rec.quantile.centre.size, above
+
+
+def test_quantile_records_come_from_their_true_twelfth():
+    # 32,768 tokens: more than the value sample, so the grid is an estimate and only the exact
+    # second-pass counts can put the records in their true twelfths
+    ids, acts = relu_code_stream()
+    rec = build(ids, acts, 16, cfg=RecordConfig(), eot=None)
+    share, above = quantile_placement(rec, acts)
+    assert share >= 0.95 and above == 0, (share, above)

@@ -110,7 +110,7 @@ def test_one_count_of_the_records_a_protocol_needs_for_config_scoring_and_interp
         assert s.score is None and s.reason.startswith(reason)
     assert TOP_AND_RANDOM.missing_records(labelled_neuron(per_bin=0)) is None  # it reads no quantile record
     # score_activations agrees with interpret: a stream too short for 10 top windows marks neurons unscorable
-    tokens, acts = planted_stream(n_rows=2, length=64)
+    tokens, acts = planted_stream(n_rows=4, length=64)  # >= the 242-token reservoir, < 10 windows
     scores = score_activations(tokens, acts, eot_token=EOT)
     assert len(scores) == acts.shape[2] and all(s.score is None and s.reason.startswith("too few top records")
                                                  for s in scores)

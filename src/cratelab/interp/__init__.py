@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..config import BackendConfig, RecordConfig
+from ..config import TOP_MODES, BackendConfig, RecordConfig
 from ..errors import CratelabError
 from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
                       fit_token_patterns)
@@ -71,7 +71,8 @@ def _options(method: str, config: type, options: dict[str, Any]) -> dict[str, An
 
 def build_records(tokens: Sequence[Sequence[str]], activations: np.ndarray | torch.Tensor, *, seed: int = 0,
                   layer: int = 0, eot_token: str | None = None, config: RecordConfig = RecordConfig()) -> LayerRecords:
-    """Records of N sequences of T token strings with activations (N, T, H), through the streaming builder."""
+    """Records of N sequences of T token strings with activations (N, T, H), through the streaming builder
+    (both of its passes)."""
     vocab = list(dict.fromkeys(t for seq in tokens for t in seq))  # ids in order of first appearance
     index = {t: i for i, t in enumerate(vocab)}
     ids = np.array([[index[t] for t in seq] for seq in tokens], dtype=np.int64)
@@ -82,6 +83,7 @@ def build_records(tokens: Sequence[Sequence[str]], activations: np.ndarray | tor
     builder = RecordBuilder(acts.shape[2], vocab, eot_id=index.get(eot_token) if eot_token is not None else None,
                             layer=layer, seed=seed, config=config)
     builder.add(ids, acts)
+    builder.count(ids, acts)  # the second pass: exact quantile bins
     return builder.finish()
 
 
@@ -110,7 +112,7 @@ def score_activations(tokens: Sequence[Sequence[str]], activations: np.ndarray |
 
 
 __all__ = [
-    "ANTHROPIC", "METHODS", "PROTOCOLS", "ROW_FIELDS", "TOP_AND_RANDOM",
+    "ANTHROPIC", "METHODS", "PROTOCOLS", "ROW_FIELDS", "TOP_AND_RANDOM", "TOP_MODES",
     "ActivationRecord", "BackendConfig", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary", "LocalConfig",
     "NeuronFailure", "NeuronRecord", "NeuronScore", "PromptTemplates",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",

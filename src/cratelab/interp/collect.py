@@ -5,11 +5,13 @@ The text is the validation split, read as windows of the model's context length 
 the split (so a split ordered by source is sampled everywhere). Windows need not start at a document:
 the builder clips every record at the end-of-text tokens inside a window.
 
-Memory stays flat in the number of tokens: a batch's activations are handed to the builders from
-inside the forward pass, one layer at a time, and dropped; the builders keep fixed-size buffers plus
-the token ids (4 bytes a token a layer). The pass stops after the last interpreted layer: the LM head,
-often the largest matmul of a small model, is never computed (bench/bench_interp.py: collection then
-costs less than a plain forward pass, though building the records adds about 20-30% of one).
+The model reads the text twice, with the same batches: the builders' first pass collects the records,
+the second counts every activation into each neuron's quantile grid, so that the quantile bins are
+the true ones (records.py). Memory stays flat in the number of tokens: a batch's activations are
+handed to the builders from inside the forward pass, one layer at a time, and dropped; the builders keep fixed-size buffers plus
+the token ids (4 bytes a token a layer). Each pass stops after the last interpreted layer: the LM head,
+often the largest matmul of a small model, is never computed (bench/bench_interp.py measures
+collection against a plain forward pass).
 """
 
 from __future__ import annotations
@@ -60,24 +62,26 @@ def collect_records(model: LanguageModel, tokens: np.ndarray, vocab: Sequence[st
                                      config=config) for layer in layers}
     model.eval().to(device)
     batch: dict[str, np.ndarray] = {}
+    step = {"method": "add"}
 
     def feed(layer: int):
         def hook(activations: torch.Tensor, _name: str) -> None:
-            builders[layer].add(batch["ids"], activations)
+            getattr(builders[layer], step["method"])(batch["ids"], activations)
             if layer == layers[-1]:
                 raise _Stop
 
         return hook
 
     hooks = [(neuron_hook_name(cfg.arch, layer), feed(layer)) for layer in layers]
-    with tqdm(total=len(offsets) * T, unit="tok", unit_scale=True, desc="records", disable=not progress) as bar, \
-            model.hooks(hooks):
-        for start in range(0, len(offsets), batch_size):
-            starts = offsets[start:start + batch_size]
-            batch["ids"] = np.asarray(tokens[starts[:, None] + np.arange(T)], dtype=np.int64)
-            try:
-                model(torch.from_numpy(batch["ids"]).to(device))
-            except _Stop:
-                pass
-            bar.update(batch["ids"].size)
+    with tqdm(total=2 * len(offsets) * T, unit="tok", unit_scale=True, desc="records (2 passes)",
+              disable=not progress) as bar, model.hooks(hooks):
+        for step["method"] in ("add", "count"):  # the builders read the same batches twice
+            for start in range(0, len(offsets), batch_size):
+                starts = offsets[start:start + batch_size]
+                batch["ids"] = np.asarray(tokens[starts[:, None] + np.arange(T)], dtype=np.int64)
+                try:
+                    model(torch.from_numpy(batch["ids"]).to(device))
+                except _Stop:
+                    pass
+                bar.update(batch["ids"].size)
     return {layer: builder.finish() for layer, builder in builders.items()}
