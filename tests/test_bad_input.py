@@ -15,14 +15,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cratelab.checkpoint import load_checkpoint, save_model_checkpoint
-from cratelab.config import load_config
+from cratelab.config import load_config, load_sweep_config
 from cratelab.data.corpus import split_of
+from cratelab.sweep import save_sweep
 from cratelab.train import train
 from tests.models.reference import random_official_state_dict
+from tests.report.synthetic import full_grid, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.toml")
@@ -97,7 +100,60 @@ def _world(root: Path) -> dict[str, Path]:
     w["invalid"].write_text("[model]\nn_layer = \n")
     w["badsweep"].mkdir()
     (w["badsweep"] / "sweep.toml").write_text("[sweep]\nseeds = [0, 0]\n")
+    _damaged_files(w, sd, args)
     return w
+
+
+def _damaged_files(w: dict[str, Path], official_sd: dict, official_args: dict) -> None:
+    """Damaged or foreign files of each kind the commands read (issue 14), and a smoke sweep's sweep.toml."""
+    state = torch.load(w["run"] / "ckpt.pt", weights_only=True)
+    for name, change in (("nomodel", lambda s: s.pop("model")), ("notokenizer", lambda s: s.pop("tokenizer")),
+                         ("noconfig", lambda s: s.pop("config")), ("floatstep", lambda s: s.update(step=4.5))):
+        damaged = dict(state)
+        change(damaged)
+        w[name] = w["run"].parent / f"{name}.pt"
+        torch.save(damaged, w[name])
+
+    class System:
+        def __reduce__(self):
+            return (os.system, ("echo this ran while loading",))
+
+    w["evilsystem"] = w["run"].parent / "evilsystem.pt"
+    torch.save({"format": "cratelab-checkpoint", "version": 1, "model": System()}, w["evilsystem"])
+    w["wrongshape"] = w["run"].parent / "wrongshape.pt"
+    torch.save({"model": official_sd, "model_args": official_args | {"vocab_size": 1000}}, w["wrongshape"])
+    w["nottensor"] = w["run"].parent / "nottensor.pt"
+    torch.save({"model": official_sd | {"transformer.wte.weight": [1, 2]}, "model_args": official_args},
+               w["nottensor"])
+
+    base, sweep = load_sweep_config(SWEEP, smoke=True)
+    w["sweep"] = w["run"].parent / "sweep"
+    w["sweep"].mkdir()
+    save_sweep(base, sweep, w["sweep"])
+    for name, data in (("list", b"[1, 2]"), ("empty", b""), ("truncated", b'{"name": "crate-sh'),
+                       ("binary", b"\xff\xfe\x00garbage")):
+        w["result" + name] = folder = _finished_sweep(w["run"].parent / f"result-{name}")
+        (folder / "runs" / "gpt-s0" / "result.json").write_bytes(data)
+    for name, file, data in (("evaljson", "eval.json", "[1, 2]\n"),
+                             ("metricsjsonl", "metrics.jsonl", '{"step": 1, "tokens": "many", "val_loss": 2}\n'),
+                             ("scoresjsonl", "interp/scores.jsonl", '{"layer": 0, "neuron": 1}\n')):
+        w[name] = folder = _finished_sweep(w["run"].parent / f"damaged-{name}")
+        (folder / "runs" / "gpt-s0" / file).write_text(data)
+    w["locked"] = w["run"].parent / "locked"  # held by another process while the cases run (see `results`)
+
+
+def _finished_sweep(out: Path) -> Path:
+    """A synthetic one-seed sweep folder whose runs all have their result.json."""
+    rng = np.random.default_rng(0)
+    for spec in full_grid(seeds=(0,)):
+        result, layers = write_run(out, spec, True, rng)
+        (out / "runs" / spec.run_name / "result.json").write_text(json.dumps(result | {"layers": layers}))
+    (out / "sweep.toml").write_text("[sweep]\nseeds = [0]\n")
+    return out
+
+
+HOLD_LOCK = ("import sys, time; from cratelab.io import folder_lock\n"
+             "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)")
 
 
 # (id, command line, what the one-line message must contain); {name} is a path from _world
@@ -171,7 +227,7 @@ CASES = [
     ("train/other-architecture", ["train", TINY, "--out", "{run}", "--set", "model.arch=gpt"],
      "model.arch 'crate' -> 'gpt'"),
     ("train/other-vocabulary", ["train", TINY, "--out", "{run}", "--set", "data.bpe_vocab_size=300"],
-     "a different vocabulary"),
+     "data.bpe_vocab_size 512 -> 300"),
     ("train/imported-weights", ["train", TINY, "--out", "{imported}"], "without training state"),
     ("train/corrupted-checkpoint", ["train", TINY, "--out", "{corrupt}"], "{corrupt}/ckpt.pt: corrupted"),
     ("train/truncated-checkpoint", ["train", TINY, "--out", "{truncated}"], "{truncated}/ckpt.pt: truncated"),
@@ -266,6 +322,54 @@ CASES = [
      "{run}/ckpt.pt already exists"),
     ("import-official/out-below-a-file", ["import-official", "{official}", "--out", "{afile}/o"],
      "{afile}/o: Not a directory"),
+    # ---- issue 14: a folder another process works in
+    ("train/locked-folder", ["train", TINY, "--out", "{locked}"], "{locked} is in use by another cratelab process (PID"),
+    ("interpret/locked-folder", ["interpret", "{run}", "--out", "{locked}"],
+     "{locked} is in use by another cratelab process (PID"),
+    ("ablate/locked-folder", ["ablate", SWEEP, "--out", "{locked}", "--smoke"],
+     "{locked} is in use by another cratelab process (PID"),
+    # ---- issue 14: settings changed on resume
+    ("train/other-seed", ["train", TINY, "--out", "{run}", "--set", "train.seed=1"], "train.seed 0 -> 1"),
+    ("train/other-batch", ["train", TINY, "--out", "{run}", "--set", "train.batch_size=4"],
+     "train.batch_size 16 -> 4"),
+    ("train/other-lr", ["train", TINY, "--out", "{run}", "--set", "train.lr=0.01"], "train.lr 0.003 -> 0.01"),
+    ("train/other-data", ["train", TINY, "--out", "{run}", "--set", "data.val_fraction=0.1"],
+     "data.val_fraction 0.05 -> 0.1"),
+    ("ablate/changed-sweep", ["ablate", SWEEP, "--out", "{sweep}", "--smoke", "--set", "model.n_embd=64",
+                              "--set", "train.max_steps=60"],
+     "{sweep} holds a sweep run with other settings (model.n_embd 32 -> 64; train.max_steps 30 -> 60)"),
+    # ---- issue 14: resources
+    ("train/threads", ["train", TINY, "--out", "{cache}/r", "--set", "train.threads=100000"],
+     "train.threads: must be at most"),
+    ("interpret/threads", ["interpret", "{run}", "--out", "{cache}/i6", "--set", "interp.threads=100000"],
+     "interp.threads: must be at most"),
+    ("train/ista-steps", ["train", TINY, "--out", "{cache}/r", "--set", "model.ista_steps=1000000"],
+     "model.ista_steps: must be <= 64"),
+    ("train/n-embd", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_embd=1048576"],
+     "model.n_embd: must be at most 65536"),
+    # ---- issue 14: damaged or foreign files
+    ("report/result-list", ["report", "{resultlist}"], "{resultlist}/runs/gpt-s0/result.json: damaged"),
+    ("report/result-empty", ["report", "{resultempty}"], "{resultempty}/runs/gpt-s0/result.json: damaged"),
+    ("report/result-truncated", ["report", "{resulttruncated}"],
+     "{resulttruncated}/runs/gpt-s0/result.json: damaged"),
+    ("report/result-binary", ["report", "{resultbinary}"], "{resultbinary}/runs/gpt-s0/result.json: damaged"),
+    ("report/eval-json", ["report", "{evaljson}"], "{evaljson}/runs/gpt-s0/eval.json: not a valid evaluation"),
+    ("report/metrics-jsonl", ["report", "{metricsjsonl}"],
+     "{metricsjsonl}/runs/gpt-s0/metrics.jsonl: not a valid training log"),
+    ("report/scores-jsonl", ["report", "{scoresjsonl}"],
+     "{scoresjsonl}/runs/gpt-s0/interp/scores.jsonl: not a valid score file"),
+    ("eval/checkpoint-without-model", ["eval", "{nomodel}"], "{nomodel}: damaged checkpoint (no 'model')"),
+    ("eval/checkpoint-without-tokenizer", ["eval", "{notokenizer}"],
+     "{notokenizer}: damaged checkpoint (no 'tokenizer')"),
+    ("eval/checkpoint-without-config", ["eval", "{noconfig}"], "{noconfig}: damaged checkpoint (no 'config')"),
+    ("eval/checkpoint-float-step", ["eval", "{floatstep}"], "{floatstep}: damaged checkpoint ('step' is 4.5"),
+    ("eval/pickled-os-system", ["eval", "{evilsystem}"], "{evilsystem}: refused"),
+    ("import-official/pickled-os-system", ["import-official", "{evilsystem}", "--out", "{cache}/o"],
+     "{evilsystem}: refused"),
+    ("import-official/shapes-disagree", ["import-official", "{wrongshape}", "--out", "{cache}/o"],
+     "{wrongshape}: checkpoint does not match its model_args"),
+    ("import-official/not-a-tensor", ["import-official", "{nottensor}", "--out", "{cache}/o"],
+     "{nottensor}: 'model' holds values that are not tensors"),
 ]
 
 
@@ -282,9 +386,17 @@ def results(tmp_path_factory):
     world = _world(root)
     cases = [(case_id, [_fill(a, world) for a in argv]) for case_id, argv, _ in CASES]
     (root / "cases.json").write_text(json.dumps(cases))
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"), str(root / "results.json")],
-                          capture_output=True, text=True, timeout=900, cwd=root,
-                          env={**os.environ, "CRATELAB_CACHE": str(world["cache"]), "OMP_NUM_THREADS": "1"})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(world["locked"])], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        world["holder_pid"] = holder.pid
+        proc = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"), str(root / "results.json")],
+                              capture_output=True, text=True, timeout=900, cwd=root,
+                              env={**os.environ, "CRATELAB_CACHE": str(world["cache"]), "OMP_NUM_THREADS": "1"})
+    finally:
+        holder.kill()
+        holder.wait()
     assert proc.returncode == 0, proc.stderr
     return json.loads((root / "results.json").read_text()), world
 
@@ -307,6 +419,23 @@ def test_bad_input_is_one_line_naming_the_problem_and_exit_code_2(results, case_
 def test_the_pickled_payload_never_ran(results):
     by_id, _ = results
     assert all("this ran while loading" not in r["stderr"] for r in by_id.values())
+
+
+def test_no_message_suggests_weights_only_false(results):
+    by_id, _ = results
+    assert all("weights_only" not in r["stderr"] for r in by_id.values())
+
+
+def test_a_locked_folder_names_the_pid_of_its_holder(results):
+    by_id, world = results
+    for case in ("train/locked-folder", "interpret/locked-folder", "ablate/locked-folder"):
+        assert f"(PID {world['holder_pid']})" in by_id[case]["stderr"]
+
+
+def test_refused_resumes_and_sweeps_ran_nothing(results):
+    _, world = results
+    assert sorted(p.name for p in world["sweep"].iterdir()) == [".cratelab.lock", "sweep.toml"]
+    assert "n_embd = 32" in (world["sweep"] / "sweep.toml").read_text()
 
 
 def test_failed_commands_leave_the_runs_they_point_at_as_they_were(results):

@@ -183,12 +183,38 @@ def test_a_full_disk_during_train_is_one_line_and_damages_nothing(cache, whole_t
     assert_same_run(out, whole_train, final_metrics(cratelab(*TRAIN, "--out", out, cache=cache)))
 
 
+def test_a_second_train_on_a_busy_folder_is_refused_and_a_kill_9_leaves_no_lock(cache, tmp_path):
+    """Issue 14: two `train` processes on one folder used to both run, every step logged twice."""
+    out = tmp_path / "run"
+    first = subprocess.Popen(command(*TRAIN, "--out", out, "--set", "train.max_steps=100000"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment(cache),
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not steps(out):  # the first process holds the folder and has checkpointed
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = cratelab(*TRAIN, "--out", out, "--set", "train.seed=1", cache=cache, expect=2)
+        assert second.stderr.strip() == (f"error: {out} is in use by another cratelab process (PID {first.pid}): "
+                                         "wait for it to end, or use another output folder")
+    finally:
+        sigkill(first)
+        first.wait()
+    done = steps(out)[-1]
+    proc = cratelab(*TRAIN, "--out", out, "--set", f"train.max_steps={done + 5}", cache=cache)  # the stale lock file
+    assert final_metrics(proc)["step"] == done + 5 and steps(out) == sorted(set(steps(out)))
+
+
 def test_nan_loss_stops_with_a_message_and_the_last_good_checkpoint_still_serves(cache, tmp_path):
     out = tmp_path / "run"
     cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=10", cache=cache)
-    # resumed with an absurd learning rate: the weights blow up at the first update
-    proc = cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=20", "--set", "train.lr=1e30", cache=cache,
-                    expect=2)
+    # diverged optimizer moments (a resume with train.lr=1e30 did this before such resumes were refused):
+    # the weights blow up at the first update after the resume, while the saved weights stay good
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    for moments in state["train"]["optimizer"]["state"].values():
+        moments["exp_avg"].mul_(1e30)
+    torch.save(state, out / "ckpt.pt")
+    proc = cratelab(*TRAIN, "--out", out, "--set", "train.max_steps=20", cache=cache, expect=2)
     message = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and message.startswith("error: loss became ")
     assert f"; last good checkpoint kept at {out / 'ckpt.pt'}." in message

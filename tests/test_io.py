@@ -1,12 +1,16 @@
 """cratelab.io: atomic files, JSON lines that survive a crash, sha256, CSV, and the "PATH: reason" rule."""
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from cratelab.errors import CratelabError
-from cratelab.io import (append_line, cut_unfinished_line, describe_os_error, read_json, read_jsonl, sha256_file,
-                         write_csv, write_json, write_text)
+from cratelab.io import (LOCK_FILE, append_line, cut_unfinished_line, describe_os_error, folder_lock, read_json,
+                         read_jsonl, sha256_file, write_csv, write_json, write_text)
 
 
 def test_read_jsonl_drops_only_a_cut_off_last_line(tmp_path):
@@ -51,3 +55,42 @@ def test_csv_sha256_and_appended_lines(tmp_path):
     append_line(tmp_path / "m.jsonl", '{"step": 1}')
     append_line(tmp_path / "m.jsonl", '{"step": 2}')
     assert read_jsonl(tmp_path / "m.jsonl") == [{"step": 1}, {"step": 2}]
+
+
+# ---------------------------------------------------------------- folder locks (issue 14)
+
+HOLD = ("import sys, time; from cratelab.io import folder_lock\n"
+        "with folder_lock(sys.argv[1], shared=sys.argv[2] == 'shared'):\n    print('held', flush=True); time.sleep(600)")
+
+
+def _holder(folder, mode="exclusive"):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), mode], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_locked_folder_names_its_holder_and_a_kill_9_frees_it(tmp_path):
+    holder = _holder(tmp_path / "run")
+    try:
+        with pytest.raises(CratelabError, match=rf"run is in use by another cratelab process \(PID {holder.pid}\)"):
+            with folder_lock(tmp_path / "run"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / "run" / LOCK_FILE).is_file()  # the stale lock file stays, and does not block
+    with folder_lock(tmp_path / "run"):
+        assert (tmp_path / "run" / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
+def test_shared_holders_exclude_an_exclusive_one(tmp_path):
+    holder = _holder(tmp_path / "sweep", "shared")
+    try:
+        with folder_lock(tmp_path / "sweep", shared=True):  # another scheduled `ablate --only`
+            pass
+        with pytest.raises(CratelabError, match="in use by another cratelab process"):
+            with folder_lock(tmp_path / "sweep"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()

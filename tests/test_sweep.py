@@ -8,7 +8,8 @@ import pytest
 
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.layout import RESULT_COLUMNS
-from cratelab.sweep import expand
+from cratelab.errors import CratelabError
+from cratelab.sweep import check_sweep_unchanged, expand, read_result, save_sweep
 
 CONFIG = "configs/seed-ablation.toml"
 
@@ -70,6 +71,14 @@ def test_print_commands_lists_one_command_per_run(tmp_path):
     assert lines[-1].startswith("cratelab report ")
 
 
+def _without_train_s_text(text: str) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "train_s"} for row in csv.DictReader(text.splitlines())]
+
+
+def _without_train_s(path) -> list[dict]:
+    return _without_train_s_text(path.read_text())
+
+
 @pytest.mark.e2e
 def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     out = tmp_path / "smoke"
@@ -96,3 +105,41 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
 
     proc = cratelab("report", out, cache=tmp_path / "cache")
     assert proc.returncode == 0 and "report.md" in proc.stdout
+
+    # issue 14: other settings are refused before anything runs; a damaged result.json is a run to redo
+    results_before = (out / "results.csv").read_text()
+    proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", "--set", "model.n_embd=64",
+                    cache=tmp_path / "cache")
+    assert proc.returncode == 2 and "model.n_embd 32 -> 64" in proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
+    result = out / "runs" / "gpt-relu-s0" / "result.json"
+    result.write_text(result.read_text()[:40])
+    proc = cratelab("report", out, cache=tmp_path / "cache")
+    assert proc.returncode == 2 and f"error: {result}: damaged (not valid JSON)" in proc.stderr
+    proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
+    assert proc.returncode == 0 and "6 already finished" in proc.stderr, proc.stderr
+    assert f"{result}: damaged (not valid JSON): the run is redone" in proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}  # resumed at its end
+    assert json.loads(result.read_text())["arch"] == "gpt"
+    assert _without_train_s(out / "results.csv") == _without_train_s_text(results_before)
+
+
+def test_a_sweep_folder_may_grow_its_grid_but_not_change_its_runs(tmp_path):
+    base, sweep = load_sweep_config(CONFIG, smoke=True)
+    save_sweep(base, sweep, tmp_path)
+    check_sweep_unchanged(*load_sweep_config(CONFIG, ["sweep.seeds=[0, 1, 2]", "sweep.workers=2", "train.threads=1"],
+                                             smoke=True), tmp_path)
+    changed, changed_sweep = load_sweep_config(CONFIG, ["train.lr=0.01", "interp.neurons=8"], smoke=True)
+    with pytest.raises(CratelabError, match=r"interp.neurons 16 -> 8; train.lr 0.002 -> 0.01\)"):
+        check_sweep_unchanged(changed, changed_sweep, tmp_path)
+
+
+@pytest.mark.parametrize("text, problem", [("", "not valid JSON"), ("[1]", "a JSON list"),
+                                           ('{"name": "x"}', "no 'arch'"),
+                                           ('{"name": "x", "arch": "gpt", "qkv": "separate", "ista_lambda": null, '
+                                            '"seed": 0, "layers": 3}', "'layers' is not a list")])
+def test_a_damaged_result_json_is_an_unfinished_run(tmp_path, text, problem):
+    (tmp_path / "result.json").write_text(text)
+    row, damage = read_result(tmp_path / "result.json")
+    assert row is None and damage.startswith(f"{tmp_path / 'result.json'}: damaged") and problem in damage
+    assert read_result(tmp_path / "missing.json") == (None, None)

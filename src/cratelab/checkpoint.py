@@ -32,6 +32,7 @@ from .models import LanguageModel, build_model
 
 FORMAT = "cratelab-checkpoint"
 VERSION = 1
+TRAIN_STATE_KEYS = ("optimizer", "scaler", "batches", "rng", "elapsed_s")  # what train.py saves and resumes from
 
 
 @dataclass
@@ -106,7 +107,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if state.get("version") != VERSION:
         raise CratelabError(f"{file}: checkpoint format version {state.get('version')} is not supported "
                             f"by this cratelab (expects {VERSION})")
+    problem = state_problem(state)
+    if problem:
+        raise CratelabError(f"{file}: damaged checkpoint ({problem})")
     return state
+
+
+def state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the keys of a loaded checkpoint dict, or None."""
+    for key in ("model", "config", "tokenizer", "metrics"):
+        if not isinstance(state.get(key), dict):
+            return f"no {key!r}" if key not in state else f"{key!r} is a {type(state[key]).__name__}, not a mapping"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        return "'model' holds values that are not tensors"
+    for key in ("step", "tokens"):
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"no {key!r}" if key not in state else f"{key!r} is {value!r}, not a count"
+    if "train" in state:
+        train = state["train"]
+        if not isinstance(train, dict):
+            return f"'train' is a {type(train).__name__}, not a mapping"
+        missing = [key for key in TRAIN_STATE_KEYS if key not in train]
+        if missing:
+            return f"its training state has no {', '.join(map(repr, missing))}"
+    return None
 
 
 def config_of(state: dict[str, Any], file: Path) -> RunConfig:
@@ -127,9 +152,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise CratelabError(f"{file}: weights do not match the stored model config ({err})") from None
-    return Checkpoint(model=model.eval(), config=cfg, tokenizer=Tokenizer.from_dict(state["tokenizer"]),
-                      step=int(state["step"]), tokens=int(state["tokens"]), metrics=dict(state["metrics"]),
-                      path=file.parent)
+    try:
+        tokenizer = Tokenizer.from_dict(state["tokenizer"])
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild it means a damaged file for the user
+        detail = str(err) if isinstance(err, CratelabError) else type(err).__name__
+        raise CratelabError(f"{file}: damaged checkpoint (its tokenizer does not load: {detail})") from None
+    return Checkpoint(model=model.eval(), config=cfg, tokenizer=tokenizer, step=state["step"], tokens=state["tokens"],
+                      metrics=dict(state["metrics"]), path=file.parent)
 
 
 def _vocabulary_sha256(tok: Tokenizer) -> str:

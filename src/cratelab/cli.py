@@ -231,7 +231,7 @@ def cmd_ablate(args) -> None:
     if args.print_commands:
         print_commands(args.config, out, args.overrides, args.smoke, expand(base, sweep))
         return
-    rows = ablate(base, sweep, out, only=args.only)
+    rows = ablate(base, sweep, out, only=args.only, fresh=args.fresh)
     if not is_main_process():
         return
     if args.only:  # one run of a scheduled sweep: `cratelab report` writes the report once all are done
@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="sweep config, e.g. configs/seed-ablation.toml")
     p.add_argument("--out", required=True, help="sweep folder; rerun with it to resume")
     p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in minutes")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete an earlier sweep in --out (its runs, results and report) and start over")
     p.add_argument("--workers", type=int, help="runs at once (default: sweep.workers)")
     p.add_argument("--only", action="append", default=[], metavar="RUN",
                    help="run only this run of the grid (repeatable), e.g. from a scheduler")

@@ -34,8 +34,11 @@ def require_device(value: str, name: str) -> None:
     require(is_device_name(value), name, f"must be {DEVICE_HELP}, got {value!r}")
 
 
+# Upper bounds that catch typos before a run starts: each unrolled ISTA step is a layer of the network,
+# and no trainable model has a million-wide residual stream (each step would never end).
 MAX_ISTA_STEPS = 64
 MAX_OVERCOMPLETE = 64
+MAX_N_EMBD = 65536
 
 
 @dataclass
@@ -74,6 +77,7 @@ class ModelConfig:
                  f"must be <= {MAX_ISTA_STEPS}, got {self.ista_steps}")
         require(self.overcomplete <= MAX_OVERCOMPLETE, p + "overcomplete",
                  f"must be <= {MAX_OVERCOMPLETE}, got {self.overcomplete}")
+        require(self.n_embd <= MAX_N_EMBD, p + "n_embd", f"must be at most {MAX_N_EMBD}, got {self.n_embd}")
         require(self.vocab_size >= 0, p + "vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
         require(self.n_embd % self.n_head == 0, p + "n_embd",
                  f"must be divisible by model.n_head ({self.n_embd} % {self.n_head} != 0)")
@@ -473,6 +477,24 @@ def load_sweep_config(source: str | Path | dict[str, Any] | None, overrides: lis
     sweep = section_from_dict(SweepConfig, values.pop("sweep", {}), "sweep")
     sweep.validate()
     return config_from_dict(values), sweep
+
+
+def _flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat_settings(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], allowed: frozenset[str] = frozenset(),
+                     allowed_sections: tuple[str, ...] = ()) -> list[str]:
+    """Each dotted field (``section.key``, ``interp.backend.key``) whose value differs between two config
+    dicts (as RunConfig.to_dict gives them), as "name old -> new", except the fields in ``allowed`` and
+    those under ``allowed_sections``. How a resumed run or sweep finds the settings it would fold in."""
+    a, b = _flat_settings(old), _flat_settings(new)
+    return [f"{name} {a.get(name)!r} -> {b.get(name)!r}" for name in sorted(set(a) | set(b))
+            if a.get(name) != b.get(name) and name not in allowed
+            and not any(name.startswith(section + ".") for section in allowed_sections)]
 
 
 def dump_toml(cfg: RunConfig) -> str:

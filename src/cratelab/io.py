@@ -118,6 +118,18 @@ def read_json(path: str | Path, *, what: str = "file") -> Any:
         raise CratelabError(f"{path}: not a valid JSON {what} ({err}); delete it to rebuild it") from None
 
 
+def read_json_object(path: str | Path, *, what: str = "file", keys: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON file holding an object with (at least) ``keys``; anything else is one CratelabError naming it."""
+    value = read_json(path, what=what)
+    if not isinstance(value, dict):
+        raise CratelabError(f"{path}: not a valid {what} (expected a JSON object, got {type(value).__name__}); "
+                            "delete it to rebuild it")
+    missing = [key for key in keys if key not in value]
+    if missing:
+        raise CratelabError(f"{path}: not a valid {what} (no {', '.join(map(repr, missing))}); delete it to rebuild it")
+    return value
+
+
 @contextmanager
 def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; when the block ends without an error the folder
@@ -140,6 +152,40 @@ def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterat
         raise name_path(err, final, replace=[tmp])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+LOCK_FILE = ".cratelab.lock"
+
+
+@contextmanager
+def folder_lock(folder: str | Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on ``folder`` (created if missing) for the block: exclusive, or shared with
+    other shared holders (the scheduled ``ablate --only`` runs of one sweep). A second holder gets a
+    CratelabError naming the folder and the holder's PID. The OS releases the lock when the process ends,
+    however it ends, so a lock file left by ``kill -9`` never blocks."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, no protection
+        yield
+        return
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise CratelabError(f"{folder} is in use by another cratelab process (PID {holder}): wait for it to "
+                                "end, or use another output folder") from None
+        f.truncate(0)  # the PID a later process is told (of the latest holder, for a shared lock)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,8 +26,10 @@ from typing import Any
 import tomli_w
 
 from . import layout
-from .config import ConfigError, RunConfig, SweepConfig
-from .io import read_json, write_csv, write_json, write_text
+from .config import ConfigError, RunConfig, SweepConfig, changed_settings, read_toml
+from .errors import CratelabError
+from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
+from .io import folder_lock, read_json, write_csv, write_json, write_text
 from .runtime import check_threads, cpu_count, is_main_process, set_threads
 
 
@@ -66,8 +69,11 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     from .train import train
 
     run_dir = layout.run_folder(out_dir, run.name)
-    if (run_dir / layout.RUN_RESULT).is_file():
-        return read_json(run_dir / layout.RUN_RESULT, what="run result")
+    finished, damage = read_result(run_dir / layout.RUN_RESULT)
+    if finished is not None:
+        return finished
+    if damage:
+        print(f"{damage}: redoing the run", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = run.config
     if threads and not cfg.train.threads:
@@ -112,17 +118,75 @@ def _run_logged(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:
         return run_one(run, out_dir, threads)
 
 
+def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's result.json: (its row, None) when the run is finished, (None, None) when it has none, and
+    (None, what is wrong) when the file is damaged or foreign: that run counts as unfinished."""
+    if not path.is_file():
+        return None, None
+    try:
+        row = read_json(path, what="run result")
+    except CratelabError:
+        return None, f"{path}: damaged (not valid JSON)"
+    if not isinstance(row, dict):
+        return None, f"{path}: damaged (a JSON {type(row).__name__}, not a run result)"
+    missing = [key for key in (*layout.CONDITION_COLUMNS, "layers") if key not in row]
+    if missing:
+        return None, f"{path}: damaged (no {', '.join(map(repr, missing))})"
+    if not isinstance(row["layers"], list) or not all(isinstance(layer, dict) for layer in row["layers"]):
+        return None, f"{path}: damaged ('layers' is not a list of objects)"
+    return row, None
+
+
 def collect_results(out_dir: Path) -> list[dict[str, Any]]:
-    """results.csv and results_layers.csv from the finished runs' result.json files."""
-    rows = [read_json(p, what="run result") for p in sorted((out_dir / layout.RUNS).glob(f"*/{layout.RUN_RESULT}"))]
+    """results.csv and results_layers.csv from the finished runs' result.json files; a damaged one is an
+    error naming it (`cratelab ablate` redoes that run)."""
+    rows = []
+    for path in sorted((out_dir / layout.RUNS).glob(f"*/{layout.RUN_RESULT}")):
+        row, damage = read_result(path)
+        if damage:
+            raise CratelabError(f"{damage}; rerun `cratelab ablate` on {out_dir} to redo that run")
+        rows.append(row)
     write_csv(out_dir / layout.RESULTS, layout.RESULT_COLUMNS, rows)
     write_csv(out_dir / layout.RESULTS_LAYERS, layout.LAYER_COLUMNS, [layer for row in rows for layer in row["layers"]])
     return rows
 
 
+def sweep_values(base: RunConfig, sweep: SweepConfig) -> dict[str, Any]:
+    """What sweep.toml holds: the settings the runs share, and the [sweep] grid."""
+    return base.to_dict() | {"sweep": dataclasses.asdict(sweep)}
+
+
 def save_sweep(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
-    values = base.to_dict() | {"sweep": dataclasses.asdict(sweep)}
-    write_text(out_dir / layout.SWEEP_CONFIG, tomli_w.dumps(values))
+    write_text(out_dir / layout.SWEEP_CONFIG, tomli_w.dumps(sweep_values(base, sweep)))
+
+
+# Settings a sweep folder may be rerun with: the grid (each run's config depends on its own cell alone, so
+# cells may be added), the report's reference, and how the runs are executed. Anything else would put runs
+# computed with other settings under the same condition.
+SWEEP_RESUMABLE_CHANGES = frozenset({
+    "sweep.seeds", "sweep.ista_lambdas", "sweep.qkv", "sweep.baseline", "sweep.reference_lambda",
+    "sweep.reference_qkv", "sweep.workers", "train.device", "train.threads", "train.compile", "train.log",
+    "train.wandb_project", "data.cache_dir", "eval.dense_threshold"}) | {
+    "interp." + name for name in INTERP_EXECUTION_ONLY}
+
+
+def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
+    """Refuse to run into a sweep folder made with other settings (its sweep.toml), before anything runs."""
+    path = out_dir / layout.SWEEP_CONFIG
+    if not path.is_file():
+        return
+    diffs = changed_settings(read_toml(path), sweep_values(base, sweep), SWEEP_RESUMABLE_CHANGES)
+    if diffs:
+        raise CratelabError(f"{out_dir} holds a sweep run with other settings ({'; '.join(diffs)}); pass --fresh "
+                            "to start over, or choose another --out")
+
+
+def remove_sweep_outputs(out_dir: Path) -> None:
+    """`ablate --fresh`: delete what an earlier sweep wrote in out_dir (and nothing else)."""
+    for name in (layout.SWEEP_CONFIG, layout.RESULTS, layout.RESULTS_LAYERS, layout.REPORT_MD, layout.REPORT_HTML):
+        (out_dir / name).unlink(missing_ok=True)
+    for name in (layout.RUNS, layout.PLOTS):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
 def print_commands(config_path: str | Path, out_dir: Path, overrides: list[str], smoke: bool,
@@ -135,9 +199,23 @@ def print_commands(config_path: str | Path, out_dir: Path, overrides: list[str],
 
 
 def ablate(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] = (),
-           progress: bool | None = None) -> list[dict[str, Any]]:
+           progress: bool | None = None, fresh: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) the sweep (as config.load_sweep_config reads it); returns the result rows of the
-    finished runs."""
+    finished runs. ``fresh`` deletes an earlier sweep in out_dir first.
+
+    The sweep folder is locked for the whole sweep: exclusively, or shared with the other ``--only``
+    processes of a scheduled sweep (each run folder is locked by its own training)."""
+    if fresh and only:
+        raise ConfigError("--fresh", "cannot be combined with --only (it would delete the other scheduled runs)")
+    with folder_lock(out_dir, shared=bool(only)):
+        if fresh:
+            remove_sweep_outputs(out_dir)
+        check_sweep_unchanged(base, sweep, out_dir)
+        return _ablate_locked(base, sweep, out_dir, only, progress)
+
+
+def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str],
+                   progress: bool | None) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     runs = expand(base, sweep)
@@ -151,7 +229,13 @@ def ablate(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] =
     out_dir.mkdir(parents=True, exist_ok=True)
     save_sweep(base, sweep, out_dir)
     _prepare_data(base)
-    todo = [r for r in runs if not (layout.run_folder(out_dir, r.name) / layout.RUN_RESULT).is_file()]
+    todo = []
+    for r in runs:
+        finished, damage = read_result(layout.run_folder(out_dir, r.name) / layout.RUN_RESULT)
+        if damage:
+            print(f"{damage}: the run is redone", file=sys.stderr)
+        if finished is None:
+            todo.append(r)
     threads = max(1, cpu_count() // workers) if workers > 1 else 0
     show_bar = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()

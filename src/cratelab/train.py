@@ -28,13 +28,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .checkpoint import config_of, read_checkpoint, save_checkpoint, write_config
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, changed_settings
 from .data.batches import TrainBatches, eval_windows
 from .data.shards import prepare_dataset
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .evaluate import SparsityCounter, dictionary_norm, training_sparsity_metrics
-from .io import append_line, keep_jsonl
+from .io import append_line, folder_lock, keep_jsonl
 from .layout import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
 from .models import LanguageModel, build_model, neuron_hook_name
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
@@ -65,17 +65,24 @@ def resolve_vocab_size(cfg: RunConfig, tokenizer: Tokenizer) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
+# Settings a resumed run may change: they do not change the weights it computes. max_steps extends (or
+# ends) the run, re-stretching the cosine schedule from the resume point; the rest say where and how it runs.
+RESUMABLE_CHANGES = frozenset({
+    "train.max_steps", "train.eval_interval", "train.device", "train.threads", "train.compile", "train.log",
+    "train.wandb_project", "data.cache_dir", "eval.dense_threshold"})
+RESUMABLE_SECTIONS = ("interp",)  # read by `cratelab interpret`, never by training
+
+
 def check_same_run(state: dict[str, Any], cfg: RunConfig, tokenizer: Tokenizer, file: Path) -> None:
-    """Resuming only makes sense for the same model on the same token ids."""
+    """Resuming only makes sense for the same computation: the same model on the same token ids, trained
+    with the same seed, data, batch and optimizer settings (RESUMABLE_CHANGES aside)."""
     if "train" not in state:
         raise CratelabError(f"{file} holds a model without training state (e.g. imported weights), which cannot be "
                             "resumed; pass --fresh to start over, or choose another output folder")
     old = config_of(state, file)
-    diffs = [f"model.{f.name} {getattr(old.model, f.name)!r} -> {getattr(cfg.model, f.name)!r}"
-             for f in dataclasses.fields(cfg.model) if getattr(old.model, f.name) != getattr(cfg.model, f.name)]
-    if state["tokenizer"] != tokenizer.to_dict():
-        diffs.append(f"tokenizer {old.data.tokenizer!r} -> {cfg.data.tokenizer!r}" if old.data.tokenizer !=
-                     cfg.data.tokenizer else "a different vocabulary (the corpus or the data settings changed)")
+    diffs = changed_settings(old.to_dict(), cfg.to_dict(), RESUMABLE_CHANGES, RESUMABLE_SECTIONS)
+    if state["tokenizer"] != tokenizer.to_dict() and not any(d.startswith("data.") for d in diffs):
+        diffs.append("a different vocabulary (the corpus changed)")
     if diffs:
         raise CratelabError(f"{file.parent} holds a checkpoint of a different run ({'; '.join(diffs)}); "
                             "pass --fresh to start over, or choose another output folder")
@@ -183,7 +190,10 @@ def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | N
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, Path(out_dir), fresh, progress, ddp, device)
+        if place.rank != 0:  # rank 0 holds the run folder for all of torchrun's processes
+            return _train(cfg, Path(out_dir), fresh, progress, ddp, device)
+        with folder_lock(out_dir):  # a second process on the folder would mix its steps with ours
+            return _train(cfg, Path(out_dir), fresh, progress, ddp, device)
     finally:
         if own_group:
             dist.destroy_process_group()

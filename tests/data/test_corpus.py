@@ -183,3 +183,12 @@ def test_build_default_corpus_from_registries(tmp_path):
     assert manifest["bytes"] > 15_000_000 and len(manifest["sources"]) >= 3
     docs = list(load_documents("default", tmp_path))
     assert len(docs) == manifest["documents"] and len({d.doc_id for d in docs}) == len(docs)
+
+
+def test_jsonl_lines_without_a_text_string_are_counted_and_reported(tmp_path, capsys):
+    (tmp_path / "docs.jsonl").write_text('{"text": "a document"}\n{"text": 3}\n{"title": "no text"}\n[1]\n'
+                                         '{"text": "another"}\n', encoding="utf-8")
+    docs = list(load_documents(str(tmp_path), tmp_path / "cache"))
+    assert [d.text for d in docs] == ["a document", "another"]
+    assert f'warning: {tmp_path / "docs.jsonl"}: 3 line(s) without a non-empty string "text" field skipped' in \
+        capsys.readouterr().err

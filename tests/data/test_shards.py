@@ -93,3 +93,12 @@ def test_too_small_split(tmp_path):
 def test_missing_default_corpus(tmp_path):
     with pytest.raises(CratelabError, match="cratelab prepare"):
         prepare_dataset(DataConfig(cache_dir=str(tmp_path)), progress=False)
+
+
+def test_a_bpe_vocabulary_the_corpus_cannot_fill_is_reported(tmp_path, capsys):
+    corpus = _text_corpus(tmp_path / "texts", [f"{i}.txt" for i in range(40)])  # 50 distinct words in all
+    cfg = DataConfig(corpus=corpus, bpe_vocab_size=65535, val_fraction=0.1, cache_dir=str(tmp_path / "cache"))
+    dataset = prepare_dataset(cfg, progress=False)
+    assert dataset.tokenizer.vocab_size < 1000
+    assert (f"warning: data.bpe_vocab_size = 65535, but the BPE found only {dataset.tokenizer.vocab_size:,} tokens"
+            in capsys.readouterr().err)

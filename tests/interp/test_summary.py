@@ -38,3 +38,13 @@ def test_rows_round_trip_through_the_one_row_schema():
     assert row["method"] == "openai:m" and NeuronScore.from_row(row) == score
     old = {k: v for k, v in row.items() if k not in ("simulation", "explainer_model", "simulator_model")}
     assert NeuronScore.from_row(old).simulation == ""  # rows written before the models were recorded still load
+
+
+def test_summary_markdown_shows_the_checkpoint_path_literally():
+    from cratelab.interp.summary import summary_markdown
+
+    summary = {"checkpoint": "runs/<script>x</script>/*a*_`b`", "settings": {"confidence": 0.95, "seed": 0},
+               "step": 1, "method": "token-pattern", "n_tokens": 10, "neurons_per_layer": 1, "n_neurons": 2,
+               "model": {}, "layers": []}
+    title = summary_markdown(summary).splitlines()[0]
+    assert title == "# Neuron interpretability: `` runs/<script>x</script>/*a*_`b` ``"

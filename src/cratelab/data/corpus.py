@@ -340,7 +340,11 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
 
 # ---------------------------------------------------------------- loading documents
 
+_SKIPPED_REPORTED: set[tuple[str, int]] = set()  # a corpus is read several times: say it once per file
+
+
 def _read_document_lines(path: Path, default_source: str, id_prefix: str = "") -> Iterator[Document]:
+    skipped = 0
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -353,6 +357,11 @@ def _read_document_lines(path: Path, default_source: str, id_prefix: str = "") -
             if isinstance(text, str) and text.strip():
                 source, doc_id = obj.get("source") or default_source, obj.get("doc_id") or f"{id_prefix}{n}"
                 yield Document(str(source), str(doc_id), text)
+            else:
+                skipped += 1
+    if skipped and (str(path), skipped) not in _SKIPPED_REPORTED:
+        _SKIPPED_REPORTED.add((str(path), skipped))
+        print(f"warning: {path}: {skipped} line(s) without a non-empty string \"text\" field skipped", file=sys.stderr)
 
 
 def _iter_directory(root: Path, files: list[Path]) -> Iterator[Document]:

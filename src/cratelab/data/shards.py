@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,10 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
     with building_folder(path, keep_existing=True) as tmp:
         train_texts = (d.text for d in documents() if split_of(d.doc_id, cfg.val_fraction) == "train")
         tok = load_tokenizer(cfg.tokenizer, train_texts, cfg.bpe_vocab_size, progress)
+        if cfg.tokenizer == "bpe" and tok.vocab_size < cfg.bpe_vocab_size:
+            print(f"warning: data.bpe_vocab_size = {cfg.bpe_vocab_size}, but the BPE found only {tok.vocab_size:,} "
+                  f"tokens in data.corpus = {cfg.corpus!r} (no more pairs to merge): the vocabulary has "
+                  f"{tok.vocab_size:,} tokens", file=sys.stderr)
         counts = _tokenize(documents, tok, cfg.val_fraction, tmp, total_bytes, progress)
         for split in SPLITS:
             n = counts["splits"][split]["tokens"]

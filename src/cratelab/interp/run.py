@@ -25,7 +25,6 @@ scored: no neuron is scored twice and none is lost. The file names are in files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -38,8 +37,8 @@ from tqdm import tqdm
 from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
 from ..config import ConfigError, InterpConfig, RunConfig, dump_toml
 from ..errors import CratelabError
-from ..io import (JsonlAppender, building_folder, cut_unfinished_line, read_jsonl, sha256_file, write_csv,
-                  write_json, write_text)
+from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, read_json_object, read_jsonl,
+                  sha256_file, write_csv, write_json, write_text)
 from ..layout import CARDS, CONFIG, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
@@ -87,6 +86,20 @@ def _key(row: dict[str, Any]) -> tuple[int, int, str]:
     return int(row["layer"]), int(row["neuron"]), str(row["protocol"])
 
 
+def read_scores(path: Path) -> dict[tuple[int, int, str], dict[str, Any]]:
+    """The rows of a scores.jsonl by key (a cut-off last line dropped and cut from the file); a row that is
+    not a score is a CratelabError naming the file and the line."""
+    done = {}
+    for n, row in enumerate(read_jsonl(path, repair=True), 1):
+        if not (all(isinstance(row.get(k), int) and not isinstance(row.get(k), bool) for k in ("layer", "neuron"))
+                and isinstance(row.get("protocol"), str)
+                and (row.get("score") is None or isinstance(row.get("score"), (int, float)))):
+            raise CratelabError(f"{path}: line {n} is not a neuron score (expected integer layer and neuron, a "
+                                "protocol and a numeric or null score); delete the file to score afresh")
+        done[_key(row)] = row
+    return done
+
+
 # ---------------------------------------------------------------- the stages
 
 def _has_results(out: Path) -> bool:
@@ -98,7 +111,7 @@ def _has_results(out: Path) -> bool:
 def _check_identity(out: Path, identity: dict[str, Any]) -> None:
     path = out / RUN
     if path.is_file() and _has_results(out):  # else the new settings take the folder over
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = read_json_object(path, what="interpret run description")
         flat_old, flat_new = _flatten(old), _flatten(identity)
         for key in sorted(set(flat_old) | set(flat_new)):
             if flat_old.get(key) != flat_new.get(key):
@@ -149,7 +162,7 @@ def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[in
                    progress: bool) -> tuple[list[dict[str, Any]], int]:
     """The scores.jsonl rows of every requested (layer, neuron, protocol), scoring the missing ones first;
     and how many neurons were scored now."""
-    done = {_key(row): row for row in read_jsonl(out / SCORES, repair=True)}
+    done = read_scores(out / SCORES)
     cut_unfinished_line(out / SIMULATIONS)
     todo = [(layer, h) for layer, neurons in subsets.items() for h in neurons
             if any((layer, h, p.name) not in done for p in protocols)]
@@ -230,11 +243,17 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
                           f"must be <= model.block_size ({mcfg.block_size}), got {icfg.records.window}")
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # a second process on the folder would score the same neurons into it
+        return _interpret_in(out, ckpt, icfg, layers, protocols, progress, source)
+
+
+def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[int],
+                  protocols: list[ScoringProtocol], progress: bool, source: ActivationSource | None) -> dict[str, Any]:
+    mcfg = ckpt.model.config
     # seconds per stage, kept from earlier invocations for the stages this one skips
     timing: dict[str, float] = {}
     if (out / SUMMARY_JSON).is_file():
-        timing = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8")).get("timing", {})
+        timing = read_json_object(out / SUMMARY_JSON, what="interpret summary").get("timing", {})
 
     ckpt_file = checkpoint_file(ckpt.path)
     settings = {k: v for k, v in _flatten(dataclasses.asdict(icfg)).items() if k not in EXECUTION_ONLY}

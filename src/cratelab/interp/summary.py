@@ -9,6 +9,7 @@ zero-counted layer means over every layer. Every requested layer is listed, scor
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -53,9 +54,16 @@ def model_line(model: dict[str, Any]) -> str:
     return line
 
 
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span, shown literally whatever it holds (a path may hold `*`, `<`, `]`)."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     conf = round(100 * summary["settings"]["confidence"])
-    lines = [f"# Neuron interpretability: {summary['checkpoint']}", "",
+    lines = [f"# Neuron interpretability: {md_code(summary['checkpoint'])}", "",
              f"step {summary['step']}, method `{summary['method']}`, {summary['n_tokens']:,} held-out tokens, "
              f"{summary['neurons_per_layer']} neurons scored per layer (of {summary['n_neurons']}), "
              f"seed {summary['settings']['seed']}. Score: pooled Pearson correlation of simulated and real "

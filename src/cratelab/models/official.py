@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..errors import CratelabError, unpickling_error
+from ..errors import ConfigError, CratelabError, unpickling_error
 from .crate import CRATE
 
 # official key pattern -> our key
@@ -59,6 +59,9 @@ def load_official_checkpoint(path: str | Path) -> CRATE:
             not isinstance(ckpt.get("model_args"), dict):
         raise CratelabError(f"{path}: expected an official crate-lm checkpoint with 'model' and 'model_args'")
     args, official = ckpt["model_args"], ckpt["model"]
+    not_tensors = [str(key) for key, value in official.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CratelabError(f"{path}: 'model' holds values that are not tensors ({', '.join(not_tensors[:3])})")
     state = {}
     for key, value in official.items():
         if key.removeprefix("_orig_mod.").endswith("attn.bias") and value.dim() == 4:
@@ -81,12 +84,21 @@ def load_official_checkpoint(path: str | Path) -> CRATE:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # not a complete crate-lm file
         what = f"no {err.args[0]!r}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
         raise CratelabError(f"{path}: incomplete official checkpoint ({what} in model_args or model)") from None
+    try:
+        cfg.validate()
+        cfg.check_fits_in_memory()
+    except ConfigError as err:
+        raise CratelabError(f"{path}: model_args do not describe a model this cratelab can build ({err})") from None
     model = CRATE(cfg)
     state.setdefault("lm_head.weight", state.get("wte.weight"))
     for name, param in model.state_dict().items():  # bias=False checkpoints: a zero bias is the same function
         if name.endswith(".bias") and name not in state:
             state[name] = torch.zeros_like(param)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that disagree with model_args
+        mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise CratelabError(f"{path}: checkpoint does not match its model_args ({mismatch[:300]})") from None
     if missing or unexpected:
         raise CratelabError(f"{path}: checkpoint does not match its model_args "
                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")

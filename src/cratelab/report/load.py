@@ -12,6 +12,8 @@ import csv
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..config import read_toml
 from ..errors import CratelabError
-from ..io import read_json, read_jsonl
+from ..io import read_json_object, read_jsonl
 from ..layout import (CARDS, CARDS_INDEX, CONDITION_COLUMNS, CONFIG, EVAL, METRICS, RESULTS, RESULTS_LAYERS,
                       RUN_INTERP, SCORES, run_folder)
 
@@ -150,19 +152,35 @@ def _sparsity_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def _attach_files(run: RunResult, folder: Path) -> None:
-    """Add what the run folder holds; a missing file leaves its field empty."""
+    """Add what the run folder holds; a missing file leaves its field empty, a damaged one is a CratelabError
+    naming it."""
     if (folder / EVAL).is_file():
-        run.density = read_json(folder / EVAL, what="evaluation").get("layers", [])
-    run.curve = _curve(folder / METRICS)
-    run.sparsity_curves = _sparsity_curves(folder / METRICS)
+        with _reading(folder / EVAL, "evaluation (expected an object whose 'layers' list holds objects)"):
+            run.density = read_json_object(folder / EVAL, what="evaluation").get("layers", [])
+            if not all(isinstance(layer, dict) for layer in run.density):
+                raise TypeError
+    with _reading(folder / METRICS, "training log (expected numeric 'tokens' and 'val_loss')"):
+        run.curve = _curve(folder / METRICS)
+        run.sparsity_curves = _sparsity_curves(folder / METRICS)
     scores = read_jsonl(folder / RUN_INTERP / SCORES)
     if scores:
-        run.neuron_scores, run.unscorable = _neuron_scores(scores)
+        with _reading(folder / RUN_INTERP / SCORES, "score file (expected integer 'layer', a 'protocol' and a "
+                                                    "numeric or null 'score' per line)"):
+            run.neuron_scores, run.unscorable = _neuron_scores(scores)
         run.method = next((str(r["method"]) for r in scores if r.get("method")), None)
     cards = folder / RUN_INTERP / CARDS / CARDS_INDEX
     run.cards = cards if cards.is_file() else None
     if (folder / CONFIG).is_file():
         run.model = read_toml(folder / CONFIG).get("model")
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn the error of a file whose values are not what they should be into one line naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CratelabError(f"{path}: not a valid {what}; delete it, or rerun the command that writes it") from None
 
 
 def read_sweep_results(out_dir: Path) -> Sweep:
