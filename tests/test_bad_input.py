@@ -133,12 +133,12 @@ def _damaged_files(w: dict[str, Path], official_sd: dict, official_args: dict) -
     for name, data in (("list", b"[1, 2]"), ("empty", b""), ("truncated", b'{"name": "crate-sh'),
                        ("binary", b"\xff\xfe\x00garbage")):
         w["result" + name] = folder = _finished_sweep(w["run"].parent / f"result-{name}")
-        (folder / "runs" / "gpt-s0" / "result.json").write_bytes(data)
+        (folder / "runs" / "gpt-relu-s0" / "result.json").write_bytes(data)
     for name, file, data in (("evaljson", "eval.json", "[1, 2]\n"),
                              ("metricsjsonl", "metrics.jsonl", '{"step": 1, "tokens": "many", "val_loss": 2}\n'),
                              ("scoresjsonl", "interp/scores.jsonl", '{"layer": 0, "neuron": 1}\n')):
         w[name] = folder = _finished_sweep(w["run"].parent / f"damaged-{name}")
-        (folder / "runs" / "gpt-s0" / file).write_text(data)
+        (folder / "runs" / "gpt-relu-s0" / file).write_text(data)
     w["locked"] = w["run"].parent / "locked"  # held by another process while the cases run (see `results`)
 
 
@@ -148,7 +148,7 @@ def _finished_sweep(out: Path) -> Path:
     for spec in full_grid(seeds=(0,)):
         result, layers = write_run(out, spec, True, rng)
         (out / "runs" / spec.run_name / "result.json").write_text(json.dumps(result | {"layers": layers}))
-    (out / "sweep.toml").write_text("[sweep]\nseeds = [0]\n")
+    save_sweep(*load_sweep_config(SWEEP, ["sweep.seeds=[0]"], smoke=True), out)
     return out
 
 
@@ -293,10 +293,12 @@ CASES = [
      "sweep.seeds: must list distinct seeds"),
     ("ablate/seeds-type", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "sweep.seeds=3"],
      "sweep.seeds: expected a list"),
-    ("ablate/negative-lambda", ["ablate", SWEEP, "--out", "{cache}/a", "--set", "sweep.ista_lambdas=[-0.1, 0.1]"],
-     "sweep.ista_lambdas"),
-    ("ablate/reference", ["ablate", SWEEP, "--out", "{cache}/a", "--set", "sweep.reference_lambda=0.3"],
-     "sweep.reference_lambda"),
+    ("ablate/negative-lambda", ["ablate", SWEEP, "--out", "{cache}/a", "--set",
+                                "sweep.factors.model.ista_lambda=[-0.1, 0.1]"], "model.ista_lambda: must be >= 0"),
+    ("ablate/unknown-factor", ["ablate", SWEEP, "--out", "{cache}/a", "--set", "sweep.factors.train.lrr=[0.1]"],
+     "train.lrr: unknown key"),
+    ("ablate/reference", ["ablate", SWEEP, "--out", "{cache}/a", "--set", "sweep.reference.model.ista_lambda=0.3"],
+     "sweep.reference.model.ista_lambda"),
     ("ablate/model-value", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "model.n_embd=31"],
      "model.n_embd"),
     ("ablate/workers", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--workers", "0"], "sweep.workers"),
@@ -348,16 +350,16 @@ CASES = [
     ("train/n-embd", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_embd=1048576"],
      "model.n_embd: must be at most 65536"),
     # ---- issue 14: damaged or foreign files
-    ("report/result-list", ["report", "{resultlist}"], "{resultlist}/runs/gpt-s0/result.json: damaged"),
-    ("report/result-empty", ["report", "{resultempty}"], "{resultempty}/runs/gpt-s0/result.json: damaged"),
+    ("report/result-list", ["report", "{resultlist}"], "{resultlist}/runs/gpt-relu-s0/result.json: damaged"),
+    ("report/result-empty", ["report", "{resultempty}"], "{resultempty}/runs/gpt-relu-s0/result.json: damaged"),
     ("report/result-truncated", ["report", "{resulttruncated}"],
-     "{resulttruncated}/runs/gpt-s0/result.json: damaged"),
-    ("report/result-binary", ["report", "{resultbinary}"], "{resultbinary}/runs/gpt-s0/result.json: damaged"),
-    ("report/eval-json", ["report", "{evaljson}"], "{evaljson}/runs/gpt-s0/eval.json: not a valid evaluation"),
+     "{resulttruncated}/runs/gpt-relu-s0/result.json: damaged"),
+    ("report/result-binary", ["report", "{resultbinary}"], "{resultbinary}/runs/gpt-relu-s0/result.json: damaged"),
+    ("report/eval-json", ["report", "{evaljson}"], "{evaljson}/runs/gpt-relu-s0/eval.json: not a valid evaluation"),
     ("report/metrics-jsonl", ["report", "{metricsjsonl}"],
-     "{metricsjsonl}/runs/gpt-s0/metrics.jsonl: not a valid training log"),
+     "{metricsjsonl}/runs/gpt-relu-s0/metrics.jsonl: not a valid training log"),
     ("report/scores-jsonl", ["report", "{scoresjsonl}"],
-     "{scoresjsonl}/runs/gpt-s0/interp/scores.jsonl: not a valid score file"),
+     "{scoresjsonl}/runs/gpt-relu-s0/interp/scores.jsonl: not a valid score file"),
     ("eval/checkpoint-without-model", ["eval", "{nomodel}"], "{nomodel}: damaged checkpoint (no 'model')"),
     ("eval/checkpoint-without-tokenizer", ["eval", "{notokenizer}"],
      "{notokenizer}: damaged checkpoint (no 'tokenizer')"),

@@ -97,7 +97,10 @@ def test_a_config_error_is_a_cratelab_error_and_set_applies_after_smoke():
     assert issubclass(ConfigError, CratelabError)
     base, sweep = load_sweep_config("configs/seed-ablation.toml", ["sweep.workers=1"], smoke=True)
     assert base.data.corpus == "fixture" and sweep.seeds == [0, 1] and sweep.workers == 1
-    assert SweepConfig().reference_lambda in SweepConfig().ista_lambdas
+    assert sweep.reference_levels() == {"model.ista_lambda": 0.1, "model.qkv": "shared"}
+    assert SweepConfig(factors={"train.lr": [0.1, 0.2]}).reference_levels() == {"train.lr": 0.1}
+
+
 def test_interp_records_and_backend_are_nested_tables(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[interp]\nmethod = "openai:m"\n[interp.records]\nwindow = 32\nn_top = 40\n'

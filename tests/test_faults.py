@@ -24,7 +24,7 @@ import torch
 from cratelab.checkpoint import load_checkpoint
 from cratelab.config import load_config
 from cratelab.io import read_jsonl
-from cratelab.layout import RESULT_COLUMNS
+from cratelab.layout import result_columns
 from cratelab.train import train
 
 resource = pytest.importorskip("resource")  # POSIX: file-size limits; the process groups below are POSIX too
@@ -35,8 +35,8 @@ SWEEP = str(ROOT / "configs" / "seed-ablation.toml")
 TRAIN = ["train", TINY, "--set", "train.max_steps=40", "--set", "train.eval_interval=5"]
 INTERPRET = ["--neurons", "64", "--tokens", "8192", "--set", "interp.device=cpu"]
 # two runs (CRATE and the GPT baseline) of the smoke sweep, checkpointed every 10 of their 30 steps
-ABLATE = ["ablate", SWEEP, "--smoke", "--set", "sweep.seeds=[0]", "--set", "sweep.ista_lambdas=[0.1]",
-          "--set", 'sweep.qkv=["shared"]', "--set", "train.eval_interval=10"]
+ABLATE = ["ablate", SWEEP, "--smoke", "--set", "sweep.seeds=[0]", "--set", "sweep.factors.model.ista_lambda=[0.1]",
+          "--set", 'sweep.factors.model.qkv=["shared"]', "--set", "train.eval_interval=10"]
 
 pytestmark = pytest.mark.e2e
 
@@ -331,7 +331,7 @@ def test_sigkill_during_ablate_then_the_same_command_gives_the_same_results(cach
     cratelab(*ABLATE, "--out", out, cache=cache)
 
     assert results(out) == results(whole) and len(results(out)) == 2
-    assert (out / "results.csv").read_text().splitlines()[0] == ",".join(RESULT_COLUMNS)
+    assert (out / "results.csv").read_text().splitlines()[0] == ",".join(result_columns(["model.ista_lambda", "model.qkv", "model.arch"]))
     assert (out / "results_layers.csv").read_bytes() == (whole / "results_layers.csv").read_bytes()
     for run in sorted((whole / "runs").iterdir()):
         mine = out / "runs" / run.name
@@ -391,5 +391,5 @@ def test_train_eval_interpret_and_ablate_need_no_network(cache, tmp_path):
     offline("eval", run)
     offline("generate", run, "--prompt", "The", "--max-new-tokens", "4")
     offline("interpret", run, "--out", tmp_path / "interp", "--neurons", "4", "--tokens", "4096")
-    offline(*ABLATE, "--out", tmp_path / "sweep", "--set", "sweep.baseline=false")
+    offline(*ABLATE, "--out", tmp_path / "sweep", "--set", "sweep.arms=[]")
     assert not log.exists(), log.read_text()

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from cratelab.config import ConfigError, load_sweep_config
-from cratelab.layout import RESULT_COLUMNS
 from cratelab.errors import CratelabError
-from cratelab.sweep import check_sweep_unchanged, expand, read_result, save_sweep
+from cratelab.layout import result_columns
+from cratelab.sweep import check_sweep_unchanged, design_keys, expand, read_result, save_sweep
 
 CONFIG = "configs/seed-ablation.toml"
 
@@ -41,10 +41,27 @@ def test_smoke_shrinks_but_keeps_every_condition():
     assert len({(r.config.model.arch, r.config.model.qkv, r.config.model.ista_lambda) for r in runs}) == 7
 
 
+def test_a_factor_the_engine_has_never_heard_of(tmp_path):
+    """Any run-config field is a factor: names, configs and result columns follow from the sweep file."""
+    base, sweep = load_sweep_config(CONFIG, ["sweep.factors={ \"train.lr\" = [0.001, 0.002] }", "sweep.arms=[]",
+                                             "sweep.reference={}", "sweep.seeds=[3]"])
+    runs = expand(base, sweep)
+    assert [r.name for r in runs] == ["lr=0.001-s3", "lr=0.002-s3"]
+    assert [r.config.train.lr for r in runs] == [0.001, 0.002] and runs[0].config.train.seed == 3
+    assert result_columns(design_keys(sweep))[:4] == ["name", "condition", "train.lr", "seed"]
+
+
 @pytest.mark.parametrize("override,field", [
-    ("sweep.ista_lambdas=[0.05, -1.0]", "sweep.ista_lambdas"),
-    ("sweep.reference_lambda=0.3", "sweep.reference_lambda"),
-    ("sweep.qkv=['tied']", "sweep.qkv"),
+    ("sweep.factors.model.ista_lambda=[0.1, -1.0]", "model.ista_lambda"),
+    ("sweep.factors.model.nope=[1, 2]", "model.nope"),
+    ("sweep.factors.nope.lr=[1, 2]", "nope.lr"),
+    ("sweep.factors.model.qkv=['shared', 'tied']", "model.qkv"),
+    ("sweep.factors.model.n_layer=[1.5]", "model.n_layer"),
+    ("sweep.factors.train.seed=[1]", "sweep.factors.train.seed"),
+    ("sweep.reference.model.ista_lambda=0.3", "sweep.reference.model.ista_lambda"),
+    ("sweep.reference.model.n_layer=3", "sweep.reference.model.n_layer"),
+    ("sweep.arms=[{ name = 'x', set = { 'model.arch' = 'rnn' } }]", "model.arch"),
+    ("sweep.arms=[{ name = 'a b', set = { 'model.arch' = 'gpt' } }]", "sweep.arms[0].name"),
     ("sweep.seeds=[1, 1]", "sweep.seeds"),
     ("sweep.seeds=3", "sweep.seeds"),
     ("sweep.workers=0", "sweep.workers"),
@@ -52,8 +69,8 @@ def test_smoke_shrinks_but_keeps_every_condition():
     ("model.n_embd=130", "model.n_embd"),
 ])
 def test_bad_sweep_values_name_the_field(override, field):
-    with pytest.raises(ConfigError) as err:
-        load_sweep_config(CONFIG, [override])
+    with pytest.raises(ConfigError) as err:  # every cell is built and validated before anything runs
+        expand(*load_sweep_config(CONFIG, [override]))
     assert err.value.field.startswith(field)
 
 
@@ -67,7 +84,7 @@ def test_print_commands_lists_one_command_per_run(tmp_path):
     proc = cratelab("ablate", CONFIG, "--out", tmp_path / "sweep", "--print-commands", cache=tmp_path)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0 and len(lines) == 22
-    assert lines[0].startswith(f"cratelab ablate {CONFIG} --out ") and "--only crate-shared-lam0.05-s0" in lines[0]
+    assert lines[0].startswith(f"cratelab ablate {CONFIG} --out ") and "--only ista_lambda=0.05-qkv=shared-s0" in lines[0]
     assert lines[-1].startswith("cratelab report ")
 
 
@@ -86,22 +103,23 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 7 and list(rows[0]) == RESULT_COLUMNS
+    assert len(rows) == 7 and list(rows[0]) == result_columns(["model.ista_lambda", "model.qkv", "model.arch"])
     for row in rows:
         assert float(row["val_loss"]) > 0 and 0 <= float(row["zero_frac"]) <= 1
         assert row["interp_top_and_random"] != "" and int(row["nan_neurons"]) >= 0
-    assert {row["arch"] for row in rows} == {"crate", "gpt"}
-    report = (out / "report.md").read_text()
-    assert "Shared or separate" in report and (out / "report.html").is_file()
+    assert {row["model.arch"] for row in rows} == {"crate", "gpt"}
+    report = (out / "report.md").read_text().replace("\\", "")
+    assert "model.qkv: separate − shared" in report and "model.ista_lambda: per doubling" in report
+    assert (out / "report.html").is_file()
     assert any((out / "plots").glob("*.png"))
-    assert (out / "runs" / "crate-shared-lam0.1-s0" / "interp" / "cards" / "index.html").is_file()
+    assert (out / "runs" / "ista_lambda=0.1-qkv=shared-s0" / "interp" / "cards" / "index.html").is_file()
 
     # a rerun finds every run finished: nothing is trained or scored again
     before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
     proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
     assert proc.returncode == 0 and "7 already finished" in proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
-    assert json.loads((out / "runs" / "gpt-relu-s0" / "result.json").read_text())["arch"] == "gpt"
+    assert json.loads((out / "runs" / "gpt-relu-s0" / "result.json").read_text())["model.arch"] == "gpt"
 
     proc = cratelab("report", out, cache=tmp_path / "cache")
     assert proc.returncode == 0 and "report.md" in proc.stdout
@@ -120,7 +138,7 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     assert proc.returncode == 0 and "6 already finished" in proc.stderr, proc.stderr
     assert f"{result}: damaged (not valid JSON): the run is redone" in proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}  # resumed at its end
-    assert json.loads(result.read_text())["arch"] == "gpt"
+    assert json.loads(result.read_text())["model.arch"] == "gpt"
     assert _without_train_s(out / "results.csv") == _without_train_s_text(results_before)
 
 
@@ -129,15 +147,24 @@ def test_a_sweep_folder_may_grow_its_grid_but_not_change_its_runs(tmp_path):
     save_sweep(base, sweep, tmp_path)
     check_sweep_unchanged(*load_sweep_config(CONFIG, ["sweep.seeds=[0, 1, 2]", "sweep.workers=2", "train.threads=1"],
                                              smoke=True), tmp_path)
+    # levels may be added or dropped: each run's config and name depend on its own cell alone
+    check_sweep_unchanged(*load_sweep_config(CONFIG, ["sweep.factors.model.ista_lambda=[0.1, 0.4]"], smoke=True),
+                          tmp_path)
     changed, changed_sweep = load_sweep_config(CONFIG, ["train.lr=0.01", "interp.neurons=8"], smoke=True)
     with pytest.raises(CratelabError, match=r"interp.neurons 16 -> 8; train.lr 0.002 -> 0.01\)"):
         check_sweep_unchanged(changed, changed_sweep, tmp_path)
+    for overrides, change in ((["sweep.factors.train.lr=[0.001, 0.002]"], "sweep.factors \\['model.ista_lambda'"),
+                              (['sweep.reference.model.qkv="separate"'], "sweep.reference.model.qkv"),
+                              (['sweep.arms=[{name = "gpt-relu", set = {"model.arch" = "gpt", "model.mlp_act" = '
+                                '"gelu"}}]'], "sweep.arms")):
+        with pytest.raises(CratelabError, match=change):
+            check_sweep_unchanged(*load_sweep_config(CONFIG, overrides, smoke=True), tmp_path)
 
 
 @pytest.mark.parametrize("text, problem", [("", "not valid JSON"), ("[1]", "a JSON list"),
-                                           ('{"name": "x"}', "no 'arch'"),
-                                           ('{"name": "x", "arch": "gpt", "qkv": "separate", "ista_lambda": null, '
-                                            '"seed": 0, "layers": 3}', "'layers' is not a list")])
+                                           ('{"name": "x"}', "no 'condition', 'seed', 'layers'"),
+                                           ('{"name": "x", "condition": "gpt-relu", "seed": 0, "layers": 3}',
+                                            "'layers' is not a list")])
 def test_a_damaged_result_json_is_an_unfinished_run(tmp_path, text, problem):
     (tmp_path / "result.json").write_text(text)
     row, damage = read_result(tmp_path / "result.json")

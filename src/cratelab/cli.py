@@ -237,24 +237,24 @@ def cmd_ablate(args) -> None:
     if args.only:  # one run of a scheduled sweep: `cratelab report` writes the report once all are done
         print(f"finished {', '.join(args.only)}; {len(rows)} runs done in {out}")
         return
-    report = write_report(out, reference_lambda=sweep.reference_lambda, reference_qkv=sweep.reference_qkv)
+    report = write_report(out, sweep)
     print(f"results: {out / layout.RESULTS}\nreport:  {report} (and {report.with_suffix('.html')})")
 
 
 def cmd_report(args) -> None:
     from .report import write_report
-    from .sweep import collect_results
+    from .sweep import collect_results, expand
 
     out = Path(args.out)
     sweep_file = out / layout.SWEEP_CONFIG
     if not sweep_file.is_file():
         raise ConfigError("", f"{out} is not a sweep folder (no {layout.SWEEP_CONFIG}): run `cratelab ablate` first")
     try:
-        _, sweep = load_sweep_config(sweep_file)
+        base, sweep = load_sweep_config(sweep_file)
     except ConfigError as err:
         raise ConfigError("", f"{sweep_file}: {err}") from None
-    collect_results(out)
-    report = write_report(out, reference_lambda=sweep.reference_lambda, reference_qkv=sweep.reference_qkv)
+    collect_results(out, sweep, expand(base, sweep))
+    report = write_report(out, sweep)
     print(f"report: {report} (and {report.with_suffix('.html')})")
 
 
@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_sae)
 
-    p = sub.add_parser("ablate", help="the seed ablation: train, evaluate and score a grid of runs, then report")
+    p = sub.add_parser("ablate", help="a sweep: train, evaluate and score a grid of runs over any config fields, "
+                                      "then report")
     p.add_argument("config", help="sweep config, e.g. configs/seed-ablation.toml")
     p.add_argument("--out", required=True, help="sweep folder; rerun with it to resume")
     p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in minutes")

@@ -320,16 +320,28 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+FACTOR_LEVEL_TYPES = (bool, int, float, str)
+
+
+@dataclass
+class Arm:
+    """A named condition outside the grid: the reference condition with `set` applied (e.g. the GPT baseline)."""
+
+    name: str
+    set: dict[str, Any]
+
+
 @dataclass
 class SweepConfig:
-    """The [sweep] section of a sweep config (`cratelab ablate`): the grid of conditions and seeds."""
+    """The [sweep] section of a sweep config (`cratelab ablate`): a full grid over factors (any run-config
+    field, "section.key" -> levels), named arms outside the grid, seeds, and the reference condition that
+    contrasts are taken against. Whether each key and level is valid is checked by building every run's
+    config (sweep.expand), before anything runs."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    ista_lambdas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
-    qkv: list[str] = field(default_factory=lambda: ["shared", "separate"])
-    baseline: bool = True  # also train the GPT-ReLU baseline at the same shape, once per seed
-    reference_lambda: float = 0.1  # the condition paired differences are taken against
-    reference_qkv: str = "shared"
+    factors: dict[str, list[Any]] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)  # a level per factor; default: each factor's first
+    arms: list[Arm] = field(default_factory=list)
     workers: int = 1  # runs trained at once on this machine (each gets cores / workers threads)
 
     def validate(self, prefix: str = "sweep") -> None:
@@ -337,15 +349,89 @@ class SweepConfig:
         require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), p + "seeds",
                 f"must list distinct seeds, got {self.seeds}")
         require(all(s >= 0 for s in self.seeds), p + "seeds", f"must be >= 0, got {self.seeds}")
-        require(len(self.ista_lambdas) >= 1 and all(x >= 0 for x in self.ista_lambdas), p + "ista_lambdas",
-                f"must list lambdas >= 0, got {self.ista_lambdas}")
-        require(len(self.qkv) >= 1, p + "qkv", "must list at least one of 'shared', 'separate'")
-        for value in self.qkv:
-            choose(value, ("shared", "separate"), p + "qkv")
-        choose(self.reference_qkv, tuple(self.qkv), p + "reference_qkv")
-        require(self.reference_lambda in self.ista_lambdas, p + "reference_lambda",
-                f"must be one of sweep.ista_lambdas {self.ista_lambdas}, got {self.reference_lambda}")
+        for key, levels in self.factors.items():
+            name = f"{p}factors.{key}"
+            require(len(key.split(".")) == 2 and all(key.split(".")), name, "a factor is a run-config field "
+                    "written as section.key, e.g. model.ista_lambda")
+            require(key not in ("train.seed", "interp.seed"), name, "seeds are set by sweep.seeds")
+            require(isinstance(levels, list) and len(levels) >= 1, name, f"must list its levels, got {levels!r}")
+            for i, level in enumerate(levels):
+                require(isinstance(level, FACTOR_LEVEL_TYPES), f"{name}[{i}]",
+                        f"a level is a number, string or boolean, got {level!r}")
+            texts = [level_text(level) for level in levels]
+            require(len(set(texts)) == len(texts), name, f"lists a level twice: {levels}")
+        for key, value in self.reference.items():
+            require(key in self.factors, f"{p}reference.{key}", f"is not a factor (factors: "
+                    f"{', '.join(self.factors) or 'none'})")
+            require(level_text(value) in map(level_text, self.factors[key]), f"{p}reference.{key}",
+                    f"must be one of the factor's levels {self.factors[key]}, got {value!r}")
+        names = [arm.name for arm in self.arms]
+        for i, arm in enumerate(self.arms):
+            name = f"{p}arms[{i}]"
+            require(bool(arm.name) and all(c.isalnum() or c in "._-+" for c in arm.name), name + ".name",
+                    f"must be a non-empty name of letters, digits and . _ - +, got {arm.name!r}")
+            require(names.count(arm.name) == 1, name + ".name", f"two arms are named {arm.name!r}")
+            require(bool(arm.set), name + ".set", "must set at least one section.key")
+            for key in arm.set:
+                require(len(key.split(".")) == 2 and all(key.split(".")), f"{name}.set.{key}",
+                        "must be a run-config field written as section.key")
         require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
+
+    def reference_levels(self) -> dict[str, Any]:
+        """The reference condition: the declared level of each factor, else its first level."""
+        return {key: self.reference.get(key, levels[0]) for key, levels in self.factors.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def level_text(value: Any) -> str:
+    """A factor level as run names and result tables write it (floats exactly, booleans as TOML does)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _dotted(values: Any, name: str) -> dict[str, Any]:
+    """A table of "section.key" entries, also accepted as nested tables (what `--set sweep.factors.a.b=...`
+    makes): {"model": {"qkv": x}} -> {"model.qkv": x}."""
+    if not isinstance(values, dict):
+        raise ConfigError(name, f"must be a table, got {type(values).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= {f"{key}.{k}": v for k, v in _dotted(value, f"{name}.{key}").items()}
+        else:
+            flat[key] = value
+    return flat
+
+
+def sweep_from_dict(values: Any) -> SweepConfig:
+    """The [sweep] section, type-checked and validated (its factor levels are checked by sweep.expand)."""
+    if not isinstance(values, dict):
+        raise ConfigError("sweep", f"must be a table, got {type(values).__name__}")
+    values = dict(values)
+    tables = {"factors": _dotted(values.pop("factors", {}), "sweep.factors"),
+              "reference": _dotted(values.pop("reference", {}), "sweep.reference")}
+    arms = values.pop("arms", [])
+    if not isinstance(arms, list):
+        raise ConfigError("sweep.arms", f"must be a list of tables ([[sweep.arms]]), got {type(arms).__name__}")
+    tables["arms"] = []
+    for i, arm in enumerate(arms):
+        name = f"sweep.arms[{i}]"
+        if not isinstance(arm, dict):
+            raise ConfigError(name, f"must be a table with name and set, got {type(arm).__name__}")
+        unknown = sorted(set(arm) - {"name", "set"})
+        require(not unknown, f"{name}.{unknown[0] if unknown else ''}", "unknown key (known: name, set)")
+        tables["arms"].append(Arm(_coerce(arm.get("name", ""), str, name + ".name"),
+                                  _dotted(arm.get("set", {}), name + ".set")))
+    plain = {f.name for f in dataclasses.fields(SweepConfig)} - set(tables)
+    unknown = sorted(set(values) - plain)
+    require(not unknown, f"sweep.{unknown[0] if unknown else ''}",
+            f"unknown key (known: {', '.join(sorted({f.name for f in dataclasses.fields(SweepConfig)}))})")
+    sweep = dataclasses.replace(section_from_dict(SweepConfig, values, "sweep"), **tables)
+    sweep.validate()
+    return sweep
 
 
 # `--smoke`: the whole pipeline, every condition, two seeds, in about two minutes on a 2-core CPU
@@ -474,8 +560,7 @@ def load_sweep_config(source: str | Path | dict[str, Any] | None, overrides: lis
                       smoke: bool = False) -> tuple[RunConfig, SweepConfig]:
     """A sweep config: a run config (the settings its runs share) plus a [sweep] section, validated."""
     values = config_values(source, overrides, smoke=smoke)
-    sweep = section_from_dict(SweepConfig, values.pop("sweep", {}), "sweep")
-    sweep.validate()
+    sweep = sweep_from_dict(values.pop("sweep", {}))
     return config_from_dict(values), sweep
 
 

@@ -73,9 +73,24 @@ def nan_column(protocol: str) -> str:
     return "nan_" + protocol.replace("-", "_")
 
 
-CONDITION_COLUMNS = ["name", "arch", "qkv", "ista_lambda", "seed"]  # which run: the key of both tables
 SPARSITY_COLUMNS = ["zero_frac", "l0", "l0_frac", "dead_frac", "dense_frac"]
-RESULT_COLUMNS = [*CONDITION_COLUMNS, "params", "tokens", "train_s", "val_loss", "bpb", *SPARSITY_COLUMNS,
-                  *map(interp_column, PROTOCOLS), "nan_neurons"]
-LAYER_COLUMNS = [*CONDITION_COLUMNS, "layer", *SPARSITY_COLUMNS, "dictionary_norm", *map(interp_column, PROTOCOLS),
-                 *map(nan_column, PROTOCOLS)]
+RESULT_METRIC_COLUMNS = ["params", "tokens", "train_s", "val_loss", "bpb", *SPARSITY_COLUMNS,
+                         *map(interp_column, PROTOCOLS), "nan_neurons"]
+LAYER_METRIC_COLUMNS = ["layer", *SPARSITY_COLUMNS, "dictionary_norm", *map(interp_column, PROTOCOLS),
+                        *map(nan_column, PROTOCOLS)]
+
+
+def condition_columns(varied: list[str]) -> list[str]:
+    """Which run a row is, the key of both tables: its name, its condition, the value of each field the
+    sweep varies (a "section.key" column each), and its seed."""
+    return ["name", "condition", *varied, "seed"]
+
+
+def result_columns(varied: list[str]) -> list[str]:
+    """results.csv: one row per run."""
+    return [*condition_columns(varied), *RESULT_METRIC_COLUMNS]
+
+
+def layer_columns(varied: list[str]) -> list[str]:
+    """results_layers.csv: one row per run and layer."""
+    return [*condition_columns(varied), *LAYER_METRIC_COLUMNS]

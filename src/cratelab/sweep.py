@@ -1,7 +1,8 @@
-"""The seed ablation: a grid of CRATE conditions (ISTA lambda x shared/separate Q,K,V) plus the GPT
-baseline, over seeds. Every run is trained, evaluated and scored by the same functions as
-`cratelab train`, `eval` and `interpret`; a finished run leaves `result.json`, so an interrupted sweep
-resumes by skipping finished runs while partial runs resume from their own checkpoints.
+"""A sweep: a full grid over any run-config fields (`[sweep.factors]`, "section.key" -> levels), named arms
+outside the grid, over seeds. Every run is trained, evaluated and scored by the same functions as
+`cratelab train`, `eval` and `interpret` (run_one); a finished run leaves
+`result.json`, so an interrupted sweep resumes by skipping finished runs while partial runs resume from
+their own checkpoints.
 
 The output folder is laid out as layout.py names it: `sweep.toml` (the sweep as run), `runs/<name>/`
 (a train run folder, with `eval.json`, `interp/` and `result.json`), `results.csv`, `results_layers.csv`,
@@ -11,6 +12,7 @@ and the report.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shlex
 import shutil
@@ -18,7 +20,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -26,35 +28,109 @@ from typing import Any
 import tomli_w
 
 from . import layout
-from .config import ConfigError, RunConfig, SweepConfig, changed_settings, read_toml
+from .config import ConfigError, RunConfig, SweepConfig, changed_settings, config_from_dict, level_text, read_toml
 from .errors import CratelabError
 from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, write_csv, write_json, write_text
 from .runtime import check_threads, cpu_count, is_main_process, set_threads
 
 
+@dataclass(frozen=True)
+class Condition:
+    """A condition of the sweep: a cell of the grid (its level of each factor) or a named arm."""
+
+    name: str  # the run names' stem, and results.csv's "condition" column
+    levels: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # grid cells: factor -> level
+    arm: bool = False
+
+
 @dataclass
 class PlannedRun:
-    """One (condition, seed) cell of the sweep grid: the run folder's name and its run config."""
+    """One (condition, seed) run of the sweep: the run folder's name, its condition and its run config."""
 
     name: str
+    condition: Condition
     config: RunConfig
+    columns: dict[str, Any]  # its condition columns in the results: name, condition, each varied field, seed
+
+
+def grid_conditions(sweep: SweepConfig) -> list[Condition]:
+    """The grid's cells (the last factor varying fastest), then the arms; names from the factor values."""
+    keys = list(sweep.factors)
+    leaves = [key.split(".")[-1] for key in keys]
+    labels = [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)]  # short where unique
+    cells = [Condition("-".join(_safe(f"{label}={level_text(v)}") for label, v in zip(labels, combo)) or "base",
+                       dict(zip(keys, combo)))
+             for combo in itertools.product(*sweep.factors.values())]
+    conditions = cells + [Condition(arm.name, arm=True) for arm in sweep.arms]
+    names = [c.name for c in conditions]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ConfigError("sweep", f"two conditions get the run name {clashes[0]!r}: rename the arm, or use levels "
+                                   f"that read differently")
+    return conditions
+
+
+def _safe(text: str) -> str:
+    """A folder name: characters that mean something to shells or file systems become '_'."""
+    return "".join(c if c.isalnum() or c in "._=+-" else "_" for c in text)
+
+
+def condition_settings(sweep: SweepConfig, condition: Condition) -> dict[str, Any]:
+    """The "section.key" values a condition sets on the sweep's shared config: a cell its levels, an arm the
+    reference condition's levels with its own settings on top."""
+    if not condition.arm:
+        return dict(condition.levels)
+    arm = next(a for a in sweep.arms if a.name == condition.name)
+    return sweep.reference_levels() | arm.set
+
+
+def design_keys(sweep: SweepConfig) -> list[str]:
+    """The fields the sweep varies (factors, then what arms set): the condition columns of the results."""
+    keys = list(sweep.factors)
+    for arm in sweep.arms:
+        keys += [key for key in arm.set if key not in keys]
+    return keys
 
 
 def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
-    """Every (condition, seed) run, seed-major so that a partial sweep holds whole seeds first."""
+    """Every (condition, seed) run, seed-major so that a partial sweep holds whole seeds first. Each run's
+    config is built and validated here, so a bad key or level fails (naming the field) before anything runs."""
+    shared = base.to_dict()
+    keys = design_keys(sweep)
+    conditions = grid_conditions(sweep)
+    configs = {c.name: _condition_config(shared, condition_settings(sweep, c), c.name) for c in conditions}
     runs = []
     for seed in sweep.seeds:
-        conditions = [("crate", qkv, lam) for qkv in sweep.qkv for lam in sweep.ista_lambdas]
-        if sweep.baseline:
-            conditions.append(("gpt", "separate", base.model.ista_lambda))
-        for arch, qkv, lam in conditions:
-            name = f"crate-{qkv}-lam{lam:g}-s{seed}" if arch == "crate" else f"gpt-relu-s{seed}"
-            cfg = dataclasses.replace(
-                base, model=dataclasses.replace(base.model, arch=arch, qkv=qkv, ista_lambda=lam),
-                train=dataclasses.replace(base.train, seed=seed), interp=dataclasses.replace(base.interp, seed=seed))
-            runs.append(PlannedRun(name, cfg))
+        for condition in conditions:
+            cfg = configs[condition.name]
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
+                                      interp=dataclasses.replace(cfg.interp, seed=seed))
+            name = f"{condition.name}-s{seed}"
+            runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys)))
     return runs
+
+
+def _condition_config(shared: dict[str, dict[str, Any]], settings: dict[str, Any], name: str) -> RunConfig:
+    values = {section: dict(fields) for section, fields in shared.items()}
+    for key, value in settings.items():
+        section, leaf = key.split(".")
+        if not isinstance(values.get(section), dict):
+            raise ConfigError(key, f"unknown section {section!r} (known: {', '.join(shared)}) in condition {name}")
+        values[section][leaf] = value
+    try:
+        return config_from_dict(values)
+    except ConfigError as err:
+        raise ConfigError(err.field, f"{str(err).removeprefix(err.field + ': ')} (condition {name})") from None
+
+
+def _condition_columns(name: str, condition: Condition, cfg: RunConfig, keys: list[str]) -> dict[str, Any]:
+    values = cfg.to_dict()
+    row: dict[str, Any] = {"name": name, "condition": condition.name}
+    for key in keys:
+        section, leaf = key.split(".")
+        row[key] = values[section][leaf]
+    return row | {"seed": cfg.train.seed}
 
 
 def _layer_interp(summary: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -85,11 +161,9 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     evaluation = evaluate_checkpoint(ckpt, device=cfg.train.device)
     summary = interpret(ckpt, run_dir / layout.RUN_INTERP, cfg.interp, progress=False)
 
-    m = cfg.model
-    row: dict[str, Any] = {
-        "name": run.name, "arch": m.arch, "qkv": m.qkv, "ista_lambda": m.ista_lambda if m.arch == "crate" else None,
-        "seed": cfg.train.seed, "params": ckpt.model.num_params(), "tokens": final["tokens"],
-        "train_s": final["elapsed_s"], "val_loss": evaluation.val_loss, "bpb": evaluation.bpb}
+    row: dict[str, Any] = dict(run.columns) | {
+        "params": ckpt.model.num_params(), "tokens": final["tokens"], "train_s": final["elapsed_s"],
+        "val_loss": evaluation.val_loss, "bpb": evaluation.bpb}
     for key in layout.SPARSITY_COLUMNS:
         row[key] = sum(getattr(s, key) for s in evaluation.layers) / len(evaluation.layers)
     by_layer = _layer_interp(summary)
@@ -98,7 +172,7 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     row["nan_neurons"] = sum(s["n_unscorable"] for s in summary["layers"])
     row["layers"] = []
     for s in evaluation.layers:
-        layer_row = {k: row[k] for k in layout.CONDITION_COLUMNS} | {"layer": s.layer}
+        layer_row = dict(run.columns) | {"layer": s.layer}
         layer_row |= {key: getattr(s, key) for key in (*layout.SPARSITY_COLUMNS, "dictionary_norm")}
         for protocol in layout.PROTOCOLS:
             scored = by_layer.get((s.layer, protocol))
@@ -129,7 +203,7 @@ def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{path}: damaged (not valid JSON)"
     if not isinstance(row, dict):
         return None, f"{path}: damaged (a JSON {type(row).__name__}, not a run result)"
-    missing = [key for key in (*layout.CONDITION_COLUMNS, "layers") if key not in row]
+    missing = [key for key in (*layout.condition_columns([]), "layers") if key not in row]
     if missing:
         return None, f"{path}: damaged (no {', '.join(map(repr, missing))})"
     if not isinstance(row["layers"], list) or not all(isinstance(layer, dict) for layer in row["layers"]):
@@ -137,35 +211,39 @@ def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return row, None
 
 
-def collect_results(out_dir: Path) -> list[dict[str, Any]]:
-    """results.csv and results_layers.csv from the finished runs' result.json files; a damaged one is an
-    error naming it (`cratelab ablate` redoes that run)."""
+def collect_results(out_dir: Path, sweep: SweepConfig, runs: list[PlannedRun]) -> list[dict[str, Any]]:
+    """results.csv and results_layers.csv from the finished runs' result.json files (of this sweep's runs
+    only: a folder left by a level since removed from the sweep file is not this sweep's); a damaged one is
+    an error naming it (`cratelab ablate` redoes that run)."""
     rows = []
-    for path in sorted((out_dir / layout.RUNS).glob(f"*/{layout.RUN_RESULT}")):
-        row, damage = read_result(path)
+    for run in sorted(runs, key=lambda r: r.name):
+        row, damage = read_result(layout.run_folder(out_dir, run.name) / layout.RUN_RESULT)
         if damage:
             raise CratelabError(f"{damage}; rerun `cratelab ablate` on {out_dir} to redo that run")
-        rows.append(row)
-    write_csv(out_dir / layout.RESULTS, layout.RESULT_COLUMNS, rows)
-    write_csv(out_dir / layout.RESULTS_LAYERS, layout.LAYER_COLUMNS, [layer for row in rows for layer in row["layers"]])
+        if row is not None:
+            rows.append(row)
+    varied = design_keys(sweep)
+    write_csv(out_dir / layout.RESULTS, layout.result_columns(varied), rows)
+    write_csv(out_dir / layout.RESULTS_LAYERS, layout.layer_columns(varied),
+              [layer for row in rows for layer in row["layers"]])
     return rows
 
 
 def sweep_values(base: RunConfig, sweep: SweepConfig) -> dict[str, Any]:
     """What sweep.toml holds: the settings the runs share, and the [sweep] grid."""
-    return base.to_dict() | {"sweep": dataclasses.asdict(sweep)}
+    return base.to_dict() | {"sweep": sweep.to_dict()}
 
 
 def save_sweep(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
     write_text(out_dir / layout.SWEEP_CONFIG, tomli_w.dumps(sweep_values(base, sweep)))
 
 
-# Settings a sweep folder may be rerun with: the grid (each run's config depends on its own cell alone, so
-# cells may be added), the report's reference, and how the runs are executed. Anything else would put runs
-# computed with other settings under the same condition.
+# Settings a sweep folder may be rerun with: seeds and factor levels (a run's config depends on its own cell
+# alone and its name on its levels, so cells may be added or dropped), the workers, and how the runs are
+# executed. Anything else (the shared settings, the reference and the arms, which arms build on) would put
+# runs computed with other settings under the same name.
 SWEEP_RESUMABLE_CHANGES = frozenset({
-    "sweep.seeds", "sweep.ista_lambdas", "sweep.qkv", "sweep.baseline", "sweep.reference_lambda",
-    "sweep.reference_qkv", "sweep.workers", "train.device", "train.threads", "train.compile", "train.log",
+    "sweep.seeds", "sweep.workers", "train.device", "train.threads", "train.compile", "train.log",
     "train.wandb_project", "data.cache_dir", "eval.dense_threshold"}) | {
     "interp." + name for name in INTERP_EXECUTION_ONLY}
 
@@ -175,7 +253,10 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
     path = out_dir / layout.SWEEP_CONFIG
     if not path.is_file():
         return
-    diffs = changed_settings(read_toml(path), sweep_values(base, sweep), SWEEP_RESUMABLE_CHANGES)
+    old, new = read_toml(path), sweep_values(base, sweep)
+    diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors",))
+    if set(old.get("sweep", {}).get("factors", {})) != set(sweep.factors):  # another factor renames every run
+        diffs.append(f"sweep.factors {sorted(old.get('sweep', {}).get('factors', {}))} -> {sorted(sweep.factors)}")
     if diffs:
         raise CratelabError(f"{out_dir} holds a sweep run with other settings ({'; '.join(diffs)}); pass --fresh "
                             "to start over, or choose another --out")
@@ -246,7 +327,7 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
             bar.update()
             tqdm.write(_row_line(row), file=sys.stderr)
     print(f"sweep finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return collect_results(out_dir)
+    return collect_results(out_dir, sweep, expand(base, sweep))
 
 
 def _execute(runs: list[PlannedRun], out_dir: Path, workers: int, threads: int):

@@ -17,7 +17,11 @@ import numpy as np
 
 from cratelab import layout
 from cratelab.evaluate import DENSITY_BIN_EDGES
-from cratelab.layout import LAYER_COLUMNS, PROTOCOLS, RESULT_COLUMNS, interp_column, nan_column
+from cratelab.config import load_sweep_config
+from cratelab.layout import PROTOCOLS, interp_column, layer_columns, nan_column, result_columns
+from cratelab.sweep import design_keys
+
+DESIGN = load_sweep_config("configs/seed-ablation.toml")[1]  # the seed ablation's factors, reference and arm
 
 LAMBDAS = (0.05, 0.1, 0.2)
 N_LAYERS, WIDTH = 2, 64  # interpreted neurons per layer
@@ -32,12 +36,13 @@ class Spec:
     name: str = ""
 
     @property
+    def condition(self) -> str:
+        """The seed ablation's condition name (sweep.grid_conditions) of this run."""
+        return "gpt-relu" if self.arch == "gpt" else f"ista_lambda={self.ista_lambda!r}-qkv={self.qkv}"
+
+    @property
     def run_name(self) -> str:
-        if self.name:
-            return self.name
-        if self.arch == "gpt":
-            return f"gpt-s{self.seed}"
-        return f"crate-l{self.ista_lambda:g}-{self.qkv}-s{self.seed}"
+        return self.name or f"{self.condition}-s{self.seed}"
 
 
 def full_grid(seeds=(0, 1, 2)) -> list[Spec]:
@@ -89,8 +94,9 @@ def write_run(out: Path, spec: Spec, interp: bool, rng: np.random.Generator) -> 
     truth = _truth(spec, rng)
     folder = layout.run_folder(out, spec.run_name)
     folder.mkdir(parents=True, exist_ok=True)
-    lam = "" if spec.arch == "gpt" else f"{spec.ista_lambda:g}"
-    base = {"name": spec.run_name, "arch": spec.arch, "qkv": spec.qkv, "ista_lambda": lam, "seed": spec.seed}
+    lam = 0.1 if spec.arch == "gpt" else spec.ista_lambda
+    base = {"name": spec.run_name, "condition": spec.condition, "model.ista_lambda": lam, "model.qkv": spec.qkv,
+            "model.arch": spec.arch, "seed": spec.seed}
     neuron_rows = _neuron_rows(rng) if interp else []
     layers = []
     for layer in range(N_LAYERS):
@@ -136,8 +142,9 @@ def make_sweep(out: Path, specs: list[Spec] | None = None, interp: bool = True, 
         result, layer_rows = write_run(out, spec, interp, rng)
         results.append(result)
         layers += layer_rows
-    for name, columns, rows in ((layout.RESULTS, RESULT_COLUMNS, results),
-                                (layout.RESULTS_LAYERS, LAYER_COLUMNS, layers)):
+    varied = design_keys(DESIGN)
+    for name, columns, rows in ((layout.RESULTS, result_columns(varied), results),
+                                (layout.RESULTS_LAYERS, layer_columns(varied), layers)):
         with open(out / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()

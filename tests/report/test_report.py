@@ -3,19 +3,25 @@ from pathlib import Path
 
 import pytest
 
+from cratelab.config import load_sweep_config
 from cratelab.errors import CratelabError
 from cratelab.report import read_sweep_results, write_report
-from cratelab.report.analysis import (INTERP_METRICS, SEED_METRICS, Estimator, difference, lambda_slope, mean_of,
-                                      qkv_effect)
-from cratelab.report.load import Condition
+from cratelab.report.analysis import INTERP_METRICS, SEED_METRICS, Estimator, design_effects, difference, mean_of
+from cratelab.sweep import Condition
 
-from .synthetic import Spec, full_grid, make_sweep
+from .synthetic import DESIGN, Spec, full_grid, make_sweep
 
 N_BOOT = 300  # enough for the tests, fast on 2 cores
-PLOTS = ("loss_vs_lambda", "sparsity_vs_lambda", "interp_vs_lambda", "interp_vs_loss", "layer_sparsity",
-         "firing_density", "training_curves", "sparsity_curves")
+PLOTS = ("loss_vs_model_ista_lambda", "sparsity_vs_model_ista_lambda", "interp_vs_model_ista_lambda",
+         "loss_vs_model_qkv", "interp_vs_loss", "layer_sparsity", "firing_density", "training_curves",
+         "sparsity_curves")
 METRIC = {m.column: m for m in SEED_METRICS + INTERP_METRICS}
-REFERENCE = Condition("crate", "shared", 0.1)
+REFERENCE = Condition("ista_lambda=0.1-qkv=shared")
+GPT = Condition("gpt-relu", arm=True)
+
+
+def effect(sweep, title):
+    return next(e for e in design_effects(sweep) if e.title == title).contrast
 
 
 def section(md: str, title: str) -> str:
@@ -36,13 +42,13 @@ def line_of(text: str, start: str) -> str:
 def full(tmp_path_factory):
     hostile = Spec("crate", "shared", 0.1, 3, name="<script>alert(1)</script>")  # a fourth seed of the reference
     out = make_sweep(tmp_path_factory.mktemp("sweep"), full_grid() + [hostile])
-    write_report(out, n_boot=N_BOOT)
+    write_report(out, DESIGN, n_boot=N_BOOT)
     return out
 
 
 @pytest.fixture(scope="module")
 def estimator(full):
-    return Estimator(read_sweep_results(full), n_boot=N_BOOT)
+    return Estimator(read_sweep_results(full, DESIGN), n_boot=N_BOOT)
 
 
 def test_report_files_and_plots(full):
@@ -55,36 +61,40 @@ def test_report_files_and_plots(full):
 def test_report_flags_the_planted_effect_and_not_the_null_one(tmp_path):
     """With 8 seeds the planted effects survive the Holm adjustment over the whole family; the nulls do not."""
     out = make_sweep(tmp_path, full_grid(seeds=range(8)), interp=False)
-    write_report(out, n_boot=N_BOOT)
-    md = (out / "report.md").read_text()
-    table = section(md, "CRATE λ=0.2 shared − reference")
-    assert "significant at 95% after Holm adjustment: the CI excludes 0" in line_of(table, "| zero fraction |")
-    assert "not significant at 95%: the CI includes 0" in line_of(table, "| dead fraction |")
-    answers = section(md, "1. Effect of the sparsity penalty λ")
-    assert "The data show: val loss (nats/token) increases" in md_unescape(answers)
-    assert "zero fraction increases" in answers
-    q2 = md_unescape(section(md, "2. Shared or separate Q, K, V"))
-    assert "The data show: val loss (nats/token) decreases" in q2
-    assert "They show nothing (CI includes 0) for: zero fraction" in q2
+    write_report(out, DESIGN, n_boot=N_BOOT)
+    md = md_unescape((out / "report.md").read_text())
+    slope = section(md, "model.ista_lambda: per doubling")
+    assert "The data show: val loss (nats/token) increases" in slope and "zero fraction increases" in slope
+    assert "not significant at 95%: the CI includes 0" in line_of(slope, "- dead fraction")
+    level = section(md, "model.ista_lambda: 0.2 − 0.1")
+    assert "significant at 95% after Holm adjustment: the CI excludes 0" in line_of(level, "- zero fraction")
+    qkv = section(md, "model.qkv: separate − shared")
+    assert "The data show: val loss (nats/token) decreases" in qkv
+    assert "They show nothing (CI includes 0) for: zero fraction" in qkv
+    # no interaction was planted; the two-factor interactions are in the family and report their CIs
+    inter = section(md, "model.ista_lambda × model.qkv: (0.2 − 0.1) × (separate − shared)")
+    assert "not significant at 95%: the CI includes 0" in line_of(inter, "- zero fraction")
+    assert "gpt-relu − reference" in md
 
 
 def test_three_seeds_do_not_survive_the_adjustment_that_the_raw_ci_passes(full, estimator):
     """At 3 seeds (df 2) a planted effect has p of about 0.003: its raw CI excludes 0, but not after Holm over
     the report's family, and the report says both, with the family's size."""
-    md = (full / "report.md").read_text()
-    line = line_of(section(md, "CRATE λ=0.2 shared − reference"), "| zero fraction |")
+    md = md_unescape((full / "report.md").read_text())
+    line = line_of(section(md, "model.ista_lambda: 0.2 − 0.1"), "- zero fraction")
     assert "not significant at 95% after Holm adjustment (Holm-adjusted p = " in line
     assert "though the raw CI excludes 0" in line
-    assert "not significant at 95%: the CI includes 0" in line_of(section(md, "CRATE λ=0.2 shared − reference"),
-                                                                  "| dead fraction |")
-    methods = md_unescape(section(md, "How the numbers are computed"))
+    assert "not significant at 95%: the CI includes 0" in line_of(section(md, "model.ista_lambda: 0.2 − 0.1"),
+                                                                  "- dead fraction")
+    methods = section(md, "How the numbers are computed")
     n_metrics = len(SEED_METRICS) + len(INTERP_METRICS)
-    n_contrasts = 2 + 1 + 6  # two λ slopes, separate − shared, five CRATE conditions and GPT minus the reference
-    assert f"Holm–Bonferroni adjustment over the family of all {n_metrics * n_contrasts} tested" in methods
-    q2 = md_unescape(section(md, "2. Shared or separate Q, K, V"))  # the planted -0.05 loss, at 3 seeds
-    assert "The data show: no significant effect on any tested metric" in q2
+    n_effects = len(design_effects(estimator.sweep))
+    assert n_effects == 2 + 1 + 1 + 2 + 1  # two λ levels and the slope, separate − shared, 2 interactions, the arm
+    assert f"Holm–Bonferroni adjustment over the family of all {n_metrics * n_effects} tested" in methods
+    qkv = section(md, "model.qkv: separate − shared")  # the planted -0.05 loss, at 3 seeds
+    assert "The data show: no significant effect on any tested metric" in qkv
     assert "Significant before but not after the Holm adjustment (suggestive only): val loss (nats/token) " \
-           "decreases" in q2
+           "decreases" in qkv
 
 
 def test_sparsity_during_training_is_read_from_metrics_jsonl(estimator):
@@ -103,16 +113,16 @@ def md_unescape(text: str) -> str:
 
 def test_planted_effects_lie_in_their_intervals(estimator):
     sweep = estimator.sweep
-    shared, lambdas = lambda_slope(sweep, "shared")
-    assert lambdas == [0.05, 0.1, 0.2]
-    zero = estimator.estimate(METRIC["zero_frac"], shared)
+    slope = effect(sweep, "model.ista_lambda: per doubling")
+    assert {c.name.split("-")[0] for c in slope} == {"ista_lambda=0.05", "ista_lambda=0.1", "ista_lambda=0.2"}
+    zero = estimator.estimate(METRIC["zero_frac"], slope)
     assert zero.low <= 0.03 <= zero.high and zero.significant
-    loss = estimator.estimate(METRIC["val_loss"], lambda_slope(sweep, "separate")[0])
+    loss = estimator.estimate(METRIC["val_loss"], slope)
     assert loss.low <= 0.04 <= loss.high
-    contrast, lambdas = qkv_effect(sweep)
-    assert lambdas == [0.05, 0.1, 0.2]
-    qkv = estimator.estimate(METRIC["val_loss"], contrast)
+    qkv = estimator.estimate(METRIC["val_loss"], effect(sweep, "model.qkv: separate − shared"))
     assert qkv.low <= -0.05 <= qkv.high and qkv.n == 3  # seed 3 has only one condition: not paired
+    kinds = [e.kind for e in design_effects(sweep)]  # the family: 2 + 1 levels, 1 slope, 2 interactions, 1 arm
+    assert kinds == ["main", "main", "slope", "main", "interaction", "interaction", "arm"]
 
 
 def test_interpretability_interval_covers_seeds_and_neurons(estimator):
@@ -121,29 +131,29 @@ def test_interpretability_interval_covers_seeds_and_neurons(estimator):
     assert iv.n == 4 and "hierarchical bootstrap" in iv.method
     t_only = estimator.seed_values(metric, mean_of(REFERENCE))
     assert iv.estimate == pytest.approx(sum(t_only.values()) / 4)
-    gpt = estimator.estimate(metric, difference(Condition("gpt", "separate", None), REFERENCE))
+    gpt = estimator.estimate(metric, difference(GPT, REFERENCE))
     assert gpt.n == 3 and gpt.has_ci
 
 
 def test_intervals_are_deterministic_given_the_seed(full):
-    sweep = read_sweep_results(full)
+    sweep = read_sweep_results(full, DESIGN)
     metric = METRIC["interp_random_only"]
-    contrast = difference(Condition("crate", "separate", 0.2), REFERENCE)
+    contrast = difference(Condition("ista_lambda=0.2-qkv=separate"), REFERENCE)
     a = Estimator(sweep, n_boot=N_BOOT, seed=5).estimate(metric, contrast)
     b = Estimator(sweep, n_boot=N_BOOT, seed=5).estimate(metric, contrast)
     assert a == b
 
 
 def test_unscorable_neurons_are_counted(full):
-    md = (full / "report.md").read_text()
-    row = line_of(section(md, "Results per condition"), "| CRATE λ=0.1 shared | anthropic |")
+    md = md_unescape((full / "report.md").read_text())
+    row = line_of(section(md, "Results per condition"), "| ista_lambda=0.1-qkv=shared | anthropic |")
     # 4 runs (seeds 0-3) x 2 layers x 2 unscorable neurons; 62 scored per layer
     assert "| 496 | 16 |" in row and "real activations are constant" in row
 
 
 def test_paper_comparison_and_header(full):
     md = md_unescape((full / "report.md").read_text())
-    assert "8.05" in md and "3.23" in md and "only the direction of CRATE minus GPT" in md
+    assert "8.05" in md and "3.23" in md and "only the direction of CRATE (ista_lambda=0.1-qkv=shared) minus GPT (gpt-relu) is" in md
     assert "Training tokens per run: 524,288" in md
     assert "2 layers, d=16, 4 heads" in md
 
@@ -159,42 +169,44 @@ def test_html_escapes_a_hostile_run_name(full):
 def test_partial_sweep_without_interpretability(tmp_path):
     specs = [s for s in full_grid() if s.arch == "crate" and not (s.ista_lambda == 0.2 and s.seed == 2)]
     out = make_sweep(tmp_path, specs, interp=False)
-    md = md_unescape(write_report(out, n_boot=N_BOOT).read_text())
-    assert "Missing runs (not in results.csv): CRATE λ=0.2 shared seed 2; CRATE λ=0.2 separate seed 2." in md
+    md = md_unescape(write_report(out, DESIGN, n_boot=N_BOOT).read_text())
+    assert ("Missing runs (not in results.csv): ista_lambda=0.2-qkv=shared seed 2; ista_lambda=0.2-qkv=separate "
+            "seed 2.") in md
     assert "No interpretability scores in this sweep" in md
-    assert "interp top" not in section(md, "Answers") and "interp top" not in section(md, "Results per condition")
-    assert "the sweep lacks the GPT baseline" in md
-    assert not (out / "plots" / "interp_vs_lambda.png").exists()
-    assert (out / "plots" / "loss_vs_lambda.png").is_file()
+    assert "interp top" not in section(md, "Effects") and "interp top" not in section(md, "Results per condition")
+    assert "gpt-relu − reference" not in md and "Comparison with the paper" not in md
+    assert not (out / "plots" / "interp_vs_model_ista_lambda.png").exists()
+    assert (out / "plots" / "loss_vs_model_ista_lambda.png").is_file()
 
 
 def test_single_seed_gives_no_seed_interval_and_says_so(tmp_path):
     out = make_sweep(tmp_path, full_grid(seeds=(0,)))
-    md = md_unescape(write_report(out, n_boot=N_BOOT).read_text())
+    md = md_unescape(write_report(out, DESIGN, n_boot=N_BOOT).read_text())
     assert "with a single seed there is no interval at all" in md
-    row = line_of(section(md, "CRATE λ=0.2 shared − reference"), "| zero fraction |")
+    level = section(md, "model.ista_lambda: 0.2 − 0.1")
+    row = line_of(level, "- zero fraction")
     assert "no CI" in row and "not tested: 1 seed: no confidence interval" in row
-    interp = line_of(section(md, "CRATE λ=0.2 shared − reference"), "| interp top-and-random")
-    assert "[" in interp  # neuron-level interval only, and its verdict says so when significant
-    assert math.isfinite(float(interp.split("|")[3].split("[")[0]))
+    assert "[" in line_of(level, "- interp top-and-random")  # neuron-level interval only
 
 
 def test_missing_reference_and_missing_folder(tmp_path):
-    out = make_sweep(tmp_path / "s", full_grid(seeds=(0, 1)), interp=False)
-    md = md_unescape(write_report(out, reference_lambda=0.3, n_boot=N_BOOT).read_text())
-    assert "The reference condition CRATE λ=0.3 shared has no runs" in md
+    out = make_sweep(tmp_path / "s", [s for s in full_grid(seeds=(0, 1)) if s.ista_lambda != 0.1], interp=False)
+    md = md_unescape(write_report(out, DESIGN, n_boot=N_BOOT).read_text())
+    assert "The reference condition ista_lambda=0.1-qkv=shared has no runs" in md
     with pytest.raises(CratelabError, match="results.csv"):
-        write_report(Path(tmp_path / "nothing"))
+        write_report(Path(tmp_path / "nothing"), DESIGN)
 
 
 def test_empty_results_give_a_short_report(tmp_path):
-    (tmp_path / "results.csv").write_text("name,arch,qkv,ista_lambda,seed\n")
-    assert "lists no finished run yet" in write_report(tmp_path).read_text()
+    (tmp_path / "results.csv").write_text("name,condition,model.ista_lambda,model.qkv,model.arch,seed\n")
+    assert "lists no finished run yet" in write_report(tmp_path, DESIGN).read_text()
 
 
 def test_lambda_zero_is_shown_but_left_out_of_the_slope(tmp_path):
-    specs = [Spec("crate", "shared", lam, seed) for lam in (0.0, 0.1, 0.2) for seed in (0, 1)]
-    md = md_unescape(write_report(make_sweep(tmp_path, specs, interp=False), n_boot=N_BOOT).read_text())
-    assert "| CRATE λ=0 shared | 2 |" in md
-    assert "least-squares slope over log2 λ for λ in {0.1, 0.2}" in md
-    assert (tmp_path / "plots" / "loss_vs_lambda.png").is_file()
+    _, design = load_sweep_config("configs/seed-ablation.toml", ["sweep.factors.model.ista_lambda=[0.0, 0.1, 0.2]"])
+    specs = [Spec("crate", qkv, lam, seed) for lam in (0.0, 0.1, 0.2) for qkv in ("shared", "separate")
+             for seed in (0, 1)]
+    md = md_unescape(write_report(make_sweep(tmp_path, specs, interp=False), design, n_boot=N_BOOT).read_text())
+    assert "| ista_lambda=0.0-qkv=shared | 2 |" in md
+    assert "least-squares slope over log2 model.ista_lambda for model.ista_lambda in {0.1, 0.2}" in md
+    assert (tmp_path / "plots" / "loss_vs_model_ista_lambda.png").is_file()

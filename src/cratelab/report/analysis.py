@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..layout import PROTOCOLS, interp_column
-from .load import Condition, RunResult, Sweep
+from ..config import level_text
+from ..sweep import Condition, condition_settings
+from .load import RunResult, Sweep
 from .stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, holm_bonferroni, mean_ci,
                     percentile_interval, resample_run_scores, run_score, slope_weights)
 
@@ -103,7 +105,7 @@ class Estimator:
                             t_interval.method + "; neuron-level scores missing, so no bootstrap over neurons",
                             t_interval.p_value)
         resampled = [[self._resample(r, metric.protocol) for r in unit] for unit in units]
-        key = "|".join(f"{c.label}:{w:g}" for c, w in contrast.items())
+        key = "|".join(f"{c.name}:{w:g}" for c, w in contrast.items())
         rng = np.random.default_rng([self.seed, _stable_seed("seeds", metric.column, key)])
         replicates = hierarchical_bootstrap(resampled, list(contrast.values()), rng)
         return envelope(t_interval, *percentile_interval(replicates, self.confidence))
@@ -157,36 +159,123 @@ def difference(condition: Condition, reference: Condition) -> Contrast:
     return {condition: 1.0, reference: -1.0}
 
 
-def crate_qkvs(sweep: Sweep) -> list[str]:
-    """The Q,K,V variants of the sweep's CRATE runs, shared first."""
-    return sorted({c.qkv for c in sweep.conditions if c.is_crate}, key=lambda q: (q != "shared", q))
+@dataclass(frozen=True)
+class Effect:
+    """One contrast of the report's family: what it estimates and its weights."""
+
+    kind: str  # "main" (a level against the reference level), "slope" (per doubling), "interaction", "arm"
+    factors: tuple[str, ...]  # the factors it is about (none for an arm)
+    title: str  # e.g. "model.qkv: separate − shared"
+    description: str  # how it is computed, in words
+    contrast: Contrast
 
 
-def crate_lambdas(sweep: Sweep, qkv: str) -> list[float]:
-    return sorted(c.ista_lambda for c in sweep.conditions
-                  if c.is_crate and c.qkv == qkv and c.ista_lambda is not None)
+class Design:
+    """The sweep's grid as the report reads it: factors, levels, reference and the cell of each combination."""
+
+    def __init__(self, sweep: Sweep):
+        self.factors = {key: list(levels) for key, levels in sweep.design.factors.items()}
+        self.reference = sweep.design.reference_levels()
+        self.arms = [c for c in sweep.conditions if c.arm]
+        self._cells = {self._key(c.levels): c for c in sweep.conditions if not c.arm}
+        self._sweep = sweep
+
+    @staticmethod
+    def _key(levels: dict) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k, level_text(v)) for k, v in levels.items()))
+
+    def cell(self, levels: dict) -> Condition | None:
+        """The grid cell of these levels (None where the sweep has no run of it)."""
+        return self._cells.get(self._key(levels))
+
+    def others(self, *factors: str) -> list[dict]:
+        """Every combination of the levels of the factors not named."""
+        rest = [key for key in self.factors if key not in factors]
+        combos = [[]]
+        for key in rest:
+            combos = [c + [(key, level)] for c in combos for level in self.factors[key]]
+        return [dict(c) for c in combos]
+
+    def settings(self, condition: Condition) -> dict:
+        return condition_settings(self._sweep.design, condition)
+
+    def is_numeric(self, factor: str) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.factors[factor])
 
 
-def lambda_slope(sweep: Sweep, qkv: str) -> tuple[Contrast, list[float]] | None:
-    """Least-squares slope over log2(lambda), i.e. the change per doubling of lambda, and the lambdas it
-    uses: the positive ones, since a doubling of 0 means nothing (None with fewer than two)."""
-    lambdas = [lam for lam in crate_lambdas(sweep, qkv) if lam > 0]
-    if len(lambdas) < 2:
-        return None
-    weights = slope_weights([math.log2(lam) for lam in lambdas])
-    return {Condition("crate", qkv, lam): float(w) for lam, w in zip(lambdas, weights)}, lambdas
-
-
-def qkv_effect(sweep: Sweep) -> tuple[Contrast, list[float]] | None:
-    """separate - shared Q,K,V averaged over the lambdas both have, and those lambdas."""
-    lambdas = sorted(set(crate_lambdas(sweep, "shared")) & set(crate_lambdas(sweep, "separate")))
-    if not lambdas:
-        return None
+def _average(design: Design, terms: list[tuple[dict, float]], fixed: tuple[str, ...]) -> Contrast | None:
+    """sum_i w_i * cell(levels_i), averaged over every combination of the other factors' levels; None when
+    a cell it needs has no run."""
+    others = design.others(*fixed)
     contrast: Contrast = {}
-    for lam in lambdas:
-        contrast[Condition("crate", "separate", lam)] = 1.0 / len(lambdas)
-        contrast[Condition("crate", "shared", lam)] = -1.0 / len(lambdas)
-    return contrast, lambdas
+    for rest in others:
+        for levels, weight in terms:
+            cell = design.cell(levels | rest)
+            if cell is None:
+                return None
+            contrast[cell] = contrast.get(cell, 0.0) + weight / len(others)
+    return contrast
+
+
+def averaged_over(design: Design, fixed: tuple[str, ...]) -> str:
+    rest = [key for key in design.factors if key not in fixed]
+    return f", averaged over {' × '.join(rest)}" if rest else ""
+
+
+def design_effects(sweep: Sweep) -> list[Effect]:
+    """The family of contrasts the report answers, in one list: for each factor its main effect (each level
+    against the reference level; for a numeric factor with >= 3 levels also the slope per doubling), each
+    two-factor interaction, each arm against the reference condition. Each is paired by seed."""
+    design = Design(sweep)
+    ref = design.reference
+    effects: list[Effect] = []
+    for factor, levels in design.factors.items():
+        for level in levels:
+            if level_text(level) == level_text(ref[factor]):
+                continue
+            contrast = _average(design, [({factor: level}, 1.0), ({factor: ref[factor]}, -1.0)], (factor,))
+            if contrast:
+                effects.append(Effect("main", (factor,), f"{factor}: {level_text(level)} − {level_text(ref[factor])}",
+                                      f"{factor} = {level_text(level)} minus {factor} = {level_text(ref[factor])}"
+                                      f"{averaged_over(design, (factor,))}", contrast))
+        positive = [v for v in levels if design.is_numeric(factor) and v > 0]
+        if design.is_numeric(factor) and len(levels) >= 3 and len(positive) >= 2:
+            weights = slope_weights([math.log2(v) for v in positive])
+            contrast = _average(design, [({factor: v}, float(w)) for v, w in zip(positive, weights)], (factor,))
+            if contrast:
+                effects.append(Effect("slope", (factor,), f"{factor}: per doubling",
+                                      f"least-squares slope over log2 {factor} for {factor} in "
+                                      f"{{{', '.join(map(level_text, positive))}}}{averaged_over(design, (factor,))}",
+                                      contrast))
+    keys = list(design.factors)
+    for i, first in enumerate(keys):
+        for second in keys[i + 1:]:
+            for a in design.factors[first]:
+                for b in design.factors[second]:
+                    ra, rb = ref[first], ref[second]
+                    if level_text(a) == level_text(ra) or level_text(b) == level_text(rb):
+                        continue
+                    terms = [({first: a, second: b}, 1.0), ({first: a, second: rb}, -1.0),
+                             ({first: ra, second: b}, -1.0), ({first: ra, second: rb}, 1.0)]
+                    contrast = _average(design, terms, (first, second))
+                    if contrast:
+                        effects.append(Effect(
+                            "interaction", (first, second),
+                            f"{first} × {second}: ({level_text(a)} − {level_text(ra)}) × "
+                            f"({level_text(b)} − {level_text(rb)})",
+                            f"how much the effect of {first} = {level_text(a)} (against {level_text(ra)}) changes "
+                            f"when {second} is {level_text(b)} instead of {level_text(rb)}"
+                            f"{averaged_over(design, (first, second))}", contrast))
+    reference = sweep.reference
+    for arm in design.arms:
+        effects.append(Effect("arm", (), f"{arm.name} − reference",
+                              f"the arm {arm.name} ({settings_text(design.settings(arm))}) minus the reference "
+                              f"condition {reference.name}", difference(arm, reference)))
+    return effects
+
+
+def settings_text(settings: dict) -> str:
+    return ", ".join(f"{key} = {level_text(value)}" for key, value in settings.items())
 
 
 def layer_intervals(est: Estimator, condition: Condition, column: str) -> dict[int, Interval]:

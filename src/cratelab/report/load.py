@@ -20,34 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import read_toml
+from ..config import SweepConfig, level_text, read_toml
 from ..errors import CratelabError
 from ..io import read_json_object, read_jsonl
-from ..layout import (CARDS, CARDS_INDEX, CONDITION_COLUMNS, CONFIG, EVAL, METRICS, RESULTS, RESULTS_LAYERS,
-                      RUN_INTERP, SCORES, run_folder)
-
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One cell of the ablation grid; ordered CRATE shared, CRATE separate (by lambda), then GPT."""
-
-    arch: str
-    qkv: str
-    ista_lambda: float | None  # None for GPT
-
-    @property
-    def is_crate(self) -> bool:
-        return self.arch == "crate"
-
-    @property
-    def label(self) -> str:
-        if not self.is_crate:
-            return "GPT-ReLU" if self.arch == "gpt" else self.arch
-        return f"CRATE λ={self.ista_lambda:g} {self.qkv}"
-
-    def sort_key(self) -> tuple:
-        return (not self.is_crate, self.arch, self.qkv != "shared", self.qkv, self.ista_lambda or 0.0)
+from ..layout import (CARDS, CARDS_INDEX, CONFIG, EVAL, METRICS, RESULTS, RESULTS_LAYERS, RUN_INTERP, SCORES,
+                      condition_columns, run_folder)
+from ..sweep import Condition, design_keys, grid_conditions
 
 
 @dataclass
@@ -75,10 +53,20 @@ class RunResult:
 class Sweep:
     out_dir: Path
     runs: list[RunResult]
+    design: SweepConfig  # the [sweep] section the runs were planned from
 
     @property
     def conditions(self) -> list[Condition]:
-        return sorted({r.condition for r in self.runs}, key=Condition.sort_key)
+        """The conditions that have runs, in the sweep's order (grid cells, then arms)."""
+        present = {r.condition.name for r in self.runs}
+        return [c for c in grid_conditions(self.design) if c.name in present]
+
+    @property
+    def reference(self) -> Condition:
+        """The grid cell at the reference level of every factor."""
+        levels = {key: level_text(v) for key, v in self.design.reference_levels().items()}
+        return next(c for c in grid_conditions(self.design)
+                    if not c.arm and {key: level_text(v) for key, v in c.levels.items()} == levels)
 
     @property
     def seeds(self) -> list[int]:
@@ -95,12 +83,6 @@ def _number(text: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _condition(row: dict[str, str]) -> Condition:
-    arch = row.get("arch", "").strip()
-    lam = _number(row.get("ista_lambda")) if arch == "crate" else None
-    return Condition(arch, row.get("qkv", "").strip() or "separate", lam)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -183,25 +165,28 @@ def _reading(path: Path, what: str) -> Iterator[None]:
         raise CratelabError(f"{path}: not a valid {what}; delete it, or rerun the command that writes it") from None
 
 
-def read_sweep_results(out_dir: Path) -> Sweep:
-    """The finished runs of a sweep folder, grouped by condition (for the report)."""
+def read_sweep_results(out_dir: Path, design: SweepConfig) -> Sweep:
+    """The finished runs of a sweep folder, grouped by the conditions of `design` (for the report). Runs of
+    a condition the design does not have (results of an edited sweep file) are left out."""
     out_dir = Path(out_dir)
     if not (out_dir / RESULTS).is_file():
         raise CratelabError(f"{out_dir / RESULTS} not found: is {out_dir} a sweep output folder?")
+    conditions = {c.name: c for c in grid_conditions(design)}
+    skip = condition_columns(design_keys(design))
     runs = []
     for row in _read_csv(out_dir / RESULTS):
         seed = _number(row.get("seed"))
         if seed is None:
             raise CratelabError(f"{out_dir / RESULTS}: run {row.get('name')!r} has no seed")
-        runs.append(RunResult(name=row["name"], condition=_condition(row), seed=int(seed),
-                        values=_numeric(row, CONDITION_COLUMNS)))
+        if row.get("condition") in conditions:
+            runs.append(RunResult(name=row["name"], condition=conditions[row["condition"]], seed=int(seed),
+                                  values=_numeric(row, skip)))
     if (out_dir / RESULTS_LAYERS).is_file():
         layer_rows: dict[str, list[dict[str, float | None]]] = {}
         for row in _read_csv(out_dir / RESULTS_LAYERS):
-            layer_rows.setdefault(row["name"], []).append(
-                _numeric(row, CONDITION_COLUMNS))
+            layer_rows.setdefault(row["name"], []).append(_numeric(row, skip))
         for run in runs:
             run.layers = sorted(layer_rows.get(run.name, []), key=lambda r: r.get("layer") or 0.0)
     for run in runs:
         _attach_files(run, run_folder(out_dir, run.name))
-    return Sweep(out_dir, runs)
+    return Sweep(out_dir, runs, design)

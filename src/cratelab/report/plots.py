@@ -17,29 +17,26 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..evaluate import DENSITY_BIN_EDGES
-from .analysis import (INTERP_METRICS, Estimator, Metric, crate_lambdas, crate_qkvs, layer_intervals, mean_of,
-                       run_value)
-from .load import Condition, RunResult, Sweep
+from ..config import level_text
+from ..sweep import Condition
+from .analysis import INTERP_METRICS, Design, Estimator, Metric, layer_intervals, mean_of, run_value
+from .load import Sweep
 from .stats import Interval
 
-QKV_STYLE = {"shared": ("tab:blue", "o", "-"), "separate": ("tab:orange", "s", "--")}
-DODGE = {"shared": 0.97, "separate": 1.03}  # lambda nudged apart so error bars do not overlap
-GPT_COLOR = "0.35"
-SHADES = ("Blues", "Oranges", "Greens", "Purples")
+ARM_COLOR = "0.35"
 
 
 def condition_color(sweep: Sweep, condition: Condition) -> tuple | str:
-    """One colour family per Q,K,V variant, darker for larger lambda; grey for GPT."""
-    if not condition.is_crate:
-        return GPT_COLOR
-    families = crate_qkvs(sweep)
-    lambdas = crate_lambdas(sweep, condition.qkv)
-    shade = 0.45 + 0.5 * (lambdas.index(condition.ista_lambda) / max(1, len(lambdas) - 1))
-    return colormaps[SHADES[families.index(condition.qkv) % len(SHADES)]](shade)
+    """One colour per grid cell (tab10, in the sweep's order); greys for the arms."""
+    cells = [c for c in sweep.conditions if not c.arm]
+    if condition.arm:
+        arms = [c for c in sweep.conditions if c.arm]
+        return str(0.2 + 0.5 * arms.index(condition) / max(1, len(arms)))
+    return colormaps["tab10"](cells.index(condition) % 10)
 
 
 def _marker(condition: Condition) -> str:
-    return QKV_STYLE.get(condition.qkv, ("k", "D", "-"))[1] if condition.is_crate else "^"
+    return "^" if condition.arm else "o"
 
 
 def _figure(n_panels: int, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list[Axes]]:
@@ -56,41 +53,48 @@ def _errors(intervals: Sequence[Interval], scale: float) -> np.ndarray:
     return np.array([low, high])
 
 
-def _gpt_band(ax: Axes, iv: Interval, scale: float) -> None:
+def _arm_band(ax: Axes, iv: Interval, scale: float, color: str, label: str) -> None:
     if iv.estimate is None:
         return
-    ax.axhline(iv.estimate * scale, color=GPT_COLOR, lw=1.2, label="GPT-ReLU (band: CI)")
+    ax.axhline(iv.estimate * scale, color=color, lw=1.2, label=f"{label} (band: CI)")
     if iv.has_ci:
-        ax.axhspan(iv.low * scale, iv.high * scale, color=GPT_COLOR, alpha=0.15, lw=0)
+        ax.axhspan(iv.low * scale, iv.high * scale, color=color, alpha=0.15, lw=0)
 
 
-def plot_vs_lambda(est: Estimator, metrics: Sequence[Metric], path: Path, title: str) -> bool:
-    """One panel per metric: the metric against lambda for each Q,K,V variant; GPT as a horizontal band."""
+def plot_vs_factor(est: Estimator, factor: str, metrics: Sequence[Metric], path: Path, title: str) -> bool:
+    """One panel per metric: the metric against the factor's levels, one line per combination of the other
+    factors' levels; each arm a horizontal band. Positive numeric levels on a log2 axis (doublings evenly)."""
     sweep = est.sweep
-    gpt = [c for c in sweep.conditions if not c.is_crate]
+    design = Design(sweep)
+    levels = design.factors[factor]
     panels = [m for m in metrics if any(run_value(r, m) is not None for r in sweep.runs)]
     if not panels:
         return False
+    numeric = design.is_numeric(factor)
+    log_axis = numeric and all(v > 0 for v in levels)
+    positions = [float(v) for v in levels] if numeric else list(range(len(levels)))
+    series = design.others(factor)
     fig, axes = _figure(len(panels))
     for ax, metric in zip(axes, panels):
-        for qkv in crate_qkvs(sweep):
-            lambdas = crate_lambdas(sweep, qkv)
-            intervals = [est.estimate(metric, mean_of(Condition("crate", qkv, lam))) for lam in lambdas]
-            points = [(lam, iv) for lam, iv in zip(lambdas, intervals) if iv.estimate is not None]
+        for i, rest in enumerate(series):
+            cells = [design.cell({factor: level} | rest) for level in levels]
+            points = [(x, est.estimate(metric, mean_of(c))) for x, c in zip(positions, cells) if c is not None]
+            points = [(x, iv) for x, iv in points if iv.estimate is not None]
             if not points:
                 continue
-            color, marker, style = QKV_STYLE.get(qkv, ("k", "D", "-"))
-            ax.errorbar([p[0] * DODGE.get(qkv, 1.0) for p in points], [p[1].estimate * metric.scale for p in points],
-                        yerr=_errors([p[1] for p in points], metric.scale), color=color, marker=marker,
-                        ls=style, capsize=4, label=f"CRATE, Q,K,V {qkv}")
-        if gpt:
-            _gpt_band(ax, est.estimate(metric, mean_of(gpt[0])), metric.scale)
-        lambdas = sorted({lam for qkv in crate_qkvs(sweep) for lam in crate_lambdas(sweep, qkv)})
-        if lambdas and lambdas[0] > 0:  # a log axis shows doublings evenly, but cannot show lambda = 0
+            nudge = 1 + 0.03 * (i - (len(series) - 1) / 2)  # lines nudged apart so error bars do not overlap
+            xs = [x * nudge if log_axis else x + (nudge - 1) for x, _ in points]
+            label = ", ".join(f"{k.split('.')[-1]}={level_text(v)}" for k, v in rest.items()) or "grid"
+            ax.errorbar(xs, [iv.estimate * metric.scale for _, iv in points],
+                        yerr=_errors([iv for _, iv in points], metric.scale), color=colormaps["tab10"](i % 10),
+                        marker="o", capsize=4, label=label)
+        for arm in design.arms:
+            _arm_band(ax, est.estimate(metric, mean_of(arm)), metric.scale, condition_color(sweep, arm), arm.name)
+        if log_axis:
             ax.set_xscale("log", base=2)
-            ax.set_xticks(lambdas, [f"{lam:g}" for lam in lambdas])
             ax.minorticks_off()
-        ax.set_xlabel("ISTA sparsity penalty λ")
+        ax.set_xticks(positions, [level_text(v) for v in levels])
+        ax.set_xlabel(factor)
         ax.set_ylabel(metric.label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -112,7 +116,7 @@ def plot_interp_vs_loss(est: Estimator, path: Path) -> bool:
             points = [(x, y * metric.scale) for x, y in points if x is not None and y is not None]
             if points:
                 ax.scatter(*zip(*points), color=condition_color(sweep, condition), marker=_marker(condition),
-                           s=42, edgecolor="k", linewidth=0.4, label=condition.label)
+                           s=42, edgecolor="k", linewidth=0.4, label=condition.name)
         ax.set_xlabel("val loss (nats/token)")
         ax.set_ylabel(metric.label)
         ax.grid(alpha=0.3)
@@ -136,7 +140,7 @@ def plot_layer_sparsity(est: Estimator, path: Path) -> bool:
         offset = (i - (n - 1) / 2) * 0.6 / max(n, 1)  # side by side, so error bars do not hide each other
         ax.errorbar([layer + offset for layer in layers], [iv.estimate for iv in per_layer.values()],
                     yerr=_errors(list(per_layer.values()), 1.0), color=condition_color(sweep, condition),
-                    marker=_marker(condition), capsize=3, label=condition.label)
+                    marker=_marker(condition), capsize=3, label=condition.name)
     all_layers = sorted({layer for s in series.values() for layer in s})
     ax.set_xticks(all_layers)
     ax.set_xlabel("layer")
@@ -176,7 +180,7 @@ def plot_density(sweep: Sweep, path: Path) -> bool:
             if layer in per_layer:
                 counts, neurons = per_layer[layer]
                 ax.plot(centres, counts / max(neurons, 1), color=condition_color(sweep, condition),
-                        marker=_marker(condition), ms=3, label=condition.label)
+                        marker=_marker(condition), ms=3, label=condition.name)
         ax.set_title(f"layer {layer}")
         ax.set_xlabel("log10 firing rate")
         ax.set_ylabel("share of neurons (dead ones in no bin)")
@@ -205,7 +209,7 @@ def plot_curves(sweep: Sweep, path: Path) -> bool:
     fig, (ax,) = _figure(1, width=7.0, height=4.2)
     for condition, points in curves.items():
         ax.plot(*zip(*points), color=condition_color(sweep, condition), marker=_marker(condition), ms=3,
-                label=condition.label)
+                label=condition.name)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("val loss (nats/token)")
     ax.grid(alpha=0.3)
@@ -228,7 +232,7 @@ def plot_sparsity_curves(sweep: Sweep, path: Path) -> bool:
             points = mean_curve(sweep, condition, lambda run, stat=stat: run.sparsity_curves.get(stat, []))
             if points:
                 ax.plot(*zip(*points), color=condition_color(sweep, condition), marker=_marker(condition), ms=3,
-                        label=condition.label)
+                        label=condition.name)
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -1,9 +1,11 @@
 """The ablation report: `write_report(OUT)` reads a sweep folder and writes OUT/report.md, OUT/report.html
 (the same content) and OUT/plots/*.png.
 
-Sections, in order: what was run; how the numbers are computed; answers to the study's two questions
-(effect of lambda; shared vs separate Q,K,V); per-condition results; paired differences against the
-reference condition; the GPT baseline; the paper's numbers; per-layer results; plots; the runs.
+The report follows the sweep's design (its factors, levels, reference and arms), whatever fields it varies.
+Sections, in order: what was run; how the numbers are computed; the effects (for each factor its main effect
+and, if numeric, its slope per doubling; each two-factor interaction; each arm against the reference: the
+family analysis.design_effects builds); per-condition results; the paper's numbers (where a GPT arm meets a
+CRATE reference); per-layer results; plots against each factor; the runs.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import write_text
+from ..config import SweepConfig, level_text
 from ..layout import PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, SWEEP_CONFIG
-from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Estimator, Metric, crate_lambdas, crate_qkvs,
-                       difference, lambda_slope, layer_intervals, mean_of, qkv_effect, run_value)
+from ..sweep import Condition
+from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Design, Effect, Estimator, Metric,
+                       design_effects, difference, layer_intervals, mean_of, run_value, settings_text)
 from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
-from .load import Condition, RunResult, Sweep, read_sweep_results
+from .load import RunResult, Sweep, read_sweep_results
 from .plots import (plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_sparsity_curves,
-                    plot_vs_lambda)
+                    plot_vs_factor)
 from .stats import Interval, t_critical
 
-TITLE = "CRATE seed ablation: report"
+TITLE = "CRATE ablation: report"
 # the paper's default-lambda results (paper-facts section 4): CRATE, GPT-2; correlations x 100
 PAPER = {
     1: {"val_loss": (4.06, 3.83), "top-and-random": (3.9, 8.8), "random-only": (4.8, 8.9), "anthropic": (10.1, 14.2)},
@@ -78,10 +82,6 @@ def duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def lambda_set(lambdas: list[float]) -> str:
-    return "{" + ", ".join(f"{x:g}" for x in lambdas) + "}"
-
-
 def span(values: list[float]) -> str:
     """A sorted list of counts as one value or a range."""
     if not values:
@@ -89,18 +89,16 @@ def span(values: list[float]) -> str:
     return f"{values[0]:,.0f}" if values[0] == values[-1] else f"{values[0]:,.0f} to {values[-1]:,.0f}"
 
 
-def find_condition(sweep: Sweep, arch: str, qkv: str, ista_lambda: float | None) -> Condition:
-    """The sweep's condition matching these settings (lambda compared with a tolerance), else a new one."""
-    for c in sweep.conditions:
-        if c.arch == arch and c.qkv == qkv and (
-                c.ista_lambda == ista_lambda or (c.ista_lambda is not None and ista_lambda is not None
-                                                 and math.isclose(c.ista_lambda, ista_lambda, rel_tol=1e-9))):
-            return c
-    return Condition(arch, qkv, ista_lambda)
+def arch_of(sweep: Sweep, condition: Condition) -> str | None:
+    """The model.arch of a condition's runs (from their config.toml)."""
+    return next((r.model.get("arch") for r in sweep.by_seed(condition).values() if r.model), None)
 
 
 def gpt_condition(sweep: Sweep) -> Condition | None:
-    return next((c for c in sweep.conditions if not c.is_crate), None)
+    """An arm that trains the GPT baseline, when the reference condition is CRATE: the paper's comparison."""
+    if arch_of(sweep, sweep.reference) != "crate":
+        return None
+    return next((c for c in sweep.conditions if c.arm and arch_of(sweep, c) == "gpt"), None)
 
 
 def measured_metrics(est: Estimator) -> list[Metric]:
@@ -111,7 +109,8 @@ def measured_metrics(est: Estimator) -> list[Metric]:
 # ---------------------------------------------------------------- header and methods
 
 def model_description(sweep: Sweep) -> str:
-    model = next((r.model for r in sweep.runs if r.model), None)
+    reference_first = sorted(sweep.runs, key=lambda r: r.condition != sweep.reference)
+    model = next((r.model for r in reference_first if r.model), None)
     n_layers = max((len(r.layers) for r in sweep.runs), default=0)
     if model is None:
         return (f"{n_layers} layers (from {RESULTS_LAYERS}); no run folder has a config.toml" if n_layers
@@ -129,17 +128,13 @@ def n_layers(sweep: Sweep) -> int | None:
     return max((len(r.layers) for r in sweep.runs), default=0) or None
 
 
-def parameter_counts(sweep: Sweep, crate_only: bool = False) -> str:
-    counts: dict[str, set[float]] = {}
-    for run in sweep.runs:
-        if run.values.get("params") is not None and (run.condition.is_crate or not crate_only):
-            label = f"CRATE {run.condition.qkv}" if run.condition.is_crate else run.condition.label
-            counts.setdefault(label, set()).add(run.values["params"])
-    return ", ".join(f"{label} {'/'.join(f'{p:,.0f}' for p in sorted(v))}" for label, v in counts.items()) or "n/a"
+def parameter_counts(sweep: Sweep) -> str:
+    counts = sorted({run.values["params"] for run in sweep.runs if run.values.get("params") is not None})
+    return "/".join(f"{p:,.0f}" for p in counts) or "n/a"
 
 
 def missing_runs(sweep: Sweep) -> list[str]:
-    return [f"{c.label} seed {seed}" for c in sweep.conditions for seed in sweep.seeds
+    return [f"{c.name} seed {seed}" for c in sweep.conditions for seed in sweep.seeds
             if seed not in sweep.by_seed(c)]
 
 
@@ -149,8 +144,7 @@ def header(est: Estimator, reference: Condition, generated: datetime) -> list[Bl
     train_s = [r.values["train_s"] for r in runs if r.values.get("train_s") is not None]
     tokens = sorted({r.values["tokens"] for r in runs if r.values.get("tokens") is not None})
     methods = sorted({r.method for r in runs if r.method})
-    lambdas = sorted({lam for qkv in crate_qkvs(sweep) for lam in crate_lambdas(sweep, qkv)})
-    qkvs = crate_qkvs(sweep)
+    design = Design(sweep)
     files: list = ["Files: "]
     for name in (RESULTS, RESULTS_LAYERS, SWEEP_CONFIG):
         if (sweep.out_dir / name).is_file():
@@ -159,15 +153,18 @@ def header(est: Estimator, reference: Condition, generated: datetime) -> list[Bl
     items: list[Text] = [
         f"Runs: {len(runs)} finished, {len(sweep.conditions)} conditions, seeds "
         f"{', '.join(map(str, sweep.seeds)) or 'none'}.",
-        f"Conditions: CRATE with λ in {lambda_set(lambdas)} × Q,K,V {{{', '.join(qkvs)}}}"
-        + (", and the GPT-ReLU baseline." if gpt_condition(sweep) else "; no GPT baseline."),
+        "Factors (a full grid): " + ("; ".join(f"{key} in {{{', '.join(map(level_text, levels))}}}"
+                                               for key, levels in design.factors.items()) or "none") + ".",
+        "Arms: " + ("; ".join(f"{arm.name} ({settings_text(design.settings(arm))})" for arm in design.arms)
+                    or "none") + ".",
         "Missing runs (not in results.csv): " + ("; ".join(missing) + "." if missing else "none."),
-        f"Model: {model_description(sweep)}. Parameters: {parameter_counts(sweep)}.",
+        f"Model: {model_description(sweep)} (in the reference condition). Parameters: {parameter_counts(sweep)}.",
         f"Training tokens per run: {span(tokens)}.",
         f"Total training time: {duration(sum(train_s))} over {len(train_s)} runs"
         + (f" (mean {duration(sum(train_s) / len(train_s))} a run)." if train_s else "."),
         "Interpretability scored with: " + (", ".join(methods) if methods else "no neuron-level scores found") + ".",
-        f"Reference condition for paired differences: {reference.label}.",
+        f"Reference condition for paired differences: {reference.name} "
+        f"({settings_text(design.reference) or 'the shared config'}).",
         files,
     ]
     return [Heading(1, TITLE), Paragraph(f"Generated {generated:%Y-%m-%d %H:%M} UTC from {sweep.out_dir}."),
@@ -192,7 +189,7 @@ def methods(est: Estimator) -> list[Block]:
         "seeds that have both runs.",
         f"Multiple comparisons: the {conf} CIs shown are raw (unadjusted). \"Significant\" in this report means "
         f"significant after a Holm–Bonferroni adjustment over the family of all {est.family_size} tested "
-        f"differences (each λ slope, separate − shared and each condition minus the reference, for each metric): "
+        f"contrasts (every effect of the Effects section, for each metric): "
         f"the raw CI excludes 0 and the Holm-adjusted p-value is at most {1 - est.confidence:g}. The p-values "
         f"are the paired t test's on the same per-seed values as the t interval (for interpretability too, "
         f"where the CI is the union with the bootstrap's); this keeps the chance of any false positive in the "
@@ -237,32 +234,28 @@ def summary_line(outcome: dict[str, list[str]]) -> str:
     return text
 
 
-def answers(est: Estimator) -> list[Block]:
-    sweep, metrics = est.sweep, measured_metrics(est)
-    blocks: list[Block] = [Heading(2, "Answers"), Heading(3, "1. Effect of the sparsity penalty λ")]
-    if not crate_qkvs(sweep):
-        blocks.append(Paragraph("Not answerable from this sweep: it has no CRATE run."))
-    for qkv in crate_qkvs(sweep):
-        slope = lambda_slope(sweep, qkv)
-        if slope is None:
-            blocks.append(Paragraph(f"Q,K,V {qkv}: only λ in {lambda_set(crate_lambdas(sweep, qkv))}: a λ effect "
-                                    f"needs at least two positive values."))
+EFFECT_SECTIONS = (("main", "Main effects"), ("slope", "Slopes per doubling"),
+                   ("interaction", "Two-factor interactions"), ("arm", "Arms against the reference"))
+
+
+def effects_section(est: Estimator, effects: list[Effect]) -> list[Block]:
+    """Every contrast of the family, grouped by kind and, for main effects and slopes, by factor."""
+    metrics = measured_metrics(est)
+    blocks: list[Block] = [Heading(2, "Effects")]
+    if not effects:
+        blocks.append(Paragraph("The sweep has a single condition: nothing to compare."))
+    for kind, title in EFFECT_SECTIONS:
+        chosen = [e for e in effects if e.kind == kind]
+        if not chosen:
             continue
-        contrast, lambdas = slope
-        items, outcome = effect_items(est, contrast, metrics)
-        blocks += [Paragraph(f"Q,K,V {qkv}: change per doubling of λ (least-squares slope over log2 λ for λ in "
-                             f"{lambda_set(lambdas)}, per seed, then mean over the seeds "
-                             f"that have every λ):"), Bullets(items), Paragraph(summary_line(outcome))]
-    blocks.append(Heading(3, "2. Shared or separate Q, K, V"))
-    effect = qkv_effect(sweep)
-    if effect is None:
-        blocks.append(Paragraph("Not answerable from this sweep: no λ has both a shared and a separate run."))
-        return blocks
-    contrast, lambdas = effect
-    items, outcome = effect_items(est, contrast, metrics)
-    blocks += [Paragraph(f"Separate minus shared, paired by seed and averaged over λ in {lambda_set(lambdas)} "
-                         f"(parameters: {parameter_counts(sweep, crate_only=True)}):"),
-               Bullets(items), Paragraph(summary_line(outcome))]
+        blocks.append(Heading(3, title))
+        for effect in chosen:
+            items, outcome = effect_items(est, effect.contrast, metrics)
+            blocks += [Heading(4, effect.title), Paragraph(f"{effect.description}, paired by seed:"),
+                       Bullets(items), Paragraph(summary_line(outcome))]
+    if not est.runs(est.sweep.reference):
+        blocks.append(Paragraph(f"The reference condition {est.sweep.reference.name} has no runs: no contrast with "
+                                f"it can be estimated."))
     return blocks
 
 
@@ -279,7 +272,7 @@ def condition_table(est: Estimator, metrics: list[Metric], caption: str) -> Tabl
     for condition in est.sweep.conditions:
         runs = est.runs(condition)
         params = sorted({r.values["params"] for r in runs.values() if r.values.get("params") is not None})
-        rows.append([condition.label, str(len(runs)), "/".join(f"{p:,.0f}" for p in params) or "n/a"]
+        rows.append([condition.name, str(len(runs)), "/".join(f"{p:,.0f}" for p in params) or "n/a"]
                     + [condition_cell(est, m, condition, len(runs)) for m in metrics])
     return Table(["condition", "seeds", "params"] + [m.label for m in metrics], rows, caption,
                  numeric=set(range(1, 3 + len(metrics))))
@@ -306,7 +299,7 @@ def unscorable_table(est: Estimator) -> Table:
             if scored is None and unscorable is None:
                 continue
             reason = "; ".join(f"{n}: {text}" for text, n in reasons.most_common(2))
-            rows.append([condition.label, protocol, "n/a" if scored is None else str(scored),
+            rows.append([condition.name, protocol, "n/a" if scored is None else str(scored),
                          "n/a" if unscorable is None else str(unscorable), reason])
     return Table(["condition", "protocol", "scored neurons", "unscorable (NaN)", "main reasons"], rows,
                  "Unscorable neurons, summed over seeds and layers", numeric={2, 3})
@@ -328,60 +321,18 @@ def per_condition(est: Estimator) -> list[Block]:
     return blocks
 
 
-# ---------------------------------------------------------------- differences
-
-def difference_table(est: Estimator, contrast: Contrast, caption: str) -> Table:
-    rows = []
-    for metric in measured_metrics(est):
-        iv = est.estimate(metric, contrast)
-        rows.append([metric.label, str(iv.n), fmt_interval(iv, metric, signed=True), verdict(est, metric, contrast)])
-    return Table(["metric", "seed pairs", f"difference [{pct(est.confidence)} CI]", "verdict"], rows, caption,
-                 numeric={1, 2})
-
-
-def differences(est: Estimator, reference: Condition) -> list[Block]:
-    blocks: list[Block] = [Heading(2, f"Paired differences against the reference ({reference.label})")]
-    if not est.runs(reference):
-        return blocks + [Paragraph(f"The reference condition {reference.label} has no runs: no paired differences.")]
-    for condition in est.sweep.conditions:
-        if condition.is_crate and condition != reference:
-            blocks += [Heading(3, f"{condition.label} − reference"),
-                       difference_table(est, difference(condition, reference),
-                                        f"{condition.label} minus {reference.label}, paired by seed")]
-    return blocks
-
-
-def gpt_section(est: Estimator, reference: Condition) -> list[Block]:
-    gpt = gpt_condition(est.sweep)
-    blocks: list[Block] = [Heading(2, "GPT-ReLU baseline against the reference CRATE")]
-    if gpt is None or not est.runs(reference):
-        return blocks + [Paragraph("Not available: the sweep lacks the GPT baseline or the reference condition.")]
-    return blocks + [difference_table(est, difference(gpt, reference),
-                                      f"{gpt.label} minus {reference.label}, paired by seed")]
-
-
-def tested_contrasts(est: Estimator, reference: Condition) -> list[Contrast]:
-    """Every contrast the report tests against 0 (the family of the Holm adjustment, with each metric): the
-    λ slopes, separate − shared, and each condition (CRATE or GPT) minus the reference."""
-    sweep = est.sweep
-    contrasts = [slope[0] for q in crate_qkvs(sweep) if (slope := lambda_slope(sweep, q))]
-    if (effect := qkv_effect(sweep)) is not None:
-        contrasts.append(effect[0])
-    if est.runs(reference):
-        contrasts += [difference(c, reference) for c in sweep.conditions
-                      if c != reference and (c.is_crate or c == gpt_condition(sweep))]
-    return contrasts
-
-
 # ---------------------------------------------------------------- the paper
 
 def paper_section(est: Estimator, reference: Condition) -> list[Block]:
+    """Only where the sweep has a GPT arm against a CRATE reference (the paper's comparison)."""
     sweep = est.sweep
     depth = n_layers(sweep)
     row = depth if depth in PAPER else 2
     gpt = gpt_condition(sweep)
+    if gpt is None:
+        return []
     tokens = max((r.values.get("tokens") or 0 for r in sweep.runs), default=0)
-    blocks: list[Block] = [Heading(2, f"Comparison with the paper (default λ = 0.1, {row}-layer models)"), Paragraph(
+    blocks: list[Block] = [Heading(2, f"Comparison with the paper ({row}-layer models)"), Paragraph(
         f"The paper (Bai & Ma, arXiv 2410.16443) trained {row}-layer d=128 models on the Pile for 600k steps "
         f"(hundreds of thousands of tokens per step, GPT-2 vocabulary of 50k) and scored neurons with "
         f"Mistral-7B explanations simulated by LLaMA-2-7B. Here each model saw {tokens:,.0f} tokens of a small "
@@ -389,7 +340,7 @@ def paper_section(est: Estimator, reference: Condition) -> list[Block]:
         f"{', '.join(sorted({r.method for r in sweep.runs if r.method})) or 'no scorer'}. The levels are not "
         f"comparable (loss depends on corpus, vocabulary and model size; correlations depend on the explainer "
         f"and simulator, and the offline token-pattern one is a floor for LLM scores); only the direction of "
-        f"CRATE minus GPT is."
+        f"CRATE ({reference.name}) minus GPT ({gpt.name}) is; the paper's CRATE has λ = 0.1, shared Q,K,V."
         + ("" if depth in PAPER else f" Our models have {depth} layers; the paper's 2-layer row is used."))]
     rows = []
     for metric in [SEED_METRICS[0]] + list(INTERP_METRICS):
@@ -402,8 +353,8 @@ def paper_section(est: Estimator, reference: Condition) -> list[Block]:
                      fmt_interval(ours[1], metric) if ours[1] else "n/a",
                      fmt_interval(diff, metric, signed=True) if diff else "n/a",
                      agreement(paper_crate - paper_gpt, diff, significant)])
-    return blocks + [Table(["quantity", "paper CRATE", "paper GPT", "paper CRATE − GPT", f"ours {reference.label}",
-                            "ours GPT-ReLU", f"ours CRATE − GPT [{pct(est.confidence)} CI]", "direction"], rows,
+    return blocks + [Table(["quantity", "paper CRATE", "paper GPT", "paper CRATE − GPT", f"ours {reference.name}",
+                            f"ours {gpt.name}", f"ours CRATE − GPT [{pct(est.confidence)} CI]", "direction"], rows,
                            numeric={1, 2, 3, 4, 5, 6})]
 
 
@@ -427,7 +378,7 @@ def per_layer(est: Estimator) -> list[Block]:
     for condition in est.sweep.conditions:
         columns = [layer_intervals(est, condition, m.column) for m in LAYER_COLUMNS]
         for layer in sorted({layer for c in columns for layer in c}):
-            rows.append([condition.label, str(layer)] + [fmt_interval(c[layer], m) if layer in c else "n/a"
+            rows.append([condition.name, str(layer)] + [fmt_interval(c[layer], m) if layer in c else "n/a"
                                                          for c, m in zip(columns, LAYER_COLUMNS)])
     if not rows:
         return [Heading(2, "Per layer"), Paragraph(f"No per-layer results ({RESULTS_LAYERS} missing or empty).")]
@@ -437,13 +388,19 @@ def per_layer(est: Estimator) -> list[Block]:
 
 def figures(est: Estimator, plots_dir: Path) -> list[Block]:
     interp = [m for m in INTERP_METRICS if any(run_value(r, m) is not None for r in est.sweep.runs)]
-    specs: list[tuple[str, str, Callable[[Path], bool]]] = [
-        ("loss_vs_lambda.png", "Loss against λ",
-         lambda p: plot_vs_lambda(est, list(SEED_METRICS[:2]), p, "Loss against λ")),
-        ("sparsity_vs_lambda.png", "Sparsity against λ",
-         lambda p: plot_vs_lambda(est, [SEED_METRICS[2], SEED_METRICS[3]], p, "Sparsity against λ")),
-        ("interp_vs_lambda.png", "Interpretability against λ",
-         lambda p: bool(interp) and plot_vs_lambda(est, interp, p, "Interpretability against λ")),
+    specs: list[tuple[str, str, Callable[[Path], bool]]] = []
+    for factor in est.sweep.design.factors:
+        stem = "".join(c if c.isalnum() else "_" for c in factor)
+        specs += [
+            (f"loss_vs_{stem}.png", f"Loss against {factor}",
+             lambda p, f=factor: plot_vs_factor(est, f, list(SEED_METRICS[:2]), p, f"Loss against {f}")),
+            (f"sparsity_vs_{stem}.png", f"Sparsity against {factor}",
+             lambda p, f=factor: plot_vs_factor(est, f, [SEED_METRICS[2], SEED_METRICS[3]], p,
+                                                f"Sparsity against {f}")),
+            (f"interp_vs_{stem}.png", f"Interpretability against {factor}",
+             lambda p, f=factor: bool(interp) and plot_vs_factor(est, f, interp, p, f"Interpretability against {f}")),
+        ]
+    specs += [
         ("interp_vs_loss.png", "Interpretability against loss", lambda p: plot_interp_vs_loss(est, p)),
         ("layer_sparsity.png", "Per-layer sparsity", lambda p: plot_layer_sparsity(est, p)),
         ("firing_density.png", "Firing-density histograms", lambda p: plot_density(est.sweep, p)),
@@ -452,10 +409,10 @@ def figures(est: Estimator, plots_dir: Path) -> list[Block]:
     ]
     blocks: list[Block] = [Heading(2, "Plots")]
     plots_dir.mkdir(parents=True, exist_ok=True)
+    for stale in plots_dir.glob("*.png"):  # a figure from an earlier report (or design) must not survive
+        stale.unlink()
     for filename, title, draw in specs:
-        path = plots_dir / filename
-        path.unlink(missing_ok=True)  # a stale figure from an earlier report must not survive
-        if draw(path):
+        if draw(plots_dir / filename):
             blocks += [Heading(3, title), Image(f"{plots_dir.name}/{filename}", title)]
         else:
             blocks += [Heading(3, title), Paragraph("Not drawn: the sweep has no data for it.")]
@@ -465,10 +422,11 @@ def figures(est: Estimator, plots_dir: Path) -> list[Block]:
 def runs_section(est: Estimator) -> list[Block]:
     rows = []
     out = est.sweep.out_dir
-    for run in sorted(est.sweep.runs, key=lambda r: (r.condition.sort_key(), r.seed)):
+    order = {c: i for i, c in enumerate(est.sweep.conditions)}
+    for run in sorted(est.sweep.runs, key=lambda r: (order[r.condition], r.seed)):
         v = run.values
         cards: Text = [Link("cards", run.cards.relative_to(out).as_posix())] if run.cards else "none"
-        rows.append([run.name, run.condition.label, str(run.seed),
+        rows.append([run.name, run.condition.name, str(run.seed),
                      *(f"{v[k]:,.0f}" if v.get(k) is not None else "n/a" for k in ("params", "tokens", "train_s")),
                      SEED_METRICS[0].fmt(v.get("val_loss")), SEED_METRICS[2].fmt(v.get("zero_frac")),
                      "n/a" if v.get("nan_neurons") is None else f"{v['nan_neurons']:.0f}", cards])
@@ -479,27 +437,26 @@ def runs_section(est: Estimator) -> list[Block]:
 
 # ---------------------------------------------------------------- entry point
 
-def build(est: Estimator, reference: Condition, plots_dir: Path, generated: datetime) -> list[Block]:
+def build(est: Estimator, plots_dir: Path, generated: datetime) -> list[Block]:
+    reference = est.sweep.reference
     if not est.sweep.runs:
         return header(est, reference, generated) + [Paragraph(f"{RESULTS} lists no finished run yet: nothing to "
                                                               f"report.")]
-    est.set_family(tested_contrasts(est, reference), measured_metrics(est))
-    return (header(est, reference, generated) + methods(est)
-            + answers(est) + per_condition(est) + differences(est, reference) + gpt_section(est, reference)
+    effects = design_effects(est.sweep)
+    est.set_family([effect.contrast for effect in effects], measured_metrics(est))
+    return (header(est, reference, generated) + methods(est) + effects_section(est, effects) + per_condition(est)
             + paper_section(est, reference) + per_layer(est) + figures(est, plots_dir) + runs_section(est))
 
 
-def write_report(out_dir: Path, reference_lambda: float = 0.1, reference_qkv: str = "shared",
-                 confidence: float = 0.95, seed: int = 0, n_boot: int = 2000) -> Path:
-    """Write OUT/report.md, OUT/report.html and OUT/plots/*.png for the sweep folder OUT; returns report.md.
-
-    reference_*: the CRATE condition that paired differences are taken against. seed and n_boot: the
-    bootstrap's RNG seed and resamples (the same seed gives the same report numbers)."""
+def write_report(out_dir: Path, design: SweepConfig, confidence: float = 0.95, seed: int = 0,
+                 n_boot: int = 2000) -> Path:
+    """Write OUT/report.md, OUT/report.html and OUT/plots/*.png for the sweep folder OUT, run from the sweep
+    `design` (its [sweep] section); returns report.md. seed and n_boot: the bootstrap's RNG seed and
+    resamples (the same seed gives the same report numbers)."""
     out_dir = Path(out_dir)
-    sweep = read_sweep_results(out_dir)
+    sweep = read_sweep_results(out_dir, design)
     est = Estimator(sweep, confidence=confidence, seed=seed, n_boot=n_boot)
-    reference = find_condition(sweep, "crate", reference_qkv, reference_lambda)
-    blocks = build(est, reference, out_dir / PLOTS, datetime.now(timezone.utc))
+    blocks = build(est, out_dir / PLOTS, datetime.now(timezone.utc))
     # atomically: a full disk leaves the previous report whole
     write_text(out_dir / REPORT_MD, to_markdown(blocks))
     write_text(out_dir / REPORT_HTML, to_html(TITLE, blocks))
