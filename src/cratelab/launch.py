@@ -98,7 +98,7 @@ def run_jobs(tasks: list[JobTask], launcher: str, cfg: SlurmConfig, folder: Path
     and yield each outcome as its job ends. If this process is interrupted, jobs of "submitit-local" are
     cancelled (they run here); Slurm jobs carry on, and rerunning the sweep waits for none of them."""
     if launcher == "slurm":
-        _require_slurm()
+        require_slurm()
     job_folder = folder / "%j"
     waiting, running = list(tasks), {}
     try:
@@ -138,7 +138,7 @@ def _last_error_line(text: str) -> str:
     return (errors[-1] if errors else lines[0] if lines else "no error message")[:300]
 
 
-def _require_slurm() -> None:
+def require_slurm() -> None:
     from .errors import CratelabError
 
     if submitit.SlurmExecutor.affinity() < 0:

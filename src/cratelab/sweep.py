@@ -314,6 +314,8 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
 
     runs = selected_runs(expand(base, sweep), only)
     check_launcher(sweep, runs)
+    if sweep.launcher == "slurm":
+        _launch().require_slurm()
     workers = check_threads(sweep.workers, "sweep.workers")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_sweep(base, sweep, out_dir)
