@@ -185,3 +185,21 @@ def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tm
         assert sorted(row["name"] for row in csv.DictReader(f)) == sorted([CRATE, GPT])
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert killed["pid"] not in {training_pid(crate)}  # the resumed run was trained by a new job process
+
+
+@pytest.mark.e2e
+def test_a_run_of_two_gpus_is_one_job_of_two_ddp_tasks(tmp_path):
+    """gpus_per_run = 2: submitit starts two tasks, each exports torch.distributed's environment from the
+    job's, and train() runs DDP over them (here on the CPU, under gloo) as under torchrun."""
+    out = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "cratelab", "ablate", SWEEP, *TWO_RUNS, "--set", "train.max_steps=20",
+                           "--set", "interp.neurons=8", "--set", "sweep.slurm.gpus_per_run=2",
+                           "--launcher", "submitit-local", "--only", GPT, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CRATELAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    log = (out / "runs" / GPT / "log.txt").read_text()
+    assert "on cpu x 2," in log  # one model replica per task
+    (job,) = [p for p in (out / "jobs").iterdir() if p.name != "%j"]
+    assert sorted(p.name.split("_", 1)[1] for p in job.glob("*_result.pkl")) == ["0_result.pkl", "1_result.pkl"]
+    assert json.loads((out / "runs" / GPT / "result.json").read_text())["name"] == GPT
