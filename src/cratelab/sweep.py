@@ -402,6 +402,7 @@ def _execute(runs: list[PlannedRun], out_dir: Path, sweep: SweepConfig, workers:
     """Each run's (results row, None) as it finishes, or (None, one line saying why its job failed)."""
     if sweep.launcher != "local":
         launch = _launch()
+        out_dir = out_dir.absolute()  # a job may start in another folder
         tasks = [launch.JobTask(run.name, functools.partial(run_logged, run, out_dir, threads),
                                 layout.run_folder(out_dir, run.name) / layout.RUN_LOG) for run in runs]
         at_once = workers if sweep.launcher == "submitit-local" else 0
