@@ -3,7 +3,9 @@ scripts, without Slurm), and the submitit-local launcher end to end in real job 
 a job killed mid-training leaves its run unfinished, and the rerun resumes it from its checkpoint."""
 
 import csv
+import functools
 import json
+import operator
 import os
 import signal
 import subprocess
@@ -109,6 +111,20 @@ def test_launcher_mistakes_are_one_line_before_anything_runs(tmp_path, capsys, m
 
 
 # ---------------------------------------------------------------- submitit's LocalExecutor: real job processes
+
+def test_run_jobs_yields_each_result_and_one_line_per_failed_job(tmp_path):
+    from cratelab.config import SlurmConfig
+    from cratelab.launch import JobTask, run_jobs
+
+    tasks = [JobTask("adds", functools.partial(operator.add, 2, 3), tmp_path / "adds.log"),
+             JobTask("divides", functools.partial(operator.truediv, 1, 0), tmp_path / "divides.log")]
+    outcomes = {o.name: o for o in run_jobs(tasks, "submitit-local", SlurmConfig(), tmp_path / "jobs", at_once=2)}
+    assert outcomes["adds"].result == 5 and outcomes["adds"].failure is None
+    failure = outcomes["divides"].failure
+    assert outcomes["divides"].result is None and "\n" not in failure
+    assert failure.startswith("divides: job ") and "failed (ZeroDivisionError: division by zero)" in failure
+    assert f"logs: {tmp_path / 'divides.log'}, {tmp_path / 'jobs'}/" in failure and failure.endswith("_0_log.err")
+
 
 def ablate(out: Path, cache: Path, ready=None, then=None) -> tuple[int, str]:
     """`cratelab ablate` on the two runs with the submitit-local launcher, both jobs at once; then(proc) is
