@@ -120,7 +120,7 @@ def run_jobs(tasks: list[JobTask], launcher: str, cfg: SlurmConfig, folder: Path
 
 
 def _outcome(task: JobTask, job: submitit.Job, launcher: str) -> JobOutcome:
-    logs = f"logs: {task.log}, {str(job.paths.stderr).replace('%t', '0')}"
+    logs = f"logs: {task.log}, {job.paths.stderr}"  # the run's own log, and task 0's stderr (tracebacks)
     if launcher != "slurm" and not job.paths.result_pickle.exists():  # a local job ended without a result
         return JobOutcome(task.name, failure=f"{task.name}: job {job.job_id} ended without a result (killed?); {logs}")
     error = job.exception()  # on Slurm it waits a little for a result that a shared file system shows late
