@@ -110,6 +110,25 @@ def test_launcher_mistakes_are_one_line_before_anything_runs(tmp_path, capsys, m
     assert not (tmp_path / "s" / "runs").exists() and not (tmp_path / "s" / "sweep.toml").exists()
 
 
+def test_a_job_that_sbatch_refuses_is_a_failed_run_with_sbatch_s_message(tmp_path, capsys, monkeypatch):
+    bin_dir = tmp_path / "bin"  # a cluster whose sbatch refuses the partition
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CRATELAB_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(["ablate", SWEEP, *TWO_RUNS, "--out", tmp_path / "s", "--launcher", "slurm",
+                              "--set", "sweep.slurm.gpus_per_run=0", "--set", "sweep.slurm.partition='nope'"], capsys)
+    assert code == 2 and not out, err
+    refused = [line for line in err.splitlines() if ": not submitted (" in line]
+    assert sorted(line.split(":")[0] for line in refused) == sorted([CRATE, GPT])
+    assert all(line.endswith("(sbatch: error: invalid partition specified: nope)") for line in refused)
+    assert err.strip().splitlines()[-1].startswith("error: 2 of 2 runs failed")
+    assert not (tmp_path / "s" / "report.md").exists()  # nothing finished, nothing to report
+
+
 # ---------------------------------------------------------------- submitit's LocalExecutor: real job processes
 
 def test_run_jobs_yields_each_result_and_one_line_per_failed_job(tmp_path):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 from .config import SlurmConfig
@@ -105,7 +106,12 @@ def run_jobs(tasks: list[JobTask], launcher: str, cfg: SlurmConfig, folder: Path
         while waiting or running:
             while waiting and (at_once <= 0 or len(running) < at_once):
                 task = waiting.pop(0)
-                running[task.name] = (task, _executor(launcher, cfg, job_folder, task.name).submit(RunJob(task.call)))
+                try:
+                    job = _executor(launcher, cfg, job_folder, task.name).submit(RunJob(task.call))
+                except (FailedJobError, FailedSubmissionError) as err:  # sbatch refused it (a bad partition...)
+                    yield JobOutcome(task.name, failure=f"{task.name}: not submitted ({_last_error_line(str(err))})")
+                    continue
+                running[task.name] = (task, job)
             finished = [name for name, (_, job) in running.items() if job.done()]
             for name in finished:
                 task, job = running.pop(name)
@@ -131,7 +137,7 @@ def _outcome(task: JobTask, job: submitit.Job, launcher: str) -> JobOutcome:
 
 
 def _last_error_line(text: str) -> str:
-    """The exception line of a job's traceback (e.g. 'CratelabError: ...'), else its first line."""
+    """The exception line of a job's traceback (e.g. 'CratelabError: ...'), else the first line (sbatch's)."""
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----")]
     errors = [line for line in lines if not line.startswith(("File ", "Traceback", "You can", "or at", "- "))
               and ("Error" in line.split(":")[0] or "Exception" in line.split(":")[0])]
