@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import layout
-from .config import ConfigError, config_values, load_config, load_sweep_config
+from .config import LAUNCHERS, ConfigError, config_values, load_config, load_sweep_config
 from .io import describe_os_error
 
 EXIT_USAGE = 2
@@ -222,16 +222,30 @@ def cmd_sae(args) -> None:
 def cmd_ablate(args) -> None:
     from .runtime import is_main_process
     from .report import write_report
-    from .sweep import ablate, expand, print_commands
+    from .sweep import RunsFailed, ablate, expand, print_commands, print_job_scripts
 
     out = Path(args.out)
     if args.workers is not None:
         args.overrides.append(f"sweep.workers={args.workers}")
+    if args.launcher is not None:
+        args.overrides.append(f"sweep.launcher={json.dumps(args.launcher)}")
     base, sweep = load_sweep_config(args.config, args.overrides, smoke=args.smoke)
     if args.print_commands:
         print_commands(args.config, out, args.overrides, args.smoke, expand(base, sweep))
         return
-    rows = ablate(base, sweep, out, only=args.only, fresh=args.fresh)
+    if args.dry_run:
+        if sweep.launcher != "slurm":
+            raise ConfigError("--dry-run", f"prints the Slurm job scripts, but sweep.launcher is {sweep.launcher!r}: "
+                                           "set it to \"slurm\" (or pass --launcher slurm)")
+        print_job_scripts(base, sweep, out, only=args.only)
+        return
+    try:
+        rows = ablate(base, sweep, out, only=args.only, fresh=args.fresh)
+    except RunsFailed as failed:  # the report of what finished, then the error
+        if failed.rows and not args.only:
+            report = write_report(out, sweep)
+            print(f"results: {out / layout.RESULTS} ({len(failed.rows)} runs)\nreport:  {report}")
+        raise
     if not is_main_process():
         return
     if args.only:  # one run of a scheduled sweep: `cratelab report` writes the report once all are done
@@ -333,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this run of the grid (repeatable), e.g. from a scheduler")
     p.add_argument("--print-commands", action="store_true",
                    help="print one command per run (for Slurm arrays or torchrun) instead of running")
+    p.add_argument("--launcher", choices=LAUNCHERS,
+                   help="how runs execute (default: sweep.launcher): processes here, a Slurm job each "
+                        "(submitit), or those jobs on this machine")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with the slurm launcher: print each unfinished run's sbatch script, submit nothing")
     _add_set(p)
     p.set_defaults(func=cmd_ablate)
 

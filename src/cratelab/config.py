@@ -331,6 +331,52 @@ class Arm:
     set: dict[str, Any]
 
 
+LAUNCHERS = ("local", "slurm", "submitit-local")
+
+
+@dataclass
+class SlurmConfig:
+    """[sweep.slurm]: the Slurm job of each run of a sweep (sweep.launcher = "slurm", through submitit).
+    The "submitit-local" launcher runs the same jobs as local processes and reads gpus_per_run alone."""
+
+    partition: str = ""  # sbatch --partition; "" = the cluster's default partition
+    account: str = ""  # sbatch --account; "" = the user's default account
+    gpus_per_run: int = 1  # GPUs of each run's job, on one node; > 1: DDP, one Slurm task per GPU; 0: CPU only
+    cpus_per_task: int = 4  # CPU cores of each task (a run has one task, or one per GPU); its torch threads
+    mem_gb: int = 0  # memory of the job's node share; 0 = the partition's default
+    time_min: int = 240  # the job's time limit (sbatch --time), minutes
+    max_requeues: int = 3  # times a job preempted or out of time requeues itself (it resumes from its checkpoint)
+    extra: list[str] = field(default_factory=list)  # more sbatch options, e.g. ["--qos=high", "--constraint=a100"]
+    setup: list[str] = field(default_factory=list)  # shell lines the job runs first, e.g. ["module load cuda"]
+
+    def validate(self, prefix: str = "sweep.slurm") -> None:
+        p = prefix + "."
+        for name in ("partition", "account"):
+            value = getattr(self, name)
+            require(value == value.strip() and not any(c.isspace() for c in value), p + name,
+                    f"must be a Slurm name without spaces, got {value!r}")
+        require(0 <= self.gpus_per_run <= 64, p + "gpus_per_run",
+                f"must be in 0..64 (the GPUs of one node), got {self.gpus_per_run}")
+        require(1 <= self.cpus_per_task <= 1024, p + "cpus_per_task", f"must be in 1..1024, got {self.cpus_per_task}")
+        require(self.mem_gb >= 0, p + "mem_gb", f"must be >= 0 (0: the partition's default), got {self.mem_gb}")
+        require(self.time_min >= 1, p + "time_min", f"must be >= 1 minute, got {self.time_min}")
+        require(self.max_requeues >= 0, p + "max_requeues", f"must be >= 0, got {self.max_requeues}")
+        for i, option in enumerate(self.extra):
+            name = option.removeprefix("--").split("=", 1)[0]
+            require(option.startswith("--") and bool(name) and all(c.isalnum() or c in "-_" for c in name),
+                    f"{p}extra[{i}]", f"must be a long sbatch option, --name=value or --flag, got {option!r}")
+        for i, line in enumerate(self.setup):
+            require("\n" not in line, f"{p}setup[{i}]", "must be one shell line")
+
+    def sbatch_options(self) -> dict[str, str | bool]:
+        """The `extra` options as sbatch option names -> values (True for a flag)."""
+        options: dict[str, str | bool] = {}
+        for option in self.extra:
+            name, is_set, value = option.removeprefix("--").partition("=")
+            options[name] = value if is_set else True
+        return options
+
+
 @dataclass
 class SweepConfig:
     """The [sweep] section of a sweep config (`cratelab ablate`): a full grid over factors (any run-config
@@ -343,6 +389,8 @@ class SweepConfig:
     reference: dict[str, Any] = field(default_factory=dict)  # a level per factor; default: each factor's first
     arms: list[Arm] = field(default_factory=list)
     workers: int = 1  # runs trained at once on this machine (each gets cores / workers threads)
+    launcher: str = "local"  # local: processes here | slurm: a Slurm job per run | submitit-local: those jobs here
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def validate(self, prefix: str = "sweep") -> None:
         p = prefix + "."
@@ -376,6 +424,8 @@ class SweepConfig:
                 require(len(key.split(".")) == 2 and all(key.split(".")), f"{name}.set.{key}",
                         "must be a run-config field written as section.key")
         require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
+        choose(self.launcher, LAUNCHERS, p + "launcher")
+        self.slurm.validate(p + "slurm")
 
     def reference_levels(self) -> dict[str, Any]:
         """The reference condition: the declared level of each factor, else its first level."""

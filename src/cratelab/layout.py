@@ -15,6 +15,7 @@ A sweep folder (`cratelab ablate`, sweep.py, cratelab.report)::
 
     sweep.toml  runs/<name>/ (a training run folder + interp/ + log.txt + result.json)
     results.csv  results_layers.csv  report.md  report.html  plots/
+    jobs/<job id>/ (sweep.launcher slurm or submitit-local: submitit's job scripts, pickles and logs)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ RESULTS_LAYERS = "results_layers.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOTS = "plots"
+JOBS = "jobs"
 
 
 def run_folder(sweep_dir: str | Path, name: str) -> Path:

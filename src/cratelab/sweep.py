@@ -12,12 +12,14 @@ and the report.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -183,8 +185,8 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     return row
 
 
-def _run_logged(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:
-    """run_one in a worker process, its log lines going to the run's own log file."""
+def run_logged(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:
+    """run_one in a worker process or a cluster job, its log lines going to the run's own log file."""
     set_threads(threads)
     log_path = layout.run_folder(out_dir, run.name) / layout.RUN_LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,10 +242,10 @@ def save_sweep(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
 
 # Settings a sweep folder may be rerun with: seeds and factor levels (a run's config depends on its own cell
 # alone and its name on its levels, so cells may be added or dropped), the workers, and how the runs are
-# executed. Anything else (the shared settings, the reference and the arms, which arms build on) would put
-# runs computed with other settings under the same name.
+# executed (sweep.launcher and [sweep.slurm] too). Anything else (the shared settings, the reference and
+# the arms, which arms build on) would put runs computed with other settings under the same name.
 SWEEP_RESUMABLE_CHANGES = frozenset({
-    "sweep.seeds", "sweep.workers", "train.device", "train.threads", "train.compile", "train.log",
+    "sweep.seeds", "sweep.workers", "sweep.launcher", "train.device", "train.threads", "train.compile", "train.log",
     "train.wandb_project", "data.cache_dir", "eval.dense_threshold"}) | {
     "interp." + name for name in INTERP_EXECUTION_ONLY}
 
@@ -254,7 +256,7 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
     if not path.is_file():
         return
     old, new = read_toml(path), sweep_values(base, sweep)
-    diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors",))
+    diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors", "sweep.slurm"))
     if set(old.get("sweep", {}).get("factors", {})) != set(sweep.factors):  # another factor renames every run
         diffs.append(f"sweep.factors {sorted(old.get('sweep', {}).get('factors', {}))} -> {sorted(sweep.factors)}")
     if diffs:
@@ -266,7 +268,7 @@ def remove_sweep_outputs(out_dir: Path) -> None:
     """`ablate --fresh`: delete what an earlier sweep wrote in out_dir (and nothing else)."""
     for name in (layout.SWEEP_CONFIG, layout.RESULTS, layout.RESULTS_LAYERS, layout.REPORT_MD, layout.REPORT_HTML):
         (out_dir / name).unlink(missing_ok=True)
-    for name in (layout.RUNS, layout.PLOTS):
+    for name in (layout.RUNS, layout.PLOTS, layout.JOBS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
@@ -279,13 +281,24 @@ def print_commands(config_path: str | Path, out_dir: Path, overrides: list[str],
     print(shlex.join(["cratelab", "report", str(out_dir)]) + "   # after the runs: results.csv and the report")
 
 
+class RunsFailed(CratelabError):
+    """Some runs' jobs failed (each named on stderr as it ended); ``rows`` holds the finished runs' results."""
+
+    def __init__(self, message: str, rows: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 def ablate(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] = (),
            progress: bool | None = None, fresh: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) the sweep (as config.load_sweep_config reads it); returns the result rows of the
-    finished runs. ``fresh`` deletes an earlier sweep in out_dir first.
+    finished runs. ``fresh`` deletes an earlier sweep in out_dir first. With a job launcher (slurm,
+    submitit-local) a failed job leaves its run unfinished and the others carry on: then RunsFailed
+    comes once results.csv holds the finished runs.
 
     The sweep folder is locked for the whole sweep: exclusively, or shared with the other ``--only``
-    processes of a scheduled sweep (each run folder is locked by its own training)."""
+    processes of a scheduled sweep. Each run folder is locked by its own training, wherever it runs: cluster
+    jobs take no sweep lock (on other nodes they could not share this process's), the launcher holds it."""
     if fresh and only:
         raise ConfigError("--fresh", "cannot be combined with --only (it would delete the other scheduled runs)")
     with folder_lock(out_dir, shared=bool(only)):
@@ -299,17 +312,48 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
                    progress: bool | None) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    runs = expand(base, sweep)
-    if only:
-        unknown = sorted(set(only) - {r.name for r in runs})
-        if unknown:
-            raise ConfigError("--only", f"no run named {', '.join(unknown)} in this sweep "
-                                        f"(runs: {', '.join(r.name for r in runs)})")
-        runs = [r for r in runs if r.name in only]
+    runs = selected_runs(expand(base, sweep), only)
+    check_launcher(sweep, runs)
+    if sweep.launcher == "slurm":
+        _launch().require_slurm()
     workers = check_threads(sweep.workers, "sweep.workers")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_sweep(base, sweep, out_dir)
     _prepare_data(base)
+    todo = unfinished_runs(runs, out_dir)
+    if sweep.launcher == "slurm":
+        threads, at_once = sweep.slurm.cpus_per_task, "all submitted"
+    else:
+        threads, at_once = (max(1, cpu_count() // workers) if workers > 1 else 0), f"{workers} at a time"
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    t0 = time.perf_counter()
+    print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished), {sweep.launcher} launcher, "
+          f"{at_once} -> {out_dir}", file=sys.stderr)
+    failures = []
+    with tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not show_bar, unit="run") as bar:
+        for row, failure in _execute(todo, out_dir, sweep, workers, threads):
+            bar.update()
+            tqdm.write(failure or _row_line(row), file=sys.stderr)
+            failures += [failure] if failure else []
+    print(f"sweep finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    rows = collect_results(out_dir, sweep, expand(base, sweep))
+    if failures:
+        raise RunsFailed(f"{len(failures)} of {len(todo)} runs failed (above, with their logs); rerun the same "
+                         "`cratelab ablate` to resubmit them (they resume from their checkpoints)", rows)
+    return rows
+
+
+def selected_runs(runs: list[PlannedRun], only: list[str]) -> list[PlannedRun]:
+    """The runs named by ``--only`` (all when none is named)."""
+    unknown = sorted(set(only) - {r.name for r in runs})
+    if unknown:
+        raise ConfigError("--only", f"no run named {', '.join(unknown)} in this sweep "
+                                    f"(runs: {', '.join(r.name for r in runs)})")
+    return [r for r in runs if r.name in only] if only else runs
+
+
+def unfinished_runs(runs: list[PlannedRun], out_dir: Path) -> list[PlannedRun]:
+    """The runs without a valid result.json (a damaged one is said on stderr: that run is redone)."""
     todo = []
     for r in runs:
         finished, damage = read_result(layout.run_folder(out_dir, r.name) / layout.RUN_RESULT)
@@ -317,28 +361,67 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
             print(f"{damage}: the run is redone", file=sys.stderr)
         if finished is None:
             todo.append(r)
-    threads = max(1, cpu_count() // workers) if workers > 1 else 0
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    t0 = time.perf_counter()
-    print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished), {workers} at a time -> {out_dir}",
+    return todo
+
+
+def check_launcher(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
+    """Slurm jobs with GPUs for runs that would train on the CPU are a mistake worth stopping before submitting."""
+    cpu = [r.name for r in runs if r.config.train.device == "cpu"]
+    if sweep.launcher == "slurm" and sweep.slurm.gpus_per_run and cpu:
+        raise ConfigError("sweep.slurm.gpus_per_run", f"asks {sweep.slurm.gpus_per_run} GPU(s) per job but "
+                          f"train.device is \"cpu\" (run {cpu[0]}): set train.device=\"auto\", or gpus_per_run=0")
+
+
+def print_job_scripts(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] = ()) -> None:
+    """`ablate --dry-run`: the sbatch script of each unfinished run's job, as submitit would submit it."""
+    runs = selected_runs(expand(base, sweep), only)
+    check_launcher(sweep, runs)
+    todo = unfinished_runs(runs, out_dir)
+    job_script = _launch().job_script
+    for run in todo:
+        print(f"# ---- job of run {run.name} (sbatch script; %j is the job id)")
+        print(job_script(sweep.slurm, out_dir / layout.JOBS, run.name))
+    print(f"# {len(todo)} jobs to submit ({len(runs) - len(todo)} runs already finished); nothing was submitted",
           file=sys.stderr)
-    with tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not show_bar, unit="run") as bar:
-        for row in _execute(todo, out_dir, workers, threads):
-            bar.update()
-            tqdm.write(_row_line(row), file=sys.stderr)
-    print(f"sweep finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return collect_results(out_dir, sweep, expand(base, sweep))
 
 
-def _execute(runs: list[PlannedRun], out_dir: Path, workers: int, threads: int):
+def _launch():
+    """launch.py, which needs submitit (the `slurm` extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("submitit") is None:
+        raise CratelabError("sweep.launcher slurm and submitit-local run through submitit, which is not installed: "
+                            "pip install 'cratelab[slurm]'")
+    from . import launch
+
+    return launch
+
+
+def _execute(runs: list[PlannedRun], out_dir: Path, sweep: SweepConfig, workers: int,
+             threads: int) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
+    """Each run's (results row, None) as it finishes, or (None, one line saying why its job failed)."""
+    if sweep.launcher != "local":
+        launch = _launch()
+        out_dir = out_dir.absolute()  # a job may start in another folder
+        tasks = [launch.JobTask(run.name, functools.partial(run_logged, run, out_dir, threads),
+                                layout.run_folder(out_dir, run.name) / layout.RUN_LOG) for run in runs]
+        at_once = workers if sweep.launcher == "submitit-local" else 0
+        for outcome in launch.run_jobs(tasks, sweep.launcher, sweep.slurm, out_dir / layout.JOBS, at_once):
+            yield outcome.result, outcome.failure
+        return
+    for row in _execute_here(runs, out_dir, workers, threads):
+        yield row, None
+
+
+def _execute_here(runs: list[PlannedRun], out_dir: Path, workers: int, threads: int) -> Iterator[dict[str, Any]]:
     if workers == 1:
         for run in runs:
-            yield _run_logged(run, out_dir, threads)
+            yield run_logged(run, out_dir, threads)
         return
     # spawn, not fork: torch's thread pools do not survive a fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(_run_logged, run, out_dir, threads) for run in runs}
+        pending = {pool.submit(run_logged, run, out_dir, threads) for run in runs}
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
