@@ -127,7 +127,7 @@ def test_a_neuron_whose_requests_keep_failing_is_unscorable_and_the_run_goes_on(
 @pytest.mark.parametrize("fault, reason", [
     ("unparseable", "llm failed: malformed answer (empty explanation) after 4 attempts"),
     ("garbage", "llm failed: malformed answer (not JSON) after 4 attempts"),
-    (404, "llm failed: HTTP 404 (fault 404; key was Bearer [API key])"),
+    (404, "llm failed: HTTP 404 (fault 404; key was [api key removed])"),
 ])
 def test_failed_explanations_raise_with_a_reason(serve, tmp_path, fault, reason):
     server = serve()
@@ -161,9 +161,6 @@ def test_the_cache_makes_a_rerun_send_nothing_and_never_holds_the_key(records, s
     assert sent >= 2 * (1 + 10)
     assert run(records, server, tmp_path, [CAT, NOISE]) == first
     assert len(server.requests) == sent
-    # another server (another port), same model and prompts: still nothing sent
-    other = serve()
-    assert run(records, other, tmp_path, [CAT, NOISE]) == first and other.requests == []
 
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) == 2 * (1 + 10) + 1 and all(p.suffix == ".json" for p in files)  # + the auto probe
