@@ -105,7 +105,7 @@ def test_retry_failed_rescores_the_transport_failures_and_nothing_else(env, chec
     assert first.returncode == 0, first.stderr
     rows = read_jsonl(out / "scores.jsonl")
     failed = [r for r in rows if r["failure"] == "transport"]
-    assert len(failed) == 2 and {r["reason"] for r in failed} == {"llm failed: HTTP 500 after 1 attempts"}
+    assert len(failed) == 2 and {r["reason"] for r in failed} == {"llm failed: HTTP 500 after 1 attempt"}
     assert "2 neurons failed for transport reasons" in first.stdout
     # a row of an older run, without `failure`, is known by its reason
     old = [{k: v for k, v in r.items() if k != "failure" or r is not failed[0]} for r in rows]

@@ -227,8 +227,9 @@ class Endpoint:
                 if not failed.retry:
                     raise RequestFailed(f"llm failed: {failed.reason}", failed.status, failed.transport) from None
                 if attempt == attempts:
-                    raise RequestFailed(f"llm failed: {failed.reason} after {attempts} attempts",
-                                        failed.status, failed.transport) from None
+                    tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
+                    raise RequestFailed(f"llm failed: {failed.reason} after {tries}", failed.status,
+                                        failed.transport) from None
                 delay = self._backoff(attempt, failed.wait)
                 if (deadline := current_deadline()) is not None and delay >= deadline.left():
                     raise _deadline_passed(deadline, failed.reason) from None  # it would, while waiting
