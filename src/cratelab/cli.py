@@ -160,7 +160,7 @@ def cmd_import_official(args) -> None:
 def cmd_interpret(args) -> None:
     from .config import parse_override
     from .interp.run import interpret
-    from .interp.summary import model_line
+    from .interp.summary import model_line, transport_failures_line
 
     for text in args.overrides:  # the model is the checkpoint's: only what to read and how to score may change
         path, _ = parse_override(text)
@@ -181,8 +181,10 @@ def cmd_interpret(args) -> None:
     flags = {"layers": sae_layer or args.layers, "neurons": args.neurons, "tokens": args.tokens, "method": args.method,
              "device": args.device, "protocols": ",".join(args.protocol) if args.protocol else None}
     values["interp"].update({k: v for k, v in flags.items() if v is not None})
+    backend = {"timeout_s": args.timeout_s, "retries": args.retries, "neuron_deadline_s": args.neuron_deadline_s}
+    values["interp"].setdefault("backend", {}).update({k: v for k, v in backend.items() if v is not None})
     ckpt.config = load_config(values)
-    summary = interpret(ckpt, Path(args.out), ckpt.config.interp, source=source)
+    summary = interpret(ckpt, Path(args.out), ckpt.config.interp, source=source, retry_failed=args.retry_failed)
     conf = round(100 * ckpt.config.interp.confidence)
     print(f"{'protocol':<15} {'layer':>5} {'mean':>7} {f'{conf}% CI':>17} {'scored':>6} {'unscorable':>10}")
     for s in summary["layers"]:
@@ -191,6 +193,8 @@ def cmd_interpret(args) -> None:
         print(f"{s['protocol']:<15} {s['layer']:>5} {mean:>7} {ci:>17} {s['n_scored']:>6} {s['n_unscorable']:>10}")
     for protocol, m in summary["model"].items():
         print(f"{protocol:<15} {'model':>5} {model_line(m)}")
+    if line := transport_failures_line(summary):
+        print(f"\n{line}")
     out = Path(args.out)
     cards = out / layout.CARDS / layout.CARDS_INDEX
     print(f"\nwritten: {out / layout.SUMMARY_MD}, {out / layout.SCORES_CSV}" + (f", {cards}" if cards.is_file() else ""))
@@ -321,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-and-random | random-only | anthropic (repeatable; default: all three)")
     p.add_argument("--method", help="explanation method, e.g. token-pattern")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--timeout-s", type=float, help="LLM endpoint: socket timeout of one request "
+                                                    "(default: interp.backend.timeout_s)")
+    p.add_argument("--retries", type=int, help="LLM endpoint: further attempts of a failed request "
+                                               "(default: interp.backend.retries)")
+    p.add_argument("--neuron-deadline-s", type=float, help="LLM endpoint: seconds a neuron's requests may take in "
+                                                           "all, 0 = none (default: interp.backend.neuron_deadline_s)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="score again the neurons of --out that failed for transport reasons (timeouts, connection "
+                        "or server errors, the deadline)")
     _add_set(p)
     p.set_defaults(func=cmd_interpret)
 

@@ -221,6 +221,9 @@ class BackendConfig:
     concurrency: int = 8  # requests in flight at once
     timeout_s: float = 120.0  # socket timeout of one request
     retries: int = 3  # further attempts after a timeout, connection error, 408, 429, 5xx or malformed answer
+    # openai: seconds a neuron's requests may take in all (every protocol, waits for a free slot included);
+    # then it fails with a transport reason and the run goes on. 0 = no deadline
+    neuron_deadline_s: float = 600.0
 
     def validate(self, prefix: str = "interp.backend") -> None:
         p = prefix + "."
@@ -228,6 +231,8 @@ class BackendConfig:
         require(self.concurrency >= 1, p + "concurrency", f"must be >= 1, got {self.concurrency}")
         require(self.retries >= 0, p + "retries", f"must be >= 0, got {self.retries}")
         require(self.timeout_s > 0, p + "timeout_s", f"must be > 0, got {self.timeout_s}")
+        require(self.neuron_deadline_s >= 0, p + "neuron_deadline_s",
+                f"must be >= 0 (0 = no deadline), got {self.neuron_deadline_s}")
         require(bool(self.api_key_env), p + "api_key_env", "must name an environment variable")
         require(not self.base_url or self.base_url.startswith(("http://", "https://")), p + "base_url",
                 f"must be http(s)://..., got {self.base_url!r}")

@@ -4,9 +4,12 @@ It answers like a tiny, perfect model that reads the prompts: it explains a neur
 with the highest activation ('the token "cat"'), and simulates 10 on that token and 0 elsewhere, with
 logprobs (/completions, echo) or as a JSON list (/chat/completions). Faults are scripted: `queue`
 holds faults for the next requests in order, `fault(path, body)` may return one for any request.
-A fault is an HTTP status, "timeout" (answers after the client's timeout), "garbage" (not JSON),
-"unparseable" (a blank chat answer), "short" (one value too few),
+A fault is an HTTP status, "timeout" (answers after the client's timeout), "hang" (no answer until the
+server stops), "garbage" (not JSON), "unparseable" (a blank chat answer), "short" (one value too few),
 "no-logprobs" (a completion without logprobs).
+
+`tag` is added to every explanation, so two servers' answers can be told apart; `echo_key` makes every
+explanation quote the request's Authorization header, as a careless proxy might.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def explained_token(text: str) -> str | None:
 
 
 class FakeLLM:
-    def __init__(self, *, logprobs: bool = True, completions: bool = True, delay_s: float = 0.0):
+    def __init__(self, *, logprobs: bool = True, completions: bool = True, delay_s: float = 0.0, tag: str = "",
+                 echo_key: bool = False):
         self.logprobs, self.completions, self.delay_s = logprobs, completions, delay_s
+        self.tag, self.echo_key = tag, echo_key
         self.queue: list[Any] = []
         self.fault: Callable[[str, dict], Any] = lambda path, body: None
         self.requests: list[tuple[str, dict, dict[str, str]]] = []  # path, body, headers
@@ -92,6 +97,9 @@ class FakeLLM:
                 if fault == "timeout":
                     fake._stop.wait(1.0)  # well past the tests' client timeout, bounded for shutdown
                     return self._send(200, {"choices": []})
+                if fault == "hang":
+                    fake._stop.wait(60.0)
+                    return None
                 if isinstance(fault, int):
                     return self._send(fault, {"error": {"message": f"fault {fault}; key was "
                                                        f"{self.headers.get('Authorization', '')}"}},
@@ -102,7 +110,8 @@ class FakeLLM:
                     if not fake.completions:
                         return self._send(404, {"error": {"message": "no such endpoint"}})
                     return self._send(200, completion(body["prompt"], fake.logprobs and fault != "no-logprobs"))
-                return self._send(200, chat(body["messages"], fault))
+                tag = fake.tag + (f" (sent with {self.headers.get('Authorization', '')})" if fake.echo_key else "")
+                return self._send(200, chat(body["messages"], fault, tag))
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -116,7 +125,7 @@ class FakeLLM:
         return Handler
 
 
-def chat(messages: list[dict[str, str]], fault: Any) -> dict:
+def chat(messages: list[dict[str, str]], fault: Any, tag: str = "") -> dict:
     last = messages[-1]["content"]
     if fault == "unparseable":
         content = "  "
@@ -126,7 +135,7 @@ def chat(messages: list[dict[str, str]], fault: Any) -> dict:
         values = [10 if t.strip() == word else 0 for t in tokens]
         content = "```json\n" + json.dumps(values[:-1] if fault == "short" else values) + "\n```"
     else:  # explanation
-        content = f' the token "{strongest_token(last)}".'
+        content = f' the token "{strongest_token(last)}"{tag}.'
     return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
 

@@ -9,37 +9,16 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
-from cratelab.checkpoint import save_checkpoint
-from cratelab.config import (ConfigError, DataConfig, InterpConfig, ModelConfig, RecordConfig, RunConfig,
-                             config_from_dict)
-from cratelab.data.shards import prepare_dataset
+from cratelab.config import ConfigError, InterpConfig, RecordConfig, config_from_dict
 from cratelab.errors import CratelabError
 from cratelab.interp import PROTOCOLS
 from cratelab.interp.run import interpret, neuron_subset
 from cratelab.io import read_jsonl
-from cratelab.models import build_model
 
-DEAD = (3, 5)  # neurons of layer 1 whose dictionary atom is zeroed: they never fire
+from .conftest import DEAD
+
 ICFG = InterpConfig(tokens=3072, records=RecordConfig(window=16), batch_size=8, device="cpu", bootstrap=200)
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """A random-weight 2-layer CRATE (h = 32) over the fixture corpus, with two dead neurons in layer 1."""
-    cache = tmp_path_factory.mktemp("cache")
-    data = DataConfig(corpus="fixture", bpe_vocab_size=300, cache_dir=str(cache))
-    tok = prepare_dataset(data, progress=False).tokenizer
-    cfg = RunConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=8, block_size=32, vocab_size=tok.vocab_size),
-                    data=data)
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    with torch.no_grad():
-        model.blocks[1].ista.weight[list(DEAD)] = 0.0
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, cfg, tok, path, step=7)
-    return path
 
 
 def lines(out):
@@ -63,7 +42,7 @@ def test_run_folder_layout_and_contents(reference):
     assert len(rows) == 2 * 32 * 3  # every (layer, neuron, protocol) once
     assert len({(r["layer"], r["neuron"], r["protocol"]) for r in rows}) == len(rows)
     assert set(rows[0]) == {"layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate",
-                            "max_activation", "reason", "simulation", "explainer_model", "simulator_model"}
+                            "max_activation", "reason", "simulation", "explainer_model", "simulator_model", "failure"}
     assert {(r["simulation"], r["explainer_model"], r["simulator_model"]) for r in rows} == {("token-pattern",) * 3}
     meta = json.loads((out / "records/layer1/meta.json").read_text())
     assert meta["seed"] == 0 and len(meta["checkpoint_sha256"]) == 64 and len(meta["data_sha256"]) == 64
@@ -79,7 +58,7 @@ def test_summary_counts_unscorable_neurons_per_layer(reference):
     rows = read_jsonl(out / "scores.jsonl")
     dead = [r for r in rows if r["layer"] == 1 and r["neuron"] in DEAD]
     assert len(dead) == 6 and all(r["score"] is None and "constant" in r["reason"] for r in dead)
-    assert all(r["firing_rate"] == 0 for r in dead)
+    assert all(r["firing_rate"] == 0 and r["failure"] == "unscorable" for r in dead)
     assert len(summary["layers"]) == 6  # 2 layers x 3 protocols
     for s in summary["layers"]:
         mine = [r for r in rows if r["layer"] == s["layer"] and r["protocol"] == s["protocol"]]

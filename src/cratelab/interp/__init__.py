@@ -18,7 +18,7 @@ import torch
 from ..config import TOP_MODES, BackendConfig, RecordConfig
 from ..errors import CratelabError
 from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
-                      fit_token_patterns)
+                      fit_token_patterns, neuron_deadline)
 from .llm import EndpointConfig, endpoint_backend
 from .local_llm import LocalConfig, local_backend
 from .prompts import PromptTemplates
@@ -38,7 +38,8 @@ def make_backend(method: str, backend: BackendConfig | None = None, **options: A
     openai:MODEL: an OpenAI-compatible endpoint, by default from $OPENAI_BASE_URL and $OPENAI_API_KEY
     (options: EndpointConfig's fields, e.g. base_url, cache_dir, max_concurrency).
     backend: the [interp.backend] settings of the LLM methods (models, prompt templates, endpoint);
-    options given here take precedence over them.
+    options given here take precedence over them. Its neuron_deadline_s is the run's to apply, around
+    each neuron (`with neuron_deadline(seconds):`).
     """
     kind, _, target = method.partition(":")
     if method == "token-pattern":
@@ -117,7 +118,7 @@ __all__ = [
     "NeuronFailure", "NeuronRecord", "NeuronScore", "PromptTemplates",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",
     "TokenPatternSimulator", "TokenPatterns", "Windows",
-    "build_records", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend",
+    "build_records", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend", "neuron_deadline",
     "pooled_correlation", "random_only", "score_activations", "score_neuron", "score_records",
     "summarize_layer",
 ]

@@ -12,24 +12,29 @@
   and simulated with LLaMA-2-7B), and their prompts may come from template files (prompts.PromptTemplates).
 - every request: at most `max_concurrency` in flight over all threads, a socket timeout, and up to
   `max_attempts` attempts with exponential backoff and jitter after timeouts, connection errors, 408,
-  429, 5xx and malformed answers. Then the neuron fails (NeuronFailure, with the last reason) and the
-  run goes on.
-- validated answers go to an on-disk cache keyed by a hash of what determines them (model, prompt,
-  parameters; not the server's address, never the key), so reruns and resumes send nothing.
-- the API key is read from an environment variable, only ever put in the Authorization header, and
-  scrubbed from error texts before they reach logs or reasons.
+  429, 5xx and malformed answers; and no request outlives the neuron's deadline (explain.neuron_deadline,
+  set per neuron by the run). Then the neuron fails (RequestFailed, with the last reason, and whether
+  the cause was the transport: a rerun with --retry-failed asks again) and the run goes on.
+- validated answers go to an on-disk cache keyed by a hash of the endpoint's URL and the request
+  (model, prompt, parameters; never the key), so reruns and resumes send nothing and two servers'
+  answers never mix.
+- the API key is read from an environment variable and only ever put in the Authorization header.
+  Everything that comes back (every string of an answer, error texts) passes scrub_key before anything
+  reads it, so a server that quotes the key gets it into no explanation, cache file, row, card or log.
 
 Standard library only (urllib): the two endpoints need no client package.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import http.client
 import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -46,7 +51,7 @@ import numpy as np
 from ..errors import CratelabError
 from ..io import write_json
 from ..config import SIMULATIONS
-from .explain import NeuronFailure
+from .explain import Deadline, NeuronFailure, current_deadline
 from .prompts import (EXAMPLE_EXPLANATION, EXAMPLE_RECORDS, MAX_ACTIVATION, PromptTemplates, digit_probabilities,
                       expected_activation, json_simulation_messages, parse_explanation, parse_json_activations,
                       slot_positions)
@@ -58,6 +63,46 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # statuses by which a server says it does not offer what was asked (no completions endpoint, no echo
 # with logprobs, too many logprobs): simulation="auto" then simulates with JSON answers
 UNSUPPORTED = (400, 404, 405, 422)
+# statuses that say nothing about the request's prompt: the server was down, busy, too slow, or refused
+# the credentials. A neuron that failed with one is worth asking again (--retry-failed); a 400 is not.
+TRANSPORT_STATUSES = (401, 403, 408, 429)
+KEY_MARKER = "[api key removed]"
+# a shorter "key" is a placeholder (vLLM's "EMPTY", "none"), no secret: removing every occurrence of such
+# a word from explanations would change them. It is still removed after "Bearer ".
+MIN_SCRUBBED_KEY = 8
+
+
+def scrub_key(text: str, key: str | None) -> str:
+    """`text` without the API key: "Bearer KEY" and KEY itself become KEY_MARKER."""
+    if not key:
+        return text
+    text = text.replace(f"Bearer {key}", KEY_MARKER)
+    return text.replace(key, KEY_MARKER) if len(key) >= MIN_SCRUBBED_KEY else text
+
+
+def scrub_answer(value: Any, key: str | None) -> Any:
+    """A parsed JSON answer with scrub_key applied to every string in it (keys of objects too)."""
+    if not key:
+        return value
+    if isinstance(value, str):
+        return scrub_key(value, key)
+    if isinstance(value, list):
+        return [scrub_answer(v, key) for v in value]
+    if isinstance(value, dict):
+        return {scrub_key(k, key): scrub_answer(v, key) for k, v in value.items()}
+    return value
+
+
+def is_transport_status(status: int | None) -> bool:
+    return status is not None and (status in TRANSPORT_STATUSES or status >= 500)
+
+
+# the reasons of transport failures in score rows written before rows said their kind of failure
+_OLD_TRANSPORT_REASON = re.compile(r"llm failed: (timed out|connection failed|HTTP (401|403|408|429|5\d\d)\b)")
+
+
+def is_old_transport_reason(reason: str) -> bool:
+    return _OLD_TRANSPORT_REASON.match(reason) is not None
 
 
 def default_cache_dir() -> Path:
@@ -81,6 +126,7 @@ class EndpointConfig:
     max_concurrency: int = 8  # requests in flight at once, over all threads
     timeout_s: float = 120.0  # socket timeout of one request
     max_attempts: int = 4
+    # (the per-neuron deadline is not here: the run sets it around each neuron, explain.neuron_deadline)
     backoff_s: float = 1.0  # wait before the first retry; doubles each retry, with jitter
     max_backoff_s: float = 60.0
     cache_dir: str | Path | None = field(default_factory=default_cache_dir)  # None: no cache
@@ -98,10 +144,11 @@ class EndpointConfig:
 
 
 class RequestFailed(NeuronFailure):
-    """A request that failed for good; `status` is the last HTTP status, when the server answered."""
+    """A request that failed for good; `status` is the last HTTP status, when the server answered;
+    `transport` whether no answer came for reasons of the connection or the server, not the request."""
 
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, status: int | None = None, transport: bool = False):
+        super().__init__(message, transport=transport)
         self.status = status
 
 
@@ -112,9 +159,10 @@ class LogprobsUnavailable(Exception):
 class _AttemptFailed(Exception):
     """One attempt failed; `retry` says whether another may succeed, `wait` what the server asked for."""
 
-    def __init__(self, reason: str, *, retry: bool, status: int | None = None, wait: float = 0.0):
+    def __init__(self, reason: str, *, retry: bool, status: int | None = None, wait: float = 0.0,
+                 transport: bool = False):
         super().__init__(reason)
-        self.reason, self.retry, self.status, self.wait = reason, retry, status, wait
+        self.reason, self.retry, self.status, self.wait, self.transport = reason, retry, status, wait, transport
 
 
 class ResponseCache:
@@ -124,9 +172,11 @@ class ResponseCache:
         self.directory = Path(directory)
 
     @staticmethod
-    def key(kind: str, path: str, payload: dict[str, Any]) -> str:
-        """Hash of what determines an answer; `kind` names how it was extracted from the response."""
-        blob = json.dumps({"kind": kind, "path": path, "request": payload}, sort_keys=True, ensure_ascii=False)
+    def key(kind: str, url: str, payload: dict[str, Any]) -> str:
+        """Hash of what determines an answer: the server (its URL) and the request; `kind` names how the
+        answer was extracted from the response. (Entries written before the URL was part of the key are
+        not found: they are asked again.)"""
+        blob = json.dumps({"kind": kind, "url": url, "request": payload}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _file(self, key: str) -> Path:
@@ -163,22 +213,27 @@ class Endpoint:
         """extract(response) for one request: from the cache, else from the server, retrying.
 
         extract raises ValueError (or KeyError, IndexError, TypeError) on a malformed answer, which is
-        retried; its value must be JSON-serialisable, as it is what the cache keeps.
+        retried; its value must be JSON-serialisable, as it is what the cache keeps. A cached answer is
+        returned even past the neuron's deadline (it costs nothing); a request is not sent past it.
         """
-        key = ResponseCache.key(kind, path, payload)
+        key = ResponseCache.key(kind, self.base_url + path, payload)
         if self.cache is not None and (cached := self.cache.get(key)) is not None:
             return cached
-        attempts, attempt = self.config.max_attempts, 1
+        attempts, attempt, last = self.config.max_attempts, 1, None
         while True:
             try:
-                value = self._attempt(path, payload, extract)
+                value = self._attempt(path, payload, extract, last)
             except _AttemptFailed as failed:
                 if not failed.retry:
-                    raise RequestFailed(f"llm failed: {failed.reason}", failed.status) from None
+                    raise RequestFailed(f"llm failed: {failed.reason}", failed.status, failed.transport) from None
                 if attempt == attempts:
-                    raise RequestFailed(f"llm failed: {failed.reason} after {attempts} attempts",
-                                        failed.status) from None
+                    tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
+                    raise RequestFailed(f"llm failed: {failed.reason} after {tries}", failed.status,
+                                        failed.transport) from None
                 delay = self._backoff(attempt, failed.wait)
+                if (deadline := current_deadline()) is not None and delay >= deadline.left():
+                    raise _deadline_passed(deadline, failed.reason) from None  # it would, while waiting
+                last = failed.reason
                 attempt += 1
                 log.info("%s%s: %s; retrying in %.2f s (attempt %d of %d)", self.base_url, path, failed.reason,
                          delay, attempt, attempts)
@@ -194,43 +249,62 @@ class Endpoint:
         step = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
         return max(min(server_wait, self.config.max_backoff_s), step / 2 + random.uniform(0, step / 2))
 
-    def _attempt(self, path: str, payload: dict[str, Any], extract: Callable[[Any], Any]) -> Any:
-        response = self._post(path, payload)
+    def _attempt(self, path: str, payload: dict[str, Any], extract: Callable[[Any], Any], last: str | None) -> Any:
+        response = self._post(path, payload, last)
         try:
             return extract(response)
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _AttemptFailed(f"malformed answer ({self._scrub(str(e))})", retry=True) from None
 
-    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+    def _post(self, path: str, payload: dict[str, Any], last: str | None) -> Any:
+        """The server's answer, parsed and scrubbed of the key: the one place answers enter our data."""
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         request = urllib.request.Request(self.base_url + path, json.dumps(payload).encode(), headers, method="POST")
-        with self._in_flight:
+        # a request waits for a free slot, and for its answer, no longer than the neuron has left
+        deadline = current_deadline()
+        if not self._in_flight.acquire(timeout=None if deadline is None else max(deadline.left(), 0.0)):
+            raise _deadline_passed(deadline, last)
+        try:
+            timeout = self.config.timeout_s
+            if deadline is not None:
+                if (left := deadline.left()) <= 0:
+                    raise _deadline_passed(deadline, last)
+                timeout = min(timeout, left)
             try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
                     body = response.read()
             except urllib.error.HTTPError as e:
                 raise self._http_error(e) from None
             except urllib.error.URLError as e:
                 if isinstance(e.reason, TimeoutError):
-                    raise _AttemptFailed("timed out", retry=True) from None
-                raise _AttemptFailed(f"connection failed ({self._scrub(str(e.reason))})", retry=True) from None
+                    raise self._timed_out(deadline) from None
+                raise _AttemptFailed(f"connection failed ({self._scrub(str(e.reason))})", retry=True,
+                                     transport=True) from None
             except TimeoutError:
-                raise _AttemptFailed("timed out", retry=True) from None
+                raise self._timed_out(deadline) from None
             except (ConnectionError, http.client.HTTPException) as e:
-                raise _AttemptFailed(f"connection failed ({type(e).__name__})", retry=True) from None
+                raise _AttemptFailed(f"connection failed ({type(e).__name__})", retry=True, transport=True) from None
+        finally:
+            self._in_flight.release()
         try:
-            return json.loads(body)
+            return scrub_answer(json.loads(body), self._api_key)
         except ValueError:
             raise _AttemptFailed("malformed answer (not JSON)", retry=True) from None
+
+    @staticmethod
+    def _timed_out(deadline: Deadline | None) -> _AttemptFailed | RequestFailed:
+        if deadline is not None and deadline.left() <= 0:  # cut short by the neuron's deadline
+            return _deadline_passed(deadline, "timed out")
+        return _AttemptFailed("timed out", retry=True, transport=True)
 
     def _http_error(self, e: urllib.error.HTTPError) -> _AttemptFailed:
         status = e.code
         if status in (408, 429) or status >= 500:
             retry_after = e.headers.get("Retry-After", "") if e.headers else ""
             wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
-            return _AttemptFailed(f"HTTP {status}", retry=True, status=status, wait=wait)
+            return _AttemptFailed(f"HTTP {status}", retry=True, status=status, wait=wait, transport=True)
         try:
             body = e.read(2000).decode("utf-8", "replace")
         except OSError:
@@ -239,12 +313,18 @@ class Endpoint:
             detail = json.loads(body)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             detail = body
-        detail = " ".join(str(detail).split())[:200] or (e.reason or "")
-        return _AttemptFailed(f"HTTP {status} ({self._scrub(detail)})", retry=False, status=status)
+        detail = " ".join(self._scrub(str(detail)).split())[:200] or self._scrub(str(e.reason or ""))
+        return _AttemptFailed(f"HTTP {status} ({detail})", retry=False, status=status,
+                              transport=is_transport_status(status))
 
     def _scrub(self, text: str) -> str:
         """`text` without the API key: server messages may quote it."""
-        return text.replace(self._api_key, "[API key]") if self._api_key else text
+        return scrub_key(text, self._api_key)
+
+
+def _deadline_passed(deadline: Deadline, last: str | None) -> RequestFailed:
+    return RequestFailed(f"llm failed: the neuron's deadline of {deadline.seconds:g} s passed"
+                         + (f" (last attempt: {last})" if last else ""), transport=True)
 
 
 def _first_choice(response: Any) -> dict[str, Any]:
@@ -335,8 +415,10 @@ class EndpointSimulator:
             return []
         self.decide()
         pool = ThreadPoolExecutor(min(len(sequences), self.endpoint.config.max_concurrency))
-        try:
-            return list(pool.map(partial(self._simulate_one, explanation), sequences))
+        try:  # each task in a copy of this context: the neuron's deadline goes with it
+            futures = [pool.submit(contextvars.copy_context().run, self._simulate_one, explanation, tokens)
+                       for tokens in sequences]
+            return [future.result() for future in futures]
         finally:
             pool.shutdown(cancel_futures=True)  # a failed sequence fails the neuron: skip the queued rest
 

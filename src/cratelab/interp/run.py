@@ -19,7 +19,9 @@ or extended run picks up where it stopped):
 
 scores.jsonl is appended a neuron at a time (all its protocols), flushed and fsynced; on restart it
 is read back, a cut-off last line is dropped, and only the missing (layer, neuron, protocol) are
-scored: no neuron is scored twice and none is lost. The file names are in files.py.
+scored: no neuron is scored twice and none is lost. A failed neuron is finished too; with
+retry_failed (--retry-failed) the rows that failed for transport reasons (score.FAILURES) are taken
+out of scores.jsonl first and scored again. The file names are in files.py.
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ from tqdm import tqdm
 from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
 from ..config import ConfigError, InterpConfig, RunConfig, dump_toml
 from ..errors import CratelabError
-from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, read_json_object, read_jsonl,
-                  sha256_file, write_csv, write_json, write_text)
+from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, keep_jsonl, read_json_object,
+                  read_jsonl, sha256_file, write_csv, write_json, write_text)
 from ..layout import CARDS, CONFIG, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
 from . import make_backend
 from .collect import collect_records
-from .explain import Explainer
+from .explain import Explainer, neuron_deadline
 from .files import FORMAT, encode_simulation
+from .llm import is_old_transport_reason
 from .records import LayerRecords, NeuronRecord
 from .score import ROW_FIELDS, NeuronScore, ScoringProtocol, get_protocol, score_neuron
 from .simulate import Simulator
@@ -57,7 +60,7 @@ FSYNC_EVERY_S = 0.5
 # (dotted: the backend's endpoint options reach the same answers, the cache keys on what determines them)
 EXECUTION_ONLY = ("device", "batch_size", "workers", "threads", "bootstrap", "confidence", "cards", "max_cards",
                   "backend.base_url", "backend.api_key_env", "backend.concurrency", "backend.timeout_s",
-                  "backend.retries")
+                  "backend.retries", "backend.neuron_deadline_s")
 
 
 def neuron_subset(icfg: InterpConfig, layer: int, n_neurons: int) -> list[int]:
@@ -84,6 +87,13 @@ def score_protocols(record: NeuronRecord, protocols: Sequence[ScoringProtocol], 
 
 def _key(row: dict[str, Any]) -> tuple[int, int, str]:
     return int(row["layer"]), int(row["neuron"]), str(row["protocol"])
+
+
+def failed_for_transport(row: dict[str, Any]) -> bool:
+    """Whether a score row failed for transport reasons (rows of older runs: judged by their reason)."""
+    if "failure" in row:
+        return row["failure"] == "transport"
+    return row.get("score") is None and is_old_transport_reason(str(row.get("reason") or ""))
 
 
 def read_scores(path: Path) -> dict[tuple[int, int, str], dict[str, Any]]:
@@ -158,11 +168,15 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
 
 
 def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[int, list[int]],
-                   protocols: list[ScoringProtocol], icfg: InterpConfig,
-                   progress: bool) -> tuple[list[dict[str, Any]], int]:
-    """The scores.jsonl rows of every requested (layer, neuron, protocol), scoring the missing ones first;
-    and how many neurons were scored now."""
+                   protocols: list[ScoringProtocol], icfg: InterpConfig, progress: bool,
+                   retry_failed: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """The scores.jsonl rows of every requested (layer, neuron, protocol), scoring the missing ones first
+    (and, with retry_failed, those that failed for transport reasons); and how many neurons were scored now."""
     done = read_scores(out / SCORES)
+    if retry_failed and any(failed_for_transport(row) for row in done.values()):
+        # out of the file first (atomically): a kill before they are rescored leaves them missing, still to do
+        keep_jsonl(out / SCORES, lambda row: not failed_for_transport(row))
+        done = {key: row for key, row in done.items() if not failed_for_transport(row)}
     cut_unfinished_line(out / SIMULATIONS)
     todo = [(layer, h) for layer, neurons in subsets.items() for h in neurons
             if any((layer, h, p.name) not in done for p in protocols)]
@@ -175,7 +189,8 @@ def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[in
 
         def job(layer: int, h: int) -> list[tuple[NeuronScore, list[np.ndarray] | None]]:
             wanted = [p for p in protocols if (layer, h, p.name) not in done]
-            return score_protocols(records[layer].neuron(h), wanted, explainer, simulator)
+            with neuron_deadline(icfg.backend.neuron_deadline_s):  # heeded by the endpoint backend
+                return score_protocols(records[layer].neuron(h), wanted, explainer, simulator)
 
         def save(results: list[tuple[NeuronScore, list[np.ndarray] | None]]) -> None:
             # simulations first: a kill between the two writes leaves a neuron to rescore, not a score
@@ -224,12 +239,15 @@ def _run_jobs(job, todo: list[tuple[int, int]], workers: int) -> Iterator[Any]:
 # ---------------------------------------------------------------- the pipeline
 
 def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: InterpConfig | None = None,
-              progress: bool | None = None, source: ActivationSource | None = None) -> dict[str, Any]:
+              progress: bool | None = None, source: ActivationSource | None = None,
+              retry_failed: bool = False) -> dict[str, Any]:
     """Records, scores, summary and cards of a checkpoint's neurons in out_dir; returns the summary.
 
     checkpoint: a loaded Checkpoint (its config's [data] says which held-out text to read) or a path.
     icfg: defaults to the checkpoint's own [interp] section. Rerunning on the same out_dir resumes.
     source: the units scored (default: each layer's neurons; e.g. an SAE's features, cratelab.sae.sae_source).
+    retry_failed: score again the neurons that failed for transport reasons (a resume keeps them otherwise);
+    the summary's n_transport_failures counts those left.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     icfg = icfg if icfg is not None else ckpt.config.interp
@@ -244,11 +262,11 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)
     with folder_lock(out):  # a second process on the folder would score the same neurons into it
-        return _interpret_in(out, ckpt, icfg, layers, protocols, progress, source)
+        return _interpret_in(out, ckpt, icfg, layers, protocols, progress, source, retry_failed)
 
 
-def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[int],
-                  protocols: list[ScoringProtocol], progress: bool, source: ActivationSource | None) -> dict[str, Any]:
+def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[int], protocols: list[ScoringProtocol],
+                  progress: bool, source: ActivationSource | None, retry_failed: bool) -> dict[str, Any]:
     mcfg = ckpt.model.config
     # seconds per stage, kept from earlier invocations for the stages this one skips
     timing: dict[str, float] = {}
@@ -277,7 +295,7 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
 
     subsets = {layer: neuron_subset(icfg, layer, source.n_units) for layer in layers}
     t0 = time.perf_counter()
-    rows, scored = _scoring_stage(out, records, subsets, protocols, icfg, progress)
+    rows, scored = _scoring_stage(out, records, subsets, protocols, icfg, progress, retry_failed)
     if scored:  # a resumed run adds the time it took to finish
         timing["scoring_s"] = timing.get("scoring_s", 0.0) + time.perf_counter() - t0
 
@@ -289,11 +307,14 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
         "n_tokens": first.n_tokens, "n_neurons": source.n_units, "neurons_per_layer": len(subsets[layers[0]]),
         "settings": dataclasses.asdict(icfg),
         **summarize(rows, layers, [p.name for p in protocols], icfg),
+        "n_transport_failures": len({_key(row)[:2] for row in rows if failed_for_transport(row)}),  # neurons
     }
     write_csv(out / SCORES_CSV, ROW_FIELDS, rows)
-    if icfg.cards and not (out / CARDS / "index.html").is_file():
+    index = out / CARDS / "index.html"
+    if icfg.cards and (scored or not index.is_file()):
         from .cards import write_cards
 
+        index.unlink(missing_ok=True)  # neurons scored again (--retry-failed) make the cards there stale
         t0 = time.perf_counter()
         write_cards(out, records=records, rows=rows, summary=summary, max_cards=icfg.max_cards, progress=progress)
         timing["cards_s"] = time.perf_counter() - t0

@@ -4,7 +4,8 @@ layer summaries with bootstrap confidence intervals.
 Score of a neuron = ONE Pearson correlation between the simulated and the raw activations over all
 tokens of all scoring records pooled (not a mean of per-record correlations). It is undefined when
 either side is constant, or when the explainer or simulator gave up on the neuron (NeuronFailure, e.g. an
-LLM request that kept failing); such a neuron gets score None and a reason, and summaries count it.
+LLM request that kept failing); such a neuron gets score None, a reason and the kind of failure
+(FAILURES), and summaries count it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ def pooled_correlation(real: Sequence[np.ndarray], simulated: Sequence[np.ndarra
     return float(np.clip(r, -1.0, 1.0)), None
 
 
+# why a score is None (NeuronScore.failure; "" when there is a score)
+FAILURES = {
+    "transport": "no answer from the LLM: a timeout, a connection error, HTTP 401/403/408/429/5xx or the neuron's "
+                 "deadline (interpret --retry-failed asks again)",
+    "answer": "the LLM's answer could not be used: malformed after the retries, the request refused (HTTP 4xx), "
+              "no logprobs",
+    "unscorable": "the score is undefined: too few records, or constant real or simulated activations",
+}
+
+
 @dataclass
 class NeuronScore:
     layer: int
@@ -146,6 +157,7 @@ class NeuronScore:
     simulation: str = ""  # how the activations were simulated: "token-pattern" | "logprobs" | "json"
     explainer_model: str = ""
     simulator_model: str = ""
+    failure: str = ""  # why score is None, a key of FAILURES; "" when scored (and in rows of older runs)
 
     def to_row(self, method: str) -> dict[str, Any]:
         """The scores.jsonl / scores.csv row (ROW_FIELDS): the one schema of a score on disk."""
@@ -154,12 +166,12 @@ class NeuronScore:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> NeuronScore:
         names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{name: row[name] for name in names if name in row})  # rows of older runs lack the models
+        return cls(**{name: row[name] for name in names if name in row})  # older rows lack models and failure
 
 
 # the fields of NeuronScore, with the run's method after the protocol (as in rows before the models were kept)
 ROW_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate", "max_activation",
-              "reason", "simulation", "explainer_model", "simulator_model")
+              "reason", "simulation", "explainer_model", "simulator_model", "failure")
 
 
 def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Explainer,
@@ -170,11 +182,16 @@ def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Exp
     simulated_out, when given, receives the simulated activations of the scoring records (for the cards).
     """
     # getattr: explainers and simulators written for score_records before the rows named them still work
-    def result(score: float | None, explanation: str, reason: str | None, simulated: bool) -> NeuronScore:
+    def result(score: float | None, explanation: str, reason: str | None, simulated: bool,
+               failure: str = "unscorable") -> NeuronScore:
         simulation = (getattr(simulator, "simulation", "") or "") if simulated else ""  # "" when never asked
         return NeuronScore(record.layer, record.neuron, protocol.name, score, explanation, reason,
                            record.firing_rate, record.max_activation, simulation,
-                           getattr(explainer, "model", ""), getattr(simulator, "model", ""))
+                           getattr(explainer, "model", ""), getattr(simulator, "model", ""),
+                           "" if score is not None else failure)
+
+    def failed(failure: NeuronFailure) -> str:
+        return "transport" if failure.transport else "answer"
 
     if (missing := protocol.missing_records(record)) is not None:
         return result(None, "", missing, simulated=False)
@@ -182,11 +199,11 @@ def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Exp
     try:
         explanation = explainer.explain(explaining)
     except NeuronFailure as failure:
-        return result(None, "", str(failure), simulated=False)
+        return result(None, "", str(failure), simulated=False, failure=failed(failure))
     try:
         simulated = simulator.simulate(explanation, [r.tokens for r in scoring])
     except NeuronFailure as failure:
-        return result(None, explanation, str(failure), simulated=True)
+        return result(None, explanation, str(failure), simulated=True, failure=failed(failure))
     if simulated_out is not None:
         simulated_out[:] = simulated
     score, reason = pooled_correlation([r.activations for r in scoring], simulated)

@@ -54,6 +54,15 @@ def model_line(model: dict[str, Any]) -> str:
     return line
 
 
+def transport_failures_line(summary: dict[str, Any]) -> str | None:
+    """What to do about the neurons that failed for transport reasons (summary.md and the CLI), or None."""
+    n = summary.get("n_transport_failures", 0)
+    if not n:
+        return None
+    return (f"{n} neuron{'s' if n != 1 else ''} failed for transport reasons (timeouts, connection or server "
+            "errors, the neuron deadline); rerun with --retry-failed to score them again")
+
+
 def md_code(text: str) -> str:
     """``text`` as a Markdown code span, shown literally whatever it holds (a path may hold `*`, `<`, `]`)."""
     text = " ".join(str(text).splitlines())
@@ -79,6 +88,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 lines.append(f"| {s['layer']} | {_fmt(s['mean'])} | {ci} | {_fmt(s['mean_all_neurons'])} "
                              f"| {s['n_scored']} | {s['n_unscorable']} |")
         lines += ["", f"Model {model_line(model)}", ""]
+    if line := transport_failures_line(summary):
+        lines += [line + ".", ""]
     reasons = [(s["layer"], s["protocol"], reason, n) for s in summary["layers"]
                for reason, n in s["unscorable_reasons"].items()]
     if reasons:
