@@ -343,6 +343,9 @@ class SweepConfig:
     reference: dict[str, Any] = field(default_factory=dict)  # a level per factor; default: each factor's first
     arms: list[Arm] = field(default_factory=list)
     workers: int = 1  # runs trained at once on this machine (each gets cores / workers threads)
+    # fractions of train.max_steps at which each run also keeps its checkpoint, evaluated and scored like the
+    # final one (the final point, 1.0, is the run itself); [] tracks nothing
+    track: list[float] = field(default_factory=list)
 
     def validate(self, prefix: str = "sweep") -> None:
         p = prefix + "."
@@ -376,6 +379,9 @@ class SweepConfig:
                 require(len(key.split(".")) == 2 and all(key.split(".")), f"{name}.set.{key}",
                         "must be a run-config field written as section.key")
         require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
+        for i, fraction in enumerate(self.track):
+            require(0 < fraction <= 1, f"{p}track[{i}]", f"a fraction of train.max_steps in (0, 1], got {fraction}")
+        require(len(set(self.track)) == len(self.track), p + "track", f"lists a fraction twice: {self.track}")
 
     def reference_levels(self) -> dict[str, Any]:
         """The reference condition: the declared level of each factor, else its first level."""
