@@ -7,7 +7,7 @@ that point (raw CI excludes 0 and Holm-adjusted p <= 1 - confidence, over that p
 - flipped: the estimate changed sign and is significant at A or at B;
 - stable: the same significance at A and B, and the same sign (or significant at neither: no effect at both);
 - still moving: anything else (the same sign but the significance changed), or fewer than two points with an
-  estimate.
+  interval (a single tracked point, or one seed: no test, so no claim that the answer holds).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def sign(value: float | None) -> int:
 
 
 def track_verdict(intervals: list[Interval], significant: list[bool | None]) -> str:
-    """The verdict of the module docstring, from the last two points that have an estimate."""
-    known = [(iv, sig) for iv, sig in zip(intervals, significant) if iv.estimate is not None]
+    """The verdict of the module docstring, from the last two points that have an interval."""
+    known = [(iv, sig) for iv, sig in zip(intervals, significant) if iv.has_ci]
     if len(known) < 2:
         return MOVING
     (a, sig_a), (b, sig_b) = known[-2:]
