@@ -42,7 +42,7 @@ def test_the_long_ablation_is_the_same_grid_trained_past_six_million_tokens_with
     assert t.max_steps * t.batch_size * t.grad_accum * long_base.model.block_size >= 6_000_000
     assert tracked_steps(long_sweep.track, t.max_steps) == {500: 0.125, 1000: 0.25, 2000: 0.5}
     assert 0.75 * t.max_steps % t.eval_interval == 0  # the convergence line needs no interpolation
-    same = lambda cfg: cfg.to_dict() | {"train": {}}  # noqa: E731 - everything but the schedule
+    same = lambda cfg: cfg.to_dict() | {"train": {}}  # everything but the schedule
     assert same(long_base) == same(base)
     assert sweep.track == [0.5, 1.0]  # make ablation tracks its half-way point by default
 
@@ -166,7 +166,7 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     point = out / "runs" / "gpt-relu-s0" / "track" / "step15"
     assert all((point / name).exists() for name in ("ckpt.pt", "eval.json", "interp/scores.jsonl", "result.json"))
     along = report[report.index("## Do the answers hold along training?"):report.index("## Effects")]
-    verdict_rows = [line for line in along.splitlines() if line.startswith("| model.") or line.startswith("| gpt-")]
+    verdict_rows = [line for line in along.splitlines() if line.startswith(("| model.", "| gpt-"))]
     assert len(verdict_rows) == 7 * 8  # every effect, every metric
     assert all(line.rstrip(" |").rsplit("|", 1)[-1].strip() in ("stable", "still moving", "flipped")
                for line in verdict_rows)

@@ -97,7 +97,7 @@ def _iv(estimate: float, significant: bool) -> Interval:
 
 
 def test_verdict_rules():
-    sig = lambda *ivs: [iv.significant for iv in ivs]  # noqa: E731
+    sig = lambda *ivs: [iv.significant for iv in ivs]
     a, b = _iv(1.0, True), _iv(-1.0, True)
     assert track_verdict([a, b], sig(a, b)) == FLIPPED
     assert track_verdict([a, _iv(-1.0, False)], sig(a, _iv(-1.0, False))) == FLIPPED  # significant at either point

@@ -200,15 +200,15 @@ def methods(est: Estimator) -> list[Block]:
         f"family at or below {1 - est.confidence:g}. Differences without a p-value (1 seed) are not adjusted.",
         "Unscorable neurons (a constant real or simulated side) have no score: they are counted below and left "
         "out of the means, never hidden.",
-        "Along training (sweep.track): each tracked checkpoint is evaluated and scored with the same settings as "
-        "the final one, and every effect is estimated at each point by the same code, with the Holm family taken "
-        "within that point. The verdict compares the last two tracked points: flipped = the estimate changed sign "
-        "and is significant at either point; stable = the same significance at both, and the same sign (or "
-        "significant at neither); still moving = anything else (the same sign, but significant at one point "
-        "only), or fewer than two points with an interval (one seed gives loss and sparsity none).",
-        f"Convergence: a condition's val loss at 3/4 of its training tokens (interpolated between evaluations) "
-        f"against its last value, as a share of the former, averaged over seeds; a drop above "
-        f"{100 * STILL_LEARNING:g}% marks it as still learning.",
+        ("Along training (sweep.track): each tracked checkpoint is evaluated and scored with the same settings as "
+         "the final one, and every effect is estimated at each point by the same code, with the Holm family taken "
+         "within that point. The verdict compares the last two tracked points: flipped = the estimate changed "
+         "sign and is significant at either point; stable = the same significance at both, and the same sign (or "
+         "significant at neither); still moving = anything else (the same sign, but significant at one point "
+         "only), or fewer than two points with an interval (one seed gives loss and sparsity none)."),
+        (f"Convergence: a condition's val loss at 3/4 of its training tokens (interpolated between evaluations) "
+         f"against its last value, as a share of the former, averaged over seeds; a drop above "
+         f"{100 * STILL_LEARNING:g}% marks it as still learning."),
     ])]
 
 
