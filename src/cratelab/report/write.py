@@ -273,9 +273,12 @@ def track_section(est: Estimator, effects: list[Effect], points: list[TrackPoint
                f"metric) pairs: {counts[STABLE]} {STABLE}, {counts[MOVING]} {MOVING}, {counts[FLIPPED]} {FLIPPED}.")
     if counts[STABLE] == len(tracked) and not learning:
         summary += " The answers below hold over the last two tracked points."
+    elif counts[STABLE] == len(tracked):
+        summary += (" The answers below hold over the last two tracked points, but the models are still learning "
+                    "(see Convergence): this report is an early-training preview; more training may change them.")
     else:
-        summary += (" This report is an early-training preview: its answers are measured on models whose effects "
-                    "are still changing with training" + (" and that are still learning" if learning else "")
+        summary += (" This report is an early-training preview: some of its answers are still changing with "
+                    "training" + (" and the models are still learning" if learning else "")
                     + "; more training may change them.")
     blocks.append(Paragraph(summary))
     changing = [f"{title} on {next(m.label for m in metrics if m.column == column)} ({t.verdict})"
