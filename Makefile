@@ -1,4 +1,5 @@
-# cratelab: `make ablation` (the seed ablation end to end), `make demo`, `make test`, `make bench`.
+# cratelab: `make ablation` (the seed ablation end to end), `make ablation-long` (the same, trained until its
+# answers settle), `make demo`, `make test`, `make bench`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ CRATELAB := $(VENV)/bin/cratelab
 TORCH_PIN ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
 RUNS ?= runs
 
-.PHONY: install test browser demo ablation smoke bench clean
+.PHONY: install test browser demo ablation ablation-long smoke bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +35,12 @@ ablation: install
 	$(CRATELAB) prepare configs/seed-ablation.toml
 	$(CRATELAB) ablate configs/seed-ablation.toml --out $(RUNS)/seed-ablation
 	@echo "report: $(RUNS)/seed-ablation/report.md (HTML: $(RUNS)/seed-ablation/report.html)"
+
+# the same grid trained 10x longer (8.2M tokens a run), scored at 4 points: overnight on 2 cores
+ablation-long: install
+	$(CRATELAB) prepare configs/seed-ablation-long.toml
+	$(CRATELAB) ablate configs/seed-ablation-long.toml --out $(RUNS)/seed-ablation-long
+	@echo "report: $(RUNS)/seed-ablation-long/report.md (HTML: $(RUNS)/seed-ablation-long/report.html)"
 
 smoke: install
 	$(CRATELAB) ablate configs/seed-ablation.toml --out $(RUNS)/smoke --smoke

@@ -294,8 +294,8 @@ def test_a_full_disk_during_interpret_is_one_line_and_the_rerun_loses_nothing(ca
 
 # ---------------------------------------------------------------- ablate
 
-def results(out: Path) -> list[dict]:
-    with open(out / "results.csv", newline="") as f:
+def results(out: Path, name: str = "results.csv") -> list[dict]:
+    with open(out / name, newline="") as f:
         return [{k: v for k, v in row.items() if k != "train_s"} for row in csv.DictReader(f)]
 
 
@@ -333,9 +333,11 @@ def test_sigkill_during_ablate_then_the_same_command_gives_the_same_results(cach
     assert results(out) == results(whole) and len(results(out)) == 2
     assert (out / "results.csv").read_text().splitlines()[0] == ",".join(result_columns(["model.ista_lambda", "model.qkv", "model.arch"]))
     assert (out / "results_layers.csv").read_bytes() == (whole / "results_layers.csv").read_bytes()
+    assert results(out, "results_track.csv") == results(whole, "results_track.csv")  # both points of both runs
+    assert len(results(out, "results_track.csv")) == 4
     for run in sorted((whole / "runs").iterdir()):
         mine = out / "runs" / run.name
-        assert steps(mine) == [10, 20, 30]  # no evaluation logged twice
+        assert steps(mine) == [10, 15, 20, 30]  # no evaluation logged twice (15: sweep.track's 0.5)
         keys = [(r["layer"], r["neuron"], r["protocol"]) for r in read_jsonl(mine / "interp" / "scores.jsonl")]
         assert len(keys) == len(set(keys)) == 2 * 16 * 3
         assert sorted((mine / "interp" / "scores.jsonl").read_text().splitlines()) == \

@@ -8,8 +8,8 @@ import pytest
 
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.errors import CratelabError
-from cratelab.layout import result_columns
-from cratelab.sweep import check_sweep_unchanged, design_keys, expand, read_result, save_sweep
+from cratelab.layout import result_columns, track_columns
+from cratelab.sweep import check_sweep_unchanged, design_keys, expand, read_result, save_sweep, tracked_steps
 
 CONFIG = "configs/seed-ablation.toml"
 
@@ -32,6 +32,36 @@ def test_every_model_sees_at_least_half_a_million_tokens():
     base, _ = load_sweep_config(CONFIG)
     t = base.train
     assert t.max_steps * t.batch_size * t.grad_accum * base.model.block_size >= 500_000
+
+
+def test_the_long_ablation_is_the_same_grid_trained_past_six_million_tokens_with_four_points():
+    base, sweep = load_sweep_config(CONFIG)
+    long_base, long_sweep = load_sweep_config("configs/seed-ablation-long.toml")
+    assert [r.name for r in expand(long_base, long_sweep)] == [r.name for r in expand(base, sweep)]
+    t = long_base.train
+    assert t.max_steps * t.batch_size * t.grad_accum * long_base.model.block_size >= 6_000_000
+    assert tracked_steps(long_sweep.track, t.max_steps) == {500: 0.125, 1000: 0.25, 2000: 0.5}
+    assert 0.75 * t.max_steps % t.eval_interval == 0  # the convergence line needs no interpolation
+    same = lambda cfg: cfg.to_dict() | {"train": {}}  # everything but the schedule
+    assert same(long_base) == same(base)
+    assert sweep.track == [0.5, 1.0]  # make ablation tracks its half-way point by default
+
+
+def test_tracked_points_are_steps_of_the_run_own_max_steps():
+    assert tracked_steps([0.5, 1.0], 400) == {200: 0.5}  # the end is the run itself
+    assert tracked_steps([0.25, 0.26, 0.001], 30) == {8: 0.25, 1: 0.001}  # one point per step, at least step 1
+    assert tracked_steps([], 30) == {}
+
+
+def test_a_sweep_folder_from_before_sweep_track_resumes_only_without_it(tmp_path):
+    base, sweep = load_sweep_config(CONFIG, ["sweep.track=[]"], smoke=True)
+    save_sweep(base, sweep, tmp_path)
+    text = (tmp_path / "sweep.toml").read_text()
+    (tmp_path / "sweep.toml").write_text(text.replace("track = []\n", ""))
+    assert "track" not in (tmp_path / "sweep.toml").read_text()
+    check_sweep_unchanged(base, sweep, tmp_path)
+    with pytest.raises(CratelabError, match=r"sweep.track \[\] -> \[0.5, 1.0\]"):
+        check_sweep_unchanged(*load_sweep_config(CONFIG, smoke=True), tmp_path)
 
 
 def test_smoke_shrinks_but_keeps_every_condition():
@@ -65,6 +95,9 @@ def test_a_factor_the_engine_has_never_heard_of(tmp_path):
     ("sweep.seeds=[1, 1]", "sweep.seeds"),
     ("sweep.seeds=3", "sweep.seeds"),
     ("sweep.workers=0", "sweep.workers"),
+    ("sweep.track=[0.5, 1.5]", "sweep.track[1]"),
+    ("sweep.track=[0.0]", "sweep.track[0]"),
+    ("sweep.track=[0.5, 0.5]", "sweep.track"),
     ("sweep.nope=1", "sweep.nope"),
     ("model.n_embd=130", "model.n_embd"),
 ])
@@ -96,6 +129,11 @@ def _without_train_s(path) -> list[dict]:
     return _without_train_s_text(path.read_text())
 
 
+def _kept(out) -> dict:
+    """The modification times of the checkpoints and tracked points' files: what a resume must not redo."""
+    return {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/ckpt.pt"), *out.glob("runs/*/track/*/*")]}
+
+
 @pytest.mark.e2e
 def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     out = tmp_path / "smoke"
@@ -114,11 +152,32 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     assert any((out / "plots").glob("*.png"))
     assert (out / "runs" / "ista_lambda=0.1-qkv=shared-s0" / "interp" / "cards" / "index.html").is_file()
 
+    # sweep.track = [0.5, 1.0]: each run kept, evaluated and scored its model at step 15 of 30 as well
+    with open(out / "results_track.csv") as f:
+        tracked = list(csv.DictReader(f))
+    assert list(tracked[0]) == track_columns(["model.ista_lambda", "model.qkv", "model.arch"])
+    assert sorted((r["name"], r["track"], r["step"]) for r in tracked) == sorted(
+        (row["name"], fraction, step) for row in rows for fraction, step in (("0.5", "15"), ("1.0", "30")))
+    final = {r["name"]: r for r in tracked if r["track"] == "1.0"}
+    assert all({k: final[row["name"]][k] for k in row} == row for row in rows)  # the final point is the run
+    half = {r["name"]: r for r in tracked if r["track"] == "0.5"}
+    assert all(int(half[n]["tokens"]) * 2 == int(final[n]["tokens"]) and half[n]["interp_top_and_random"] != ""
+               and half[n]["val_loss"] != final[n]["val_loss"] for n in final)
+    point = out / "runs" / "gpt-relu-s0" / "track" / "step15"
+    assert all((point / name).exists() for name in ("ckpt.pt", "eval.json", "interp/scores.jsonl", "result.json"))
+    along = report[report.index("## Do the answers hold along training?"):report.index("## Effects")]
+    verdict_rows = [line for line in along.splitlines() if line.startswith(("| model.", "| gpt-"))]
+    assert len(verdict_rows) == 7 * 8  # every effect, every metric
+    assert all(line.rstrip(" |").rsplit("|", 1)[-1].strip() in ("stable", "still moving", "flipped")
+               for line in verdict_rows)
+    assert "early-training preview" in along  # one seed: nothing can be called stable
+    assert (out / "plots" / "track_loss.png").is_file()
+
     # a rerun finds every run finished: nothing is trained or scored again
-    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
+    before = _kept(out)
     proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
     assert proc.returncode == 0 and "7 already finished" in proc.stderr
-    assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
+    assert before == _kept(out)
     assert json.loads((out / "runs" / "gpt-relu-s0" / "result.json").read_text())["model.arch"] == "gpt"
 
     proc = cratelab("report", out, cache=tmp_path / "cache")
@@ -129,7 +188,7 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", "--set", "model.n_embd=64",
                     cache=tmp_path / "cache")
     assert proc.returncode == 2 and "model.n_embd 32 -> 64" in proc.stderr
-    assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}
+    assert before == _kept(out)
     result = out / "runs" / "gpt-relu-s0" / "result.json"
     result.write_text(result.read_text()[:40])
     proc = cratelab("report", out, cache=tmp_path / "cache")
@@ -137,7 +196,7 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
     assert proc.returncode == 0 and "6 already finished" in proc.stderr, proc.stderr
     assert f"{result}: damaged (not valid JSON): the run is redone" in proc.stderr
-    assert before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/ckpt.pt")}  # resumed at its end
+    assert before == _kept(out)  # resumed at its end
     assert json.loads(result.read_text())["model.arch"] == "gpt"
     assert _without_train_s(out / "results.csv") == _without_train_s_text(results_before)
 

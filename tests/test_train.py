@@ -204,6 +204,42 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tiny, tmp_path, mon
     assert [m["val_loss"] for m in lines] == [m["val_loss"] for m in expected]
 
 
+@pytest.mark.parametrize("killed_at", ["kept", "checkpoint"])
+def test_kept_checkpoints_survive_a_kill_and_a_resume_exactly_once(tiny, tmp_path, monkeypatch, killed_at):
+    """keep_steps (sweep.track): the model at step 3 (not an eval_interval step) is kept in track/step3/, also
+    when the run is killed while writing that copy or between it and ckpt.pt; the resumed run keeps the
+    same model, and logs step 3 once."""
+    cfg = tiny(max_steps=6, eval_interval=2)
+    train(cfg, tmp_path / "whole", progress=False, keep_steps=[3, 6])
+    save = train_module.save_checkpoint
+    calls = []
+
+    def killed(*args, step, **kwargs):
+        calls.append(step)
+        if step == 3 and (killed_at == "kept" or len(calls) == 3):  # calls: step 2, step 3's copy, step 3's ckpt
+            raise KeyboardInterrupt
+        return save(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False, keep_steps=[3, 6])
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "resumed").step == 2
+    assert (tmp_path / "resumed" / "track" / "step3" / "ckpt.pt").is_file() == (killed_at == "checkpoint")
+    train(cfg, tmp_path / "resumed", progress=False, keep_steps=[3, 6])
+
+    kept = [load_checkpoint(tmp_path / name / "track" / "step3") for name in ("whole", "resumed")]
+    assert kept[0].step == kept[1].step == 3 and "train" not in read_checkpoint(kept[1].path)  # model only
+    a, b = (k.model.state_dict() for k in kept)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in (tmp_path / "resumed" / "track").iterdir()] == ["step3"]  # the end is ckpt.pt itself
+    assert [m["step"] for m in read_metrics(tmp_path / "resumed")] == [2, 3, 4, 6]
+    assert [m["val_loss"] for m in read_metrics(tmp_path / "resumed")] == \
+        [m["val_loss"] for m in read_metrics(tmp_path / "whole")]
+    train(cfg, tmp_path / "resumed", fresh=True, progress=False)
+    assert not (tmp_path / "resumed" / "track").exists()  # --fresh starts over without them
+
+
 def test_a_run_without_fp16_resumes_in_fp16_with_a_fresh_grad_scaler(tiny, tmp_path, monkeypatch):
     """E.g. started on a CPU or in bf16, resumed on a GPU with train.dtype = 'float16': the checkpoint's
     scaler state is empty, which GradScaler.load_state_dict refuses."""

@@ -396,6 +396,9 @@ class SweepConfig:
     workers: int = 1  # runs trained at once on this machine (each gets cores / workers threads)
     launcher: str = "local"  # local: processes here | slurm: a Slurm job per run | submitit-local: those jobs here
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # fractions of train.max_steps at which each run also keeps its checkpoint, evaluated and scored like the
+    # final one (the final point, 1.0, is the run itself); [] tracks nothing
+    track: list[float] = field(default_factory=list)
 
     def validate(self, prefix: str = "sweep") -> None:
         p = prefix + "."
@@ -431,6 +434,9 @@ class SweepConfig:
         require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
         choose(self.launcher, LAUNCHERS, p + "launcher")
         self.slurm.validate(p + "slurm")
+        for i, fraction in enumerate(self.track):
+            require(0 < fraction <= 1, f"{p}track[{i}]", f"a fraction of train.max_steps in (0, 1], got {fraction}")
+        require(len(set(self.track)) == len(self.track), p + "track", f"lists a fraction twice: {self.track}")
 
     def reference_levels(self) -> dict[str, Any]:
         """The reference condition: the declared level of each factor, else its first level."""

@@ -5,6 +5,7 @@ names from here, so a renamed file or column cannot drift between them.
 A training run folder (`cratelab train`, checkpoint.py, evaluate.py)::
 
     ckpt.pt  config.toml  metrics.jsonl  eval.json  tensorboard/
+    track/step{N}/ckpt.pt  (train(keep_steps=...): the model as it was at step N, without optimizer state)
 
 An interpret folder (`cratelab interpret`, cratelab.interp)::
 
@@ -14,8 +15,12 @@ An interpret folder (`cratelab interpret`, cratelab.interp)::
 A sweep folder (`cratelab ablate`, sweep.py, cratelab.report)::
 
     sweep.toml  runs/<name>/ (a training run folder + interp/ + log.txt + result.json)
-    results.csv  results_layers.csv  report.md  report.html  plots/
+    results.csv  results_layers.csv  results_track.csv  report.md  report.html  plots/
     jobs/<job id>/ (sweep.launcher slurm or submitit-local: submitit's job scripts, pickles and logs)
+
+A tracked point of a sweep run (`sweep.track`), evaluated and scored as the run itself is::
+
+    runs/<name>/track/step{N}/  ckpt.pt  config.toml  eval.json  interp/  result.json
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ CONFIG = "config.toml"  # also in an interpret folder: the run config with the [
 METRICS = "metrics.jsonl"  # one JSON line per evaluation during training
 EVAL = "eval.json"
 TENSORBOARD = "tensorboard"
+TRACK = "track"  # track/step{N}/: the checkpoints kept along training (track_folder)
 
 # ---- an interpret folder
 INTERP_RUN = "run.json"  # what the folder was made from (checkpoint and data hashes, settings)
@@ -51,6 +57,7 @@ RUN_LOG = "log.txt"
 RUN_RESULT = "result.json"  # written last: its presence means the run is finished
 RESULTS = "results.csv"
 RESULTS_LAYERS = "results_layers.csv"
+RESULTS_TRACK = "results_track.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOTS = "plots"
@@ -59,6 +66,11 @@ JOBS = "jobs"
 
 def run_folder(sweep_dir: str | Path, name: str) -> Path:
     return Path(sweep_dir) / RUNS / name
+
+
+def track_folder(run_dir: str | Path, step: int) -> Path:
+    """The folder of the checkpoint a run kept at ``step`` (and, in a sweep, of its evaluation and scores)."""
+    return Path(run_dir) / TRACK / f"step{step}"
 
 
 # ---- the result columns
@@ -91,6 +103,12 @@ def condition_columns(varied: list[str]) -> list[str]:
 def result_columns(varied: list[str]) -> list[str]:
     """results.csv: one row per run."""
     return [*condition_columns(varied), *RESULT_METRIC_COLUMNS]
+
+
+def track_columns(varied: list[str]) -> list[str]:
+    """results_track.csv: one row per run and tracked point (the final point, track = 1.0, included): the
+    fraction of train.max_steps, the step, and the columns of results.csv measured on that checkpoint."""
+    return [*condition_columns(varied), "track", "step", *RESULT_METRIC_COLUMNS]
 
 
 def layer_columns(varied: list[str]) -> list[str]:

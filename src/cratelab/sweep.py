@@ -6,7 +6,11 @@ their own checkpoints.
 
 The output folder is laid out as layout.py names it: `sweep.toml` (the sweep as run), `runs/<name>/`
 (a train run folder, with `eval.json`, `interp/` and `result.json`), `results.csv`, `results_layers.csv`,
-and the report.
+`results_track.csv` and the report.
+
+Tracked points (`sweep.track`, fractions of train.max_steps): training keeps the model at each
+(`runs/<name>/track/step{N}/`), and run_one evaluates and scores each with the same functions and settings
+as the final model, so the report can say whether its answers hold along training.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class PlannedRun:
     condition: Condition
     config: RunConfig
     columns: dict[str, Any]  # its condition columns in the results: name, condition, each varied field, seed
+    track: tuple[float, ...] = ()  # sweep.track: fractions of train.max_steps also evaluated and scored
 
 
 def grid_conditions(sweep: SweepConfig) -> list[Condition]:
@@ -109,8 +114,21 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
                                       interp=dataclasses.replace(cfg.interp, seed=seed))
             name = f"{condition.name}-s{seed}"
-            runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys)))
+            runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys),
+                                   tuple(sweep.track)))
     return runs
+
+
+def tracked_steps(fractions: tuple[float, ...] | list[float], max_steps: int) -> dict[int, float]:
+    """The steps of the tracked points before the end (step -> its fraction of max_steps), from the run's own
+    max_steps; fractions that round to the same step are one point (the first), those at the end are the
+    run itself."""
+    steps: dict[int, float] = {}
+    for fraction in sorted(fractions):
+        step = max(1, round(fraction * max_steps))
+        if step < max_steps:
+            steps.setdefault(step, fraction)
+    return steps
 
 
 def _condition_config(shared: dict[str, dict[str, Any]], settings: dict[str, Any], name: str) -> RunConfig:
@@ -140,10 +158,9 @@ def _layer_interp(summary: dict[str, Any]) -> dict[tuple[int, str], dict[str, An
 
 
 def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
-    """Train, evaluate and score one run (resuming whatever it already did); returns its results row."""
+    """Train, evaluate and score one run and its tracked points (resuming whatever it already did); returns
+    its results row, with the rows of its tracked points (the final one last) under "tracked"."""
     from .checkpoint import load_checkpoint
-    from .evaluate import evaluate_checkpoint
-    from .interp.run import interpret
     from .train import train
 
     run_dir = layout.run_folder(out_dir, run.name)
@@ -156,15 +173,42 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     cfg = run.config
     if threads and not cfg.train.threads:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    final = train(cfg, run_dir, progress=False)
+    track = tracked_steps(run.track, cfg.train.max_steps)
+    final = train(cfg, run_dir, progress=False, keep_steps=track)
     if not is_main_process():  # under torchrun, rank 0 alone evaluates and scores
         return {}
+    points = []
+    for step, fraction in track.items():
+        folder = layout.track_folder(run_dir, step)
+        point, damage = read_result(folder / layout.RUN_RESULT)
+        if point is None:  # not scored yet (or damaged: scored again, interpret resuming what it had)
+            if not (folder / layout.CHECKPOINT).is_file():
+                raise CratelabError(f"{folder}: the checkpoint kept at step {step} is missing (was the run trained "
+                                    f"without sweep.track?); rerun with --fresh")
+            ckpt = load_checkpoint(folder)
+            point = score_checkpoint(run, ckpt, cfg, folder, ckpt.tokens, ckpt.metrics.get("elapsed_s"))
+            point |= {"track": fraction, "step": step}
+            write_json(folder / layout.RUN_RESULT, point)
+        points.append({k: v for k, v in point.items() if k != "layers"})
     ckpt = load_checkpoint(run_dir)
+    row = score_checkpoint(run, ckpt, cfg, run_dir, final["tokens"], final["elapsed_s"])
+    row["tracked"] = points + [{k: v for k, v in row.items() if k != "layers"} | {"track": 1.0, "step": ckpt.step}]
+    write_json(run_dir / layout.RUN_RESULT, row)
+    return row
+
+
+def score_checkpoint(run: PlannedRun, ckpt: Any, cfg: RunConfig, folder: Path, tokens: int,
+                     train_s: float | None) -> dict[str, Any]:
+    """Evaluate and score one checkpoint of a run (its final one or a tracked one) into ``folder``
+    (eval.json, interp/); its results row with the per-layer rows under "layers"."""
+    from .evaluate import evaluate_checkpoint
+    from .interp.run import interpret
+
     evaluation = evaluate_checkpoint(ckpt, device=cfg.train.device)
-    summary = interpret(ckpt, run_dir / layout.RUN_INTERP, cfg.interp, progress=False)
+    summary = interpret(ckpt, folder / layout.RUN_INTERP, cfg.interp, progress=False)
 
     row: dict[str, Any] = dict(run.columns) | {
-        "params": ckpt.model.num_params(), "tokens": final["tokens"], "train_s": final["elapsed_s"],
+        "params": ckpt.model.num_params(), "tokens": tokens, "train_s": train_s,
         "val_loss": evaluation.val_loss, "bpb": evaluation.bpb}
     for key in layout.SPARSITY_COLUMNS:
         row[key] = sum(getattr(s, key) for s in evaluation.layers) / len(evaluation.layers)
@@ -181,7 +225,6 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
             layer_row[layout.interp_column(protocol)] = scored["mean"] if scored else None
             layer_row[layout.nan_column(protocol)] = scored["n_unscorable"] if scored else None
         row["layers"].append(layer_row)
-    write_json(run_dir / layout.RUN_RESULT, row)
     return row
 
 
@@ -214,7 +257,7 @@ def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def collect_results(out_dir: Path, sweep: SweepConfig, runs: list[PlannedRun]) -> list[dict[str, Any]]:
-    """results.csv and results_layers.csv from the finished runs' result.json files (of this sweep's runs
+    """results.csv, results_layers.csv and results_track.csv from the finished runs' result.json files (of this sweep's runs
     only: a folder left by a level since removed from the sweep file is not this sweep's); a damaged one is
     an error naming it (`cratelab ablate` redoes that run)."""
     rows = []
@@ -228,6 +271,8 @@ def collect_results(out_dir: Path, sweep: SweepConfig, runs: list[PlannedRun]) -
     write_csv(out_dir / layout.RESULTS, layout.result_columns(varied), rows)
     write_csv(out_dir / layout.RESULTS_LAYERS, layout.layer_columns(varied),
               [layer for row in rows for layer in row["layers"]])
+    write_csv(out_dir / layout.RESULTS_TRACK, layout.track_columns(varied),
+              [point for row in rows for point in row.get("tracked", []) if isinstance(point, dict)])
     return rows
 
 
@@ -256,6 +301,7 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
     if not path.is_file():
         return
     old, new = read_toml(path), sweep_values(base, sweep)
+    old.setdefault("sweep", {}).setdefault("track", [])  # a sweep folder from before sweep.track tracked nothing
     diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors", "sweep.slurm"))
     if set(old.get("sweep", {}).get("factors", {})) != set(sweep.factors):  # another factor renames every run
         diffs.append(f"sweep.factors {sorted(old.get('sweep', {}).get('factors', {}))} -> {sorted(sweep.factors)}")
@@ -266,7 +312,8 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
 
 def remove_sweep_outputs(out_dir: Path) -> None:
     """`ablate --fresh`: delete what an earlier sweep wrote in out_dir (and nothing else)."""
-    for name in (layout.SWEEP_CONFIG, layout.RESULTS, layout.RESULTS_LAYERS, layout.REPORT_MD, layout.REPORT_HTML):
+    for name in (layout.SWEEP_CONFIG, layout.RESULTS, layout.RESULTS_LAYERS, layout.RESULTS_TRACK, layout.REPORT_MD,
+                 layout.REPORT_HTML):
         (out_dir / name).unlink(missing_ok=True)
     for name in (layout.RUNS, layout.PLOTS, layout.JOBS):
         shutil.rmtree(out_dir / name, ignore_errors=True)

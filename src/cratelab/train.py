@@ -6,7 +6,8 @@ and every ``eval_interval`` steps: evaluate, log, checkpoint). Small helpers com
 
 Run folder (names in layout.py): ``config.toml``, ``ckpt.pt`` (see checkpoint.py), ``metrics.jsonl`` (one JSON
 line per evaluation: step, tokens, train_loss, val_loss, lr, tokens_per_s, elapsed_s, and per interpreted layer
-``sparsity/layer{l}/zero_frac``, ``/l0``, ``/dead_frac`` measured on the same evaluation batches).
+``sparsity/layer{l}/zero_frac``, ``/l0``, ``/dead_frac`` measured on the same evaluation batches), and
+``track/step{N}/ckpt.pt`` for each of ``keep_steps`` (the model at step N: what a sweep's ``sweep.track`` scores).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .evaluate import SparsityCounter, dictionary_norm, training_sparsity_metrics
 from .io import append_line, folder_lock, keep_jsonl
-from .layout import CHECKPOINT, CONFIG, METRICS, TENSORBOARD
+from .layout import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, TRACK, track_folder
 from .models import LanguageModel, build_model, neuron_hook_name
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
 
@@ -174,11 +175,13 @@ def evaluate_loss(model: torch.nn.Module, hooked: LanguageModel, windows: torch.
     return nats / count, training_sparsity_metrics(layers)
 
 
-def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | None = None) -> dict[str, Any]:
+def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | None = None,
+          keep_steps: Collection[int] = ()) -> dict[str, Any]:
     """Train (or resume) the run in ``out_dir``; returns the metrics of the final evaluation.
 
     ``fresh`` deletes an existing checkpoint and metrics first. ``progress``: a tqdm bar (True), plain
-    log lines (False), or a bar only when stderr is a terminal (None).
+    log lines (False), or a bar only when stderr is a terminal (None). ``keep_steps``: steps at which the
+    run also evaluates and keeps its model in ``track/step{N}/`` (steps at or past max_steps are the run itself).
     """
     cfg.validate()
     place = distributed()
@@ -191,16 +194,16 @@ def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | N
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         if place.rank != 0:  # rank 0 holds the run folder for all of torchrun's processes
-            return _train(cfg, Path(out_dir), fresh, progress, ddp, device)
+            return _train(cfg, Path(out_dir), fresh, progress, ddp, device, set(keep_steps))
         with folder_lock(out_dir):  # a second process on the folder would mix its steps with ours
-            return _train(cfg, Path(out_dir), fresh, progress, ddp, device)
+            return _train(cfg, Path(out_dir), fresh, progress, ddp, device, set(keep_steps))
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
 def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, ddp: bool,
-           device: torch.device) -> dict[str, Any]:
+           device: torch.device, keep_steps: set[int]) -> dict[str, Any]:
     tc = cfg.train
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     master = rank == 0  # the one process that writes files and logs
@@ -225,12 +228,13 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in (CHECKPOINT, METRICS, CONFIG):  # temporary files of a save cut short by a kill
-            for stale in out_dir.glob(f".{name}.*.tmp"):
+            for stale in [*out_dir.glob(f".{name}.*.tmp"), *out_dir.glob(f"{TRACK}/*/.{name}.*.tmp")]:
                 stale.unlink(missing_ok=True)
         if fresh:
             ckpt_path.unlink(missing_ok=True)
             metrics_path.unlink(missing_ok=True)
             shutil.rmtree(out_dir / TENSORBOARD, ignore_errors=True)
+            shutil.rmtree(out_dir / TRACK, ignore_errors=True)
     external_log = open_external_log(cfg, out_dir) if master else None  # a missing package fails before any work
     barrier()
 
@@ -326,7 +330,7 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
             bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             bar.update()
 
-            if step % tc.eval_interval == 0 or step == tc.max_steps:
+            if step % tc.eval_interval == 0 or step == tc.max_steps or step in keep_steps:
                 val_loss, sparsity = evaluate_loss(eval_model, raw_model, val_windows, tc.batch_size, autocast, device,
                                                    ddp, cfg.eval.dense_threshold)
                 if not math.isfinite(val_loss):
@@ -340,6 +344,11 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
                     dist.all_gather_object(rng, rng_states(device))
                 if master:
                     append_line(metrics_path, json.dumps(metrics))
+                    if step in keep_steps and step < tc.max_steps:
+                        # before ckpt.pt: a kill in between resumes from the previous checkpoint and passes
+                        # this step again, so a kept model is never missing, and rewritten identically
+                        save_checkpoint(raw_model, cfg, dataset.tokenizer, track_folder(out_dir, step), step=step,
+                                        tokens=tokens, metrics=metrics)
                     train_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                    "batches": batches.state_dict(), "rng": rng, "elapsed_s": metrics["elapsed_s"]}
                     save_checkpoint(raw_model, cfg, dataset.tokenizer, out_dir, step=step, tokens=tokens,

@@ -151,3 +151,24 @@ def make_sweep(out: Path, specs: list[Spec] | None = None, interp: bool = True, 
             writer.writerows(rows)
     (out / layout.SWEEP_CONFIG).write_text("[sweep]\nseeds = [0, 1, 2]\n")
     return out
+
+
+def add_track(out: Path, fractions=(0.5, 1.0), shift=lambda row, fraction: 0.0) -> Path:
+    """results_track.csv for a folder of make_sweep: each run at each fraction of its 512 steps, its
+    results.csv row with val_loss + shift(row, fraction) (the final point, 1.0, needs shift 0 to match the
+    run's own row). Tracked points have no neuron scores: their interpretability intervals are over seeds."""
+    with open(out / layout.RESULTS, newline="") as f:
+        rows = list(csv.DictReader(f))
+    varied = design_keys(DESIGN)
+    tracked = []
+    for row in rows:
+        for fraction in fractions:
+            point = dict(row) | {"track": fraction, "step": round(512 * fraction),
+                                 "tokens": round(524_288 * fraction)}
+            point["val_loss"] = float(row["val_loss"]) + shift(row, fraction)
+            tracked.append(point)
+    with open(out / layout.RESULTS_TRACK, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=layout.track_columns(varied))
+        writer.writeheader()
+        writer.writerows(tracked)
+    return out

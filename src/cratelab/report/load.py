@@ -4,6 +4,10 @@ The folder (written by the sweep): results.csv (one row per finished run), resul
 run and layer), and per run `runs/<name>/`: eval.json (firing-density histograms), metrics.jsonl (training
 curve), interp/scores.jsonl (neuron scores), interp/cards/index.html, config.toml. Everything but
 results.csv may be missing: a partial sweep still gets a report, with the gaps stated.
+
+results_track.csv (one row per run and tracked point) with each tracked point's folder
+(runs/<name>/track/step{N}/: eval.json, interp/scores.jsonl) is read into one Sweep per tracked point
+(read_track_points), so every point is estimated by the same code as the final one.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import numpy as np
 from ..config import SweepConfig, level_text, read_toml
 from ..errors import CratelabError
 from ..io import read_json_object, read_jsonl
-from ..layout import (CARDS, CARDS_INDEX, CONFIG, EVAL, METRICS, RESULTS, RESULTS_LAYERS, RUN_INTERP, SCORES,
-                      condition_columns, run_folder)
+from ..layout import (CARDS, CARDS_INDEX, CONFIG, EVAL, METRICS, RESULTS, RESULTS_LAYERS, RESULTS_TRACK, RUN_INTERP,
+                      SCORES, condition_columns, run_folder, track_folder)
 from ..sweep import Condition, design_keys, grid_conditions
 
 
@@ -47,6 +51,16 @@ class RunResult:
     sparsity_curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     cards: Path | None = None
     model: dict[str, Any] | None = None  # config.toml's [model] section
+
+
+@dataclass
+class TrackPoint:
+    """The sweep as it was at one tracked point of training: the runs' checkpoints at that fraction of
+    train.max_steps (1.0: the finished runs)."""
+
+    fraction: float
+    tokens: float  # training tokens at the point (the mean over its runs)
+    sweep: Sweep
 
 
 @dataclass
@@ -165,6 +179,19 @@ def _reading(path: Path, what: str) -> Iterator[None]:
         raise CratelabError(f"{path}: not a valid {what}; delete it, or rerun the command that writes it") from None
 
 
+def _runs_of_rows(rows: list[dict[str, str]], conditions: dict[str, Condition], skip: list[str],
+                  path: Path) -> list[RunResult]:
+    runs = []
+    for row in rows:
+        seed = _number(row.get("seed"))
+        if seed is None:
+            raise CratelabError(f"{path}: run {row.get('name')!r} has no seed")
+        if row.get("condition") in conditions:
+            runs.append(RunResult(name=row["name"], condition=conditions[row["condition"]], seed=int(seed),
+                                  values=_numeric(row, skip)))
+    return runs
+
+
 def read_sweep_results(out_dir: Path, design: SweepConfig) -> Sweep:
     """The finished runs of a sweep folder, grouped by the conditions of `design` (for the report). Runs of
     a condition the design does not have (results of an edited sweep file) are left out."""
@@ -173,14 +200,7 @@ def read_sweep_results(out_dir: Path, design: SweepConfig) -> Sweep:
         raise CratelabError(f"{out_dir / RESULTS} not found: is {out_dir} a sweep output folder?")
     conditions = {c.name: c for c in grid_conditions(design)}
     skip = condition_columns(design_keys(design))
-    runs = []
-    for row in _read_csv(out_dir / RESULTS):
-        seed = _number(row.get("seed"))
-        if seed is None:
-            raise CratelabError(f"{out_dir / RESULTS}: run {row.get('name')!r} has no seed")
-        if row.get("condition") in conditions:
-            runs.append(RunResult(name=row["name"], condition=conditions[row["condition"]], seed=int(seed),
-                                  values=_numeric(row, skip)))
+    runs = _runs_of_rows(_read_csv(out_dir / RESULTS), conditions, skip, out_dir / RESULTS)
     if (out_dir / RESULTS_LAYERS).is_file():
         layer_rows: dict[str, list[dict[str, float | None]]] = {}
         for row in _read_csv(out_dir / RESULTS_LAYERS):
@@ -190,3 +210,29 @@ def read_sweep_results(out_dir: Path, design: SweepConfig) -> Sweep:
     for run in runs:
         _attach_files(run, run_folder(out_dir, run.name))
     return Sweep(out_dir, runs, design)
+
+
+def read_track_points(out_dir: Path, design: SweepConfig) -> list[TrackPoint]:
+    """results_track.csv as one Sweep per tracked point, in training order (none without the file). A tracked
+    run's files (eval.json, scores) are read from its track/step{N}/ folder, the final point's from the run's."""
+    out_dir = Path(out_dir)
+    path = out_dir / RESULTS_TRACK
+    if not path.is_file():
+        return []
+    conditions = {c.name: c for c in grid_conditions(design)}
+    skip = condition_columns(design_keys(design)) + ["track"]
+    by_fraction: dict[float, list[dict[str, str]]] = {}
+    for row in _read_csv(path):
+        fraction = _number(row.get("track"))
+        if fraction is None or _number(row.get("step")) is None:
+            raise CratelabError(f"{path}: run {row.get('name')!r} has a row without its track fraction or step")
+        by_fraction.setdefault(fraction, []).append(row)
+    points = []
+    for fraction, rows in sorted(by_fraction.items()):
+        runs = _runs_of_rows(rows, conditions, skip, path)
+        for run in runs:
+            folder = run_folder(out_dir, run.name)
+            _attach_files(run, folder if fraction == 1.0 else track_folder(folder, int(run.values["step"])))
+        tokens = [r.values["tokens"] for r in runs if r.values.get("tokens") is not None]
+        points.append(TrackPoint(fraction, float(np.mean(tokens)) if tokens else math.nan, Sweep(out_dir, runs, design)))
+    return points

@@ -22,6 +22,7 @@ from ..sweep import Condition
 from .analysis import INTERP_METRICS, Design, Estimator, Metric, layer_intervals, mean_of, run_value
 from .load import Sweep
 from .stats import Interval
+from .track import TrackedEstimate
 
 ARM_COLOR = "0.35"
 
@@ -238,5 +239,33 @@ def plot_sparsity_curves(sweep: Sweep, path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Sparsity during training (mean over interpreted layers and seeds, on the eval batches)")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def plot_track(tokens: Sequence[float], metrics: Sequence[Metric], series: dict[str, list[TrackedEstimate]],
+               path: Path, title: str) -> bool:
+    """Each effect's estimate and CI at every tracked point, against training tokens: a panel per metric,
+    a line per effect (``series``: effect title -> its TrackedEstimate for each metric)."""
+    if len(tokens) < 2 or not series or not metrics:
+        return False
+    fig, axes = _figure(len(metrics), width=4.4, height=3.8)
+    colors = colormaps["tab10"]
+    for ax, (i, metric) in zip(axes, enumerate(metrics)):
+        for j, (label, tracked) in enumerate(series.items()):
+            intervals = tracked[i].intervals
+            shown = [(t, iv) for t, iv in zip(tokens, intervals) if iv.estimate is not None]
+            if not shown:
+                continue
+            xs, ivs = zip(*shown)
+            ax.errorbar(xs, [iv.estimate * metric.scale for iv in ivs], yerr=_errors(ivs, metric.scale),
+                        color=colors(j % 10), marker="o", ms=3, capsize=2, lw=1.2,
+                        label=f"{label} ({tracked[i].verdict})")
+        ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(metric.label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title + ": estimate and CI at each tracked point")
     fig.savefig(path, dpi=110)
     return True

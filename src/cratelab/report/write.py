@@ -2,7 +2,9 @@
 (the same content) and OUT/plots/*.png.
 
 The report follows the sweep's design (its factors, levels, reference and arms), whatever fields it varies.
-Sections, in order: what was run; how the numbers are computed; the effects (for each factor its main effect
+Sections, in order: what was run; how the numbers are computed; whether the answers hold along training (each
+effect at every tracked point, a verdict per effect and metric, the val-loss convergence of each condition:
+track.py); the effects (for each factor its main effect
 and, if numeric, its slope per doubling; each two-factor interaction; each arm against the reference: the
 family analysis.design_effects builds); per-condition results; the paper's numbers (where a GPT arm meets a
 CRATE reference); per-layer results; plots against each factor; the runs.
@@ -18,15 +20,17 @@ from typing import Callable
 
 from ..io import write_text
 from ..config import SweepConfig, level_text
-from ..layout import PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, SWEEP_CONFIG
+from ..layout import PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, RESULTS_TRACK, SWEEP_CONFIG
 from ..sweep import Condition
 from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Design, Effect, Estimator, Metric,
                        design_effects, difference, layer_intervals, mean_of, run_value, settings_text)
 from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
-from .load import RunResult, Sweep, read_sweep_results
+from .load import RunResult, Sweep, TrackPoint, read_sweep_results, read_track_points
 from .plots import (plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_sparsity_curves,
-                    plot_vs_factor)
+                    plot_track, plot_vs_factor)
 from .stats import Interval, t_critical
+from .track import (FLIPPED, MOVING, STABLE, STILL_LEARNING, condition_drops, point_estimators,
+                    tracked_estimate)
 
 TITLE = "CRATE ablation: report"
 # the paper's default-lambda results (paper-facts section 4): CRATE, GPT-2; correlations x 100
@@ -146,7 +150,7 @@ def header(est: Estimator, reference: Condition, generated: datetime) -> list[Bl
     methods = sorted({r.method for r in runs if r.method})
     design = Design(sweep)
     files: list = ["Files: "]
-    for name in (RESULTS, RESULTS_LAYERS, SWEEP_CONFIG):
+    for name in (RESULTS, RESULTS_LAYERS, RESULTS_TRACK, SWEEP_CONFIG):
         if (sweep.out_dir / name).is_file():
             files += [Link(name, name), " "]
     missing = missing_runs(sweep)
@@ -196,7 +200,110 @@ def methods(est: Estimator) -> list[Block]:
         f"family at or below {1 - est.confidence:g}. Differences without a p-value (1 seed) are not adjusted.",
         "Unscorable neurons (a constant real or simulated side) have no score: they are counted below and left "
         "out of the means, never hidden.",
+        ("Along training (sweep.track): each tracked checkpoint is evaluated and scored with the same settings as "
+         "the final one, and every effect is estimated at each point by the same code, with the Holm family taken "
+         "within that point. The verdict compares the last two tracked points: flipped = the estimate changed "
+         "sign and is significant at either point; stable = the same significance at both, and the same sign (or "
+         "significant at neither); still moving = anything else (the same sign, but significant at one point "
+         "only), or fewer than two points with an interval (one seed gives loss and sparsity none)."),
+        (f"Convergence: a condition's val loss at 3/4 of its training tokens (interpolated between evaluations) "
+         f"against its last value, as a share of the former, averaged over seeds; a drop above "
+         f"{100 * STILL_LEARNING:g}% marks it as still learning."),
     ])]
+
+
+# ---------------------------------------------------------------- along training
+
+TRACK_HEADING = "Do the answers hold along training?"
+TRACKED_KINDS = ("main", "slope", "arm")  # drawn against training tokens (interactions are in the table only)
+
+
+def fmt_tokens(tokens: float) -> str:
+    return f"{tokens / 1e6:.2f}M tokens" if tokens >= 1e5 else f"{tokens:,.0f} tokens"
+
+
+def track_cell(iv: Interval, significant: bool | None, metric: Metric) -> str:
+    return fmt_interval(iv, metric, signed=True) + (" *" if significant else "")
+
+
+def convergence_blocks(sweep: Sweep) -> tuple[list[Block], bool]:
+    """A line per condition (its last-quarter val-loss drop), and whether any condition is still learning."""
+    drops = condition_drops(sweep)
+    items: list[Text] = []
+    learning = []
+    for name, (drop, n) in drops.items():
+        if drop is None:
+            items.append(f"{name}: no training curve with an evaluation before 3/4 of training.")
+            continue
+        still = drop > STILL_LEARNING
+        learning += [name] if still else []
+        items.append(f"{name}: val loss fell {100 * drop:.2f}% over the last quarter of training (mean of {n} "
+                     f"seed{'s' if n != 1 else ''})" + (": still learning." if still else "."))
+    blocks: list[Block] = [Heading(3, "Convergence"), Bullets(items)]
+    if learning:
+        blocks.append(Paragraph(
+            f"Warning: {len(learning)} of {len(drops)} conditions are still learning (val loss fell more than "
+            f"{100 * STILL_LEARNING:g}% over the last quarter of training: {', '.join(learning)}). Effects measured "
+            f"on models that are still learning can change size or sign with more training; read them together "
+            f"with the verdicts above, and train longer (e.g. configs/seed-ablation-long.toml) before drawing "
+            f"conclusions."))
+    return blocks, bool(learning)
+
+
+def track_section(est: Estimator, effects: list[Effect], points: list[TrackPoint], plots_dir: Path
+                  ) -> tuple[list[Block], list[Block]]:
+    """The verdicts with the convergence lines (the top of the answers), and the plots (drawn later with
+    the others); the tracked estimates come from one Estimator per point."""
+    blocks: list[Block] = [Heading(2, TRACK_HEADING)]
+    convergence, learning = convergence_blocks(est.sweep)
+    metrics = measured_metrics(est)
+    if len(points) < 2 or not effects:
+        why = ("the sweep kept no checkpoint along training (sweep.track is empty)" if len(points) < 2
+               else "the sweep has a single condition")
+        blocks.append(Paragraph(f"Not measured: {why}, so whether the answers below hold with more (or less) "
+                                f"training is unknown." + (" This report is an early-training preview: the "
+                                                            "models are still learning." if learning else "")))
+        return blocks + convergence, []
+    estimators = point_estimators(points, [e.contrast for e in effects], metrics, est.confidence, est.seed,
+                                  est.n_boot)
+    tracked = {(e.title, m.column): tracked_estimate(estimators, m, e.contrast) for e in effects for m in metrics}
+    counts = Counter(t.verdict for t in tracked.values())
+    last = f"{fmt_tokens(points[-2].tokens)} and {fmt_tokens(points[-1].tokens)}"
+    summary = (f"Verdicts over the last two tracked points ({last} of training), for {len(tracked)} (effect, "
+               f"metric) pairs: {counts[STABLE]} {STABLE}, {counts[MOVING]} {MOVING}, {counts[FLIPPED]} {FLIPPED}.")
+    if counts[STABLE] == len(tracked) and not learning:
+        summary += " The answers below hold over the last two tracked points."
+    elif counts[STABLE] == len(tracked):
+        summary += (" The answers below hold over the last two tracked points, but the models are still learning "
+                    "(see Convergence): this report is an early-training preview; more training may change them.")
+    else:
+        summary += (" This report is an early-training preview: some of its answers are still changing with "
+                    "training" + (" and the models are still learning" if learning else "")
+                    + "; more training may change them.")
+    blocks.append(Paragraph(summary))
+    changing = [f"{title} on {next(m.label for m in metrics if m.column == column)} ({t.verdict})"
+                for (title, column), t in tracked.items() if t.verdict != STABLE and any(t.significant)]
+    if changing:
+        blocks.append(Paragraph("Not stable, and significant at some tracked point: " + "; ".join(changing) + "."))
+    blocks += convergence
+    columns = ["effect", "metric"] + [f"{fmt_tokens(p.tokens)} ({p.fraction:g})" for p in points] + ["verdict"]
+    rows = [[e.title, m.label] + [track_cell(iv, sig, m) for iv, sig in zip(t.intervals, t.significant)] + [t.verdict]
+            for e in effects for m in metrics for t in [tracked[(e.title, m.column)]]]
+    blocks.append(Table(columns, rows, f"Each effect at each tracked point (training tokens, fraction of "
+                                       f"train.max_steps): estimate [{pct(est.confidence)} CI]; * significant "
+                                       f"after the Holm adjustment at that point", numeric=set(range(2, 2 + len(points)))))
+    drawn = [e for e in effects if e.kind in TRACKED_KINDS]
+    tokens = [p.tokens for p in points]
+    groups = [("loss", [m for m in metrics if m.column in ("val_loss", "zero_frac")]),
+              ("interp", [m for m in metrics if m.protocol])]
+    figures_blocks: list[Block] = []
+    for stem, chosen in groups:
+        filename = f"track_{stem}.png"
+        series = {e.title: [tracked[(e.title, m.column)] for m in chosen] for e in drawn}
+        title = f"Effects against training tokens ({', '.join(m.label for m in chosen)})"
+        if chosen and plot_track(tokens, chosen, series, plots_dir / filename, title):
+            figures_blocks += [Heading(3, title), Image(f"{plots_dir.name}/{filename}", title)]
+    return blocks, figures_blocks
 
 
 # ---------------------------------------------------------------- answers
@@ -386,7 +493,7 @@ def per_layer(est: Estimator) -> list[Block]:
                                            f"Mean [{pct(est.confidence)} CI] over seeds", numeric={1, 2, 3, 4, 5})]
 
 
-def figures(est: Estimator, plots_dir: Path) -> list[Block]:
+def figures(est: Estimator, plots_dir: Path, drawn: list[Block] = ()) -> list[Block]:
     interp = [m for m in INTERP_METRICS if any(run_value(r, m) is not None for r in est.sweep.runs)]
     specs: list[tuple[str, str, Callable[[Path], bool]]] = []
     for factor in est.sweep.design.factors:
@@ -407,10 +514,7 @@ def figures(est: Estimator, plots_dir: Path) -> list[Block]:
         ("training_curves.png", "Training curves", lambda p: plot_curves(est.sweep, p)),
         ("sparsity_curves.png", "Sparsity during training", lambda p: plot_sparsity_curves(est.sweep, p)),
     ]
-    blocks: list[Block] = [Heading(2, "Plots")]
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    for stale in plots_dir.glob("*.png"):  # a figure from an earlier report (or design) must not survive
-        stale.unlink()
+    blocks: list[Block] = [Heading(2, "Plots"), *drawn]
     for filename, title, draw in specs:
         if draw(plots_dir / filename):
             blocks += [Heading(3, title), Image(f"{plots_dir.name}/{filename}", title)]
@@ -437,15 +541,21 @@ def runs_section(est: Estimator) -> list[Block]:
 
 # ---------------------------------------------------------------- entry point
 
-def build(est: Estimator, plots_dir: Path, generated: datetime) -> list[Block]:
+def build(est: Estimator, plots_dir: Path, generated: datetime, points: list[TrackPoint] = ()) -> list[Block]:
+    """The report's blocks; ``points``: the sweep at each tracked point of training (read_track_points)."""
     reference = est.sweep.reference
     if not est.sweep.runs:
         return header(est, reference, generated) + [Paragraph(f"{RESULTS} lists no finished run yet: nothing to "
                                                               f"report.")]
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for stale in plots_dir.glob("*.png"):  # a figure from an earlier report (or design) must not survive
+        stale.unlink()
     effects = design_effects(est.sweep)
     est.set_family([effect.contrast for effect in effects], measured_metrics(est))
-    return (header(est, reference, generated) + methods(est) + effects_section(est, effects) + per_condition(est)
-            + paper_section(est, reference) + per_layer(est) + figures(est, plots_dir) + runs_section(est))
+    along, along_plots = track_section(est, effects, list(points), plots_dir)
+    return (header(est, reference, generated) + methods(est) + along + effects_section(est, effects)
+            + per_condition(est) + paper_section(est, reference) + per_layer(est)
+            + figures(est, plots_dir, along_plots) + runs_section(est))
 
 
 def write_report(out_dir: Path, design: SweepConfig, confidence: float = 0.95, seed: int = 0,
@@ -456,7 +566,7 @@ def write_report(out_dir: Path, design: SweepConfig, confidence: float = 0.95, s
     out_dir = Path(out_dir)
     sweep = read_sweep_results(out_dir, design)
     est = Estimator(sweep, confidence=confidence, seed=seed, n_boot=n_boot)
-    blocks = build(est, out_dir / PLOTS, datetime.now(timezone.utc))
+    blocks = build(est, out_dir / PLOTS, datetime.now(timezone.utc), read_track_points(out_dir, design))
     # atomically: a full disk leaves the previous report whole
     write_text(out_dir / REPORT_MD, to_markdown(blocks))
     write_text(out_dir / REPORT_HTML, to_html(TITLE, blocks))
