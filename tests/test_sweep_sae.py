@@ -126,11 +126,16 @@ def test_smoke_sweep_crate_gpt_and_gpt_sae(tmp_path):
     assert [row["layer"] for row in layers] == ["0", "1"] and all(row["sae_fvu"] != "" for row in layers)
 
     report = (out / "report.md").read_text().replace("\\", "")
-    assert "gpt+sae − reference" in report and "an SAE on each layer's interpreted neurons of the gpt-relu runs" in report
+    assert "gpt+sae − reference" in report
+    assert "an SAE on each layer's interpreted neurons of the gpt-relu runs" in report
     assert "ours gpt-relu" in report  # the paper's comparison stays CRATE against the trained GPT
 
     # a rerun finds every run finished: nothing is trained again, no SAE either
-    before = {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/ckpt.pt"), *out.glob("runs/*/sae/*/cfg.json")]}
+    def stamps():
+        return {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/ckpt.pt"), *out.glob("runs/*/sae/*/cfg.json")]}
+
+    before = stamps()
+    assert len(before) == 4
     proc = cratelab(*args, cache=cache)
     assert proc.returncode == 0 and "3 already finished" in proc.stderr
-    assert before == {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/ckpt.pt"), *out.glob("runs/*/sae/*/cfg.json")]}
+    assert before == stamps()

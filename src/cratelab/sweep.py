@@ -88,8 +88,9 @@ def condition_settings(sweep: SweepConfig, condition: Condition) -> dict[str, An
         return dict(condition.levels)
     arm = next(a for a in sweep.arms if a.name == condition.name)
     if arm.derived:  # an SAE arm: its base condition's model and training
-        base = sweep.reference_levels() if arm.of == REFERENCE_ARM else condition_settings(sweep, Condition(arm.of, arm=True))
-        return base | arm.set
+        if arm.of == REFERENCE_ARM:
+            return sweep.reference_levels() | arm.set
+        return condition_settings(sweep, Condition(arm.of, arm=True)) | arm.set
     return sweep.reference_levels() | arm.set
 
 
@@ -173,8 +174,8 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
         return finished
     if damage:
         print(f"{damage}: redoing the run", file=sys.stderr)
-    if run.base:
-        return _run_sae_arm(run, out_dir, threads)
+    if run.base:  # an SAE arm trains SAEs in one process: under torchrun, rank 0 alone
+        return _run_sae_arm(run, out_dir, threads) if is_main_process() else {}
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = run.config
     if threads and not cfg.train.threads:
