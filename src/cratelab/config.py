@@ -326,14 +326,24 @@ class RunConfig:
 
 
 FACTOR_LEVEL_TYPES = (bool, int, float, str)
+REFERENCE_ARM = "reference"  # Arm.of naming the reference condition (a CRATE + SAE arm)
 
 
 @dataclass
 class Arm:
-    """A named condition outside the grid: the reference condition with `set` applied (e.g. the GPT baseline)."""
+    """A named condition outside the grid: the reference condition with `set` applied (e.g. the GPT baseline);
+    or, with `of`, a sparse autoencoder on each interpreted layer of another condition's trained runs (the
+    paper's GPT + SAE arm): `of` names that arm (or "reference"), `sae` holds [sae] settings (checked by
+    SAEConfig when the sweep is planned), and `set` may change only interp.* settings."""
 
     name: str
-    set: dict[str, Any]
+    set: dict[str, Any] = field(default_factory=dict)
+    of: str = ""  # "": a trained arm; else the condition whose runs the SAEs are trained on
+    sae: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.of)
 
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -422,15 +432,23 @@ class SweepConfig:
             require(level_text(value) in map(level_text, self.factors[key]), f"{p}reference.{key}",
                     f"must be one of the factor's levels {self.factors[key]}, got {value!r}")
         names = [arm.name for arm in self.arms]
+        trained = [arm.name for arm in self.arms if not arm.derived]
         for i, arm in enumerate(self.arms):
             name = f"{p}arms[{i}]"
             require(bool(arm.name) and all(c.isalnum() or c in "._-+" for c in arm.name), name + ".name",
                     f"must be a non-empty name of letters, digits and . _ - +, got {arm.name!r}")
             require(names.count(arm.name) == 1, name + ".name", f"two arms are named {arm.name!r}")
-            require(bool(arm.set), name + ".set", "must set at least one section.key")
+            require(arm.name != REFERENCE_ARM, name + ".name", f"{REFERENCE_ARM!r} names the reference condition")
+            require(arm.derived or bool(arm.set), name + ".set", "must set at least one section.key")
+            require(arm.derived or not arm.sae, name + ".sae", "needs `of`: the condition the SAEs are trained on")
+            require(not arm.derived or arm.of in (REFERENCE_ARM, *trained), name + ".of",
+                    f"must name a trained arm or {REFERENCE_ARM!r} (arms: {', '.join(trained) or 'none'}), "
+                    f"got {arm.of!r}")
             for key in arm.set:
                 require(len(key.split(".")) == 2 and all(key.split(".")), f"{name}.set.{key}",
                         "must be a run-config field written as section.key")
+                require(not arm.derived or key.startswith("interp."), f"{name}.set.{key}",
+                        "an arm with `of` uses its base's model and training: it may set interp.* only")
         require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
         choose(self.launcher, LAUNCHERS, p + "launcher")
         self.slurm.validate(p + "slurm")
@@ -443,7 +461,10 @@ class SweepConfig:
         return {key: self.reference.get(key, levels[0]) for key, levels in self.factors.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        # a trained arm without the SAE keys, as sweep.toml held it before SAE arms (so such sweeps resume)
+        values["arms"] = [{k: v for k, v in arm.items() if v or k in ("name", "set")} for arm in values["arms"]]
+        return values
 
 
 def level_text(value: Any) -> str:
@@ -482,10 +503,13 @@ def sweep_from_dict(values: Any) -> SweepConfig:
         name = f"sweep.arms[{i}]"
         if not isinstance(arm, dict):
             raise ConfigError(name, f"must be a table with name and set, got {type(arm).__name__}")
-        unknown = sorted(set(arm) - {"name", "set"})
-        require(not unknown, f"{name}.{unknown[0] if unknown else ''}", "unknown key (known: name, set)")
+        unknown = sorted(set(arm) - {"name", "set", "of", "sae"})
+        require(not unknown, f"{name}.{unknown[0] if unknown else ''}", "unknown key (known: name, of, sae, set)")
+        sae = arm.get("sae", {})
+        require(isinstance(sae, dict), name + ".sae", f"must be a table of [sae] settings, got {type(sae).__name__}")
         tables["arms"].append(Arm(_coerce(arm.get("name", ""), str, name + ".name"),
-                                  _dotted(arm.get("set", {}), name + ".set")))
+                                  _dotted(arm.get("set", {}), name + ".set"),
+                                  _coerce(arm.get("of", ""), str, name + ".of"), dict(sae)))
     plain = {f.name for f in dataclasses.fields(SweepConfig)} - set(tables)
     unknown = sorted(set(values) - plain)
     require(not unknown, f"sweep.{unknown[0] if unknown else ''}",

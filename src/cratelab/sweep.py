@@ -34,11 +34,14 @@ from typing import Any
 import tomli_w
 
 from . import layout
-from .config import ConfigError, RunConfig, SweepConfig, changed_settings, config_from_dict, level_text, read_toml
+from .config import (REFERENCE_ARM, ConfigError, RunConfig, SweepConfig, changed_settings, config_from_dict,
+                     level_text, read_toml)
 from .errors import CratelabError
 from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, write_csv, write_json, write_text
 from .runtime import check_threads, cpu_count, is_main_process, set_threads
+from .sae.config import SAEConfig
+from .sweep_sae import arm_interp_neurons, arm_sae_config, run_sae_arm
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class PlannedRun:
     config: RunConfig
     columns: dict[str, Any]  # its condition columns in the results: name, condition, each varied field, seed
     track: tuple[float, ...] = ()  # sweep.track: fractions of train.max_steps also evaluated and scored
+    base: str = ""  # an SAE arm's run: the run whose checkpoint its SAEs are trained on (sweep_sae.py)
+    sae: SAEConfig | None = None  # and their [sae] settings
 
 
 def grid_conditions(sweep: SweepConfig) -> list[Condition]:
@@ -89,6 +94,10 @@ def condition_settings(sweep: SweepConfig, condition: Condition) -> dict[str, An
     if not condition.arm:
         return dict(condition.levels)
     arm = next(a for a in sweep.arms if a.name == condition.name)
+    if arm.derived:  # an SAE arm: its base condition's model and training
+        if arm.of == REFERENCE_ARM:
+            return sweep.reference_levels() | arm.set
+        return condition_settings(sweep, Condition(arm.of, arm=True)) | arm.set
     return sweep.reference_levels() | arm.set
 
 
@@ -107,6 +116,8 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
     keys = design_keys(sweep)
     conditions = grid_conditions(sweep)
     configs = {c.name: _condition_config(shared, condition_settings(sweep, c), c.name) for c in conditions}
+    arms = {arm.name: (i, arm) for i, arm in enumerate(sweep.arms)}
+    reference = next(c.name for c in conditions if not c.arm and _is_reference(sweep, c))
     runs = []
     for seed in sweep.seeds:
         for condition in conditions:
@@ -114,9 +125,22 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
                                       interp=dataclasses.replace(cfg.interp, seed=seed))
             name = f"{condition.name}-s{seed}"
+            index, arm = arms.get(condition.name, (0, None))
+            if arm is None or not arm.derived:
+                runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys),
+                                       tuple(sweep.track)))
+                continue
+            base = reference if arm.of == REFERENCE_ARM else arm.of
+            cfg = dataclasses.replace(cfg, interp=dataclasses.replace(
+                cfg.interp, neurons=arm_interp_neurons(arm, configs[base])))
             runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys),
-                                   tuple(sweep.track)))
+                                   base=f"{base}-s{seed}", sae=arm_sae_config(arm, index, cfg)))
     return runs
+
+
+def _is_reference(sweep: SweepConfig, condition: Condition) -> bool:
+    levels = {key: level_text(v) for key, v in sweep.reference_levels().items()}
+    return {key: level_text(v) for key, v in condition.levels.items()} == levels
 
 
 def tracked_steps(fractions: tuple[float, ...] | list[float], max_steps: int) -> dict[int, float]:
@@ -169,6 +193,8 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
         return finished
     if damage:
         print(f"{damage}: redoing the run", file=sys.stderr)
+    if run.base:  # an SAE arm trains SAEs in one process: under torchrun, rank 0 alone
+        return _run_sae_arm(run, out_dir, threads) if is_main_process() else {}
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = run.config
     if threads and not cfg.train.threads:
@@ -226,6 +252,17 @@ def score_checkpoint(run: PlannedRun, ckpt: Any, cfg: RunConfig, folder: Path, t
             layer_row[layout.nan_column(protocol)] = scored["n_unscorable"] if scored else None
         row["layers"].append(layer_row)
     return row
+
+
+def _run_sae_arm(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:
+    """An SAE arm's run: SAEs on its base run, which must be finished (the sweep runs the bases first)."""
+    base_dir = layout.run_folder(out_dir, run.base)
+    base_row, damage = read_result(base_dir / layout.RUN_RESULT)
+    if base_row is None:
+        raise CratelabError(f"{run.name} builds on the run {run.base}, which is not finished"
+                            f"{f' ({damage})' if damage else ''}: run {run.base} first")
+    return run_sae_arm(layout.run_folder(out_dir, run.name), base_dir, base_row, run.config, run.sae, run.columns,
+                       threads)
 
 
 def run_logged(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:
@@ -324,7 +361,9 @@ def print_commands(config_path: str | Path, out_dir: Path, overrides: list[str],
     """One command per run, for a cluster scheduler (a Slurm array line each; prefix torchrun for DDP)."""
     extra = (["--smoke"] if smoke else []) + [part for o in overrides for part in ("--set", o)]
     for run in runs:
-        print(shlex.join(["cratelab", "ablate", str(config_path), "--out", str(out_dir), "--only", run.name, *extra]))
+        after = f"   # after {run.base}" if run.base else ""
+        print(shlex.join(["cratelab", "ablate", str(config_path), "--out", str(out_dir), "--only", run.name, *extra])
+              + after)
     print(shlex.join(["cratelab", "report", str(out_dir)]) + "   # after the runs: results.csv and the report")
 
 
@@ -377,11 +416,13 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
     print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished), {sweep.launcher} launcher, "
           f"{at_once} -> {out_dir}", file=sys.stderr)
     failures = []
+    waves = [[r for r in todo if not r.base], [r for r in todo if r.base]]  # SAE arms after their base runs
     with tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not show_bar, unit="run") as bar:
-        for row, failure in _execute(todo, out_dir, sweep, workers, threads):
-            bar.update()
-            tqdm.write(failure or _row_line(row), file=sys.stderr)
-            failures += [failure] if failure else []
+        for wave in waves:
+            for row, failure in _execute(wave, out_dir, sweep, workers, threads):
+                bar.update()
+                tqdm.write(failure or _row_line(row), file=sys.stderr)
+                failures += [failure] if failure else []
     print(f"sweep finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     rows = collect_results(out_dir, sweep, expand(base, sweep))
     if failures:

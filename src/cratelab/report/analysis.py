@@ -199,6 +199,15 @@ class Design:
     def settings(self, condition: Condition) -> dict:
         return condition_settings(self._sweep.design, condition)
 
+    def describe(self, arm: Condition) -> str:
+        """An arm's settings in words; an SAE arm's say which condition's runs its SAEs are trained on."""
+        spec = next(a for a in self._sweep.design.arms if a.name == arm.name)
+        if not spec.derived:
+            return settings_text(self.settings(arm))
+        sae = ", ".join(f"sae.{key} = {level_text(value)}" for key, value in spec.sae.items())
+        return (f"an SAE on each layer's interpreted neurons of the {spec.of} runs"
+                + "".join(f"; {text}" for text in (sae, settings_text(spec.set)) if text))
+
     def is_numeric(self, factor: str) -> bool:
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.factors[factor])
 
@@ -269,7 +278,7 @@ def design_effects(sweep: Sweep) -> list[Effect]:
     reference = sweep.reference
     for arm in design.arms:
         effects.append(Effect("arm", (), f"{arm.name} − reference",
-                              f"the arm {arm.name} ({settings_text(design.settings(arm))}) minus the reference "
+                              f"the arm {arm.name} ({design.describe(arm)}) minus the reference "
                               f"condition {reference.name}", difference(arm, reference)))
     return effects
 

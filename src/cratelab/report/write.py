@@ -102,7 +102,8 @@ def gpt_condition(sweep: Sweep) -> Condition | None:
     """An arm that trains the GPT baseline, when the reference condition is CRATE: the paper's comparison."""
     if arch_of(sweep, sweep.reference) != "crate":
         return None
-    return next((c for c in sweep.conditions if c.arm and arch_of(sweep, c) == "gpt"), None)
+    trained = {arm.name for arm in sweep.design.arms if not arm.derived}  # not a GPT + SAE arm
+    return next((c for c in sweep.conditions if c.name in trained and arch_of(sweep, c) == "gpt"), None)
 
 
 def measured_metrics(est: Estimator) -> list[Metric]:
@@ -159,7 +160,7 @@ def header(est: Estimator, reference: Condition, generated: datetime) -> list[Bl
         f"{', '.join(map(str, sweep.seeds)) or 'none'}.",
         "Factors (a full grid): " + ("; ".join(f"{key} in {{{', '.join(map(level_text, levels))}}}"
                                                for key, levels in design.factors.items()) or "none") + ".",
-        "Arms: " + ("; ".join(f"{arm.name} ({settings_text(design.settings(arm))})" for arm in design.arms)
+        "Arms: " + ("; ".join(f"{arm.name} ({design.describe(arm)})" for arm in design.arms)
                     or "none") + ".",
         "Missing runs (not in results.csv): " + ("; ".join(missing) + "." if missing else "none."),
         f"Model: {model_description(sweep)} (in the reference condition). Parameters: {parameter_counts(sweep)}.",

@@ -53,14 +53,21 @@ def load_sae_run(folder: SAEFolder):
     return ckpt
 
 
-def sae_source(folder: SAEFolder) -> ActivationSource:
-    """The SAE's features at its hook point: interpret scores them with the same records and protocols as neurons."""
+def sae_source(folder: SAEFolder, features: list[int] | None = None) -> ActivationSource:
+    """The SAE's features at its hook point: interpret scores them with the same records and protocols as neurons.
+    With `features`, only those (unit i is feature features[i]): records are built for them alone, so a
+    sample of a wide SAE costs what its size does, not what d_sae does."""
     sae = folder.sae
+    index = None if features is None else torch.as_tensor(features, dtype=torch.long)
 
     @torch.no_grad()
     def encode(acts: torch.Tensor) -> torch.Tensor:
-        return sae.to(acts.device).encode(acts.float())
+        codes = sae.to(acts.device).encode(acts.float())
+        return codes if index is None else codes[..., index.to(codes.device)]
 
     identity = {"kind": "sae", "hook": folder.hook, "d_sae": sae.cfg.d_sae,
                 "sae_sha256": sha256_file(folder.path / SAELENS_FILES[0])}
-    return ActivationSource(sae.cfg.d_sae, lambda _layer: folder.hook, encode, identity)
+    if features is not None:
+        identity["features"] = list(features)
+    return ActivationSource(sae.cfg.d_sae if index is None else len(features), lambda _layer: folder.hook, encode,
+                            identity)
