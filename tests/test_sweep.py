@@ -37,7 +37,9 @@ def test_every_model_sees_at_least_half_a_million_tokens():
 def test_the_long_ablation_is_the_same_grid_trained_past_six_million_tokens_with_four_points():
     base, sweep = load_sweep_config(CONFIG)
     long_base, long_sweep = load_sweep_config("configs/seed-ablation-long.toml")
-    assert [r.name for r in expand(long_base, long_sweep)] == [r.name for r in expand(base, sweep)]
+    long_runs = expand(long_base, long_sweep)
+    assert [r.name for r in long_runs if not r.base] == [r.name for r in expand(base, sweep)]
+    assert [r.base for r in long_runs if r.base] == [f"gpt-relu-s{s}" for s in sweep.seeds]  # + the GPT+SAE arm
     t = long_base.train
     assert t.max_steps * t.batch_size * t.grad_accum * long_base.model.block_size >= 6_000_000
     assert tracked_steps(long_sweep.track, t.max_steps) == {500: 0.125, 1000: 0.25, 2000: 0.5}
