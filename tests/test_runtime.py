@@ -1,5 +1,6 @@
 """cratelab.runtime: device names, the autocast dtype, thread bounds, torchrun's place, memory checks."""
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -57,3 +58,21 @@ def test_bf16_only_on_gpus_with_bf16_units(major, expected, monkeypatch):
     if expected is None:
         with pytest.raises(CratelabError, match="train.dtype = 'bfloat16' needs a CUDA GPU with bf16 support"):
             autocast_dtype("bfloat16", torch.device("cuda", 0))
+
+
+def _keep_freed_memory_in_fresh_process(env: dict) -> str:
+    # the setting is process-wide and permanent: a child process keeps it away from the other tests
+    import subprocess
+    import sys
+    code = "from cratelab.runtime import keep_freed_memory; print(keep_freed_memory())"
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_applies_on_glibc_unless_the_user_tunes_malloc():
+    import os
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")}
+    assert _keep_freed_memory_in_fresh_process(env) == "True"
+    assert _keep_freed_memory_in_fresh_process({**env, "MALLOC_MMAP_THRESHOLD_": "131072"}) == "False"

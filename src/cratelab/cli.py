@@ -390,8 +390,10 @@ def _output_folder(args) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     from .errors import CratelabError
+    from .runtime import keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         args.func(args)
     except (ConfigError, CratelabError) as err:

@@ -25,6 +25,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 from .config import SlurmConfig
+from .runtime import keep_freed_memory
 
 POLL_S = 1.0  # how often job states are read (submitit's Slurm watcher calls sacct at most once a minute)
 
@@ -55,6 +56,7 @@ class RunJob(Checkpointable):
         self.task = task
 
     def __call__(self) -> Any:
+        keep_freed_memory()  # a job is a fresh interpreter, not the CLI
         if submitit.JobEnvironment().num_tasks > 1:
             # every GPU stays visible: train() picks cuda:LOCAL_RANK, as under torchrun
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False)

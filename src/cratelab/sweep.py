@@ -39,7 +39,7 @@ from .config import (REFERENCE_ARM, ConfigError, RunConfig, SweepConfig, changed
 from .errors import CratelabError
 from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, write_csv, write_json, write_text
-from .runtime import check_threads, cpu_count, is_main_process, set_threads
+from .runtime import check_threads, cpu_count, is_main_process, keep_freed_memory, set_threads
 from .sae.config import SAEConfig
 from .sweep_sae import arm_interp_neurons, arm_sae_config, run_sae_arm
 
@@ -507,7 +507,7 @@ def _execute_here(runs: list[PlannedRun], out_dir: Path, workers: int, threads: 
             yield run_logged(run, out_dir, threads)
         return
     # spawn, not fork: torch's thread pools do not survive a fork
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_start_worker,
                              initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(run_logged, run, out_dir, threads) for run in runs}
         try:
@@ -521,9 +521,11 @@ def _execute_here(runs: list[PlannedRun], out_dir: Path, workers: int, threads: 
             raise
 
 
-def _die_with_parent(parent: int) -> None:
-    """In a worker: end when the sweep process ends, even by SIGKILL. An orphaned worker would finish its
-    run while a rerun of the sweep starts the same run again in the same folder."""
+def _start_worker(parent: int) -> None:
+    """In a worker (a fresh interpreter): the CLI's allocator setting, and an end when the sweep process
+    ends, even by SIGKILL. An orphaned worker would finish its run while a rerun of the sweep starts the
+    same run again in the same folder."""
+    keep_freed_memory()
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
