@@ -151,6 +151,28 @@ def test_each_evaluation_logs_the_sparsity_that_evaluate_measures(tiny, tmp_path
         assert all(f"sparsity/layer0/{stat}" in row for row in read_metrics(out) for stat in ("l0", "dead_frac"))
 
 
+def test_training_writes_the_checkpoints_evaluation_that_cratelab_eval_computes(tiny, tmp_path):
+    """eval.json beside each checkpoint training saves (the run's and a kept one) is what evaluating the
+    checkpoint afterwards gives, so a sweep need not evaluate it again; a stale or other-sized one is not reused."""
+    from cratelab.evaluate import evaluate_checkpoint, read_evaluation
+    from cratelab.layout import track_folder
+
+    cfg = tiny(max_steps=4, eval_interval=4)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False, keep_steps=[2])
+    for folder, step in ((out, 4), (track_folder(out, 2), 2)):
+        written = read_evaluation(folder, step, cfg.eval.tokens)
+        assert written is not None, folder
+        assert read_evaluation(folder, step + 1, cfg.eval.tokens) is None
+        assert read_evaluation(folder, step, cfg.eval.tokens + 1) is None
+        again = evaluate_checkpoint(load_checkpoint(folder), device="cpu")
+        assert written.tokens == again.tokens
+        assert math.isclose(written.val_loss, again.val_loss, rel_tol=1e-6)
+        assert math.isclose(written.bpb, again.bpb, rel_tol=1e-6)
+        assert [s.zero_frac for s in written.layers] == [s.zero_frac for s in again.layers]
+        assert [s.density_hist for s in written.layers] == [s.density_hist for s in again.layers]
+
+
 def test_sparsity_reaches_tensorboard(tiny, tmp_path, monkeypatch):
     """train.log = "tensorboard" gets every metrics.jsonl value, the sparsity included (a stand-in writer:
     the test does not need the tensorboard package)."""
@@ -277,6 +299,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monke
         forward, calls = model.forward, []
 
         def forward_with_nan(idx, targets=None):
+            if targets is None:  # evaluation
+                return forward(idx)
             logits, loss = forward(idx, targets)
             if model.training:
                 calls.append(1)

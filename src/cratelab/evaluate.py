@@ -8,11 +8,16 @@ dead when it never fires on the evaluation tokens and dense when it fires on mor
 
 from __future__ import annotations
 
+import json
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
 from .layout import EVAL
 from .models import LanguageModel, encoder_weight, neuron_hook_name
@@ -93,29 +98,64 @@ def dictionary_norm(model: LanguageModel, layer: int) -> float:
 
 @torch.no_grad()
 def evaluate(model: LanguageModel, windows: torch.Tensor, token_bytes: np.ndarray,
-             dense_threshold: float = 0.1, batch_size: int = 16, device: str | torch.device = "cpu") -> EvalResult:
-    """Evaluate on `windows` (N, block_size + 1) token ids: inputs are [:, :-1], targets [:, 1:]."""
-    model.eval()
+             dense_threshold: float = 0.1, batch_size: int = 16, device: str | torch.device = "cpu",
+             forward: torch.nn.Module | None = None, autocast: AbstractContextManager | None = None,
+             ddp: bool = False) -> EvalResult:
+    """Evaluate on `windows` (N, block_size + 1) token ids: inputs are [:, :-1], targets [:, 1:].
+
+    The same function evaluates during training: ``forward`` is the module that runs the batches (the
+    model itself, or its compiled wrapper; the hooks that count sparsity go on ``model``), ``autocast`` the
+    training's, and under DDP (``ddp``) each process holds a share of the windows and the sums are reduced."""
+    forward = forward or model
+    was_training = forward.training
+    forward.eval()
     n_layer, h = model.config.n_layer, model.config.n_neurons
-    hooks = [neuron_hook_name(model.config, layer) for layer in range(n_layer)]
     byte_lengths = torch.as_tensor(token_bytes, dtype=torch.float64)
     sparsity = SparsityCounter(n_layer, h)
-    nats = n_bytes = n_tokens = 0.0
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size].to(device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        logits, cache = model.run_with_cache(x, names=hooks)
-        token_nats = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        nats += token_nats.double().sum().item()
-        n_bytes += byte_lengths[y.reshape(-1).cpu()].sum().item()
-        n_tokens += y.numel()
-        for layer, name in enumerate(hooks):
-            sparsity.add(layer, cache[name])
+    count_layer = lambda layer: lambda acts, _name: sparsity.add(layer, acts)  # noqa: E731
+    sums = torch.zeros(3, dtype=torch.float64)  # nats, bytes, tokens
+    with model.hooks([(neuron_hook_name(model.config, layer), count_layer(layer)) for layer in range(n_layer)]):
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start:start + batch_size].to(device)
+            x, y = batch[:, :-1], batch[:, 1:]
+            with autocast or nullcontext():
+                logits = forward(x)
+            nats = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+            sums += torch.tensor([nats.item(), byte_lengths[y.reshape(-1).cpu()].sum().item(), y.numel()],
+                                 dtype=torch.float64)
+    forward.train(was_training)
+    if ddp:
+        reduced = torch.cat([sums, sparsity.counts.reshape(-1)]).to(device)
+        dist.all_reduce(reduced)
+        reduced = reduced.cpu()
+        sums, sparsity.counts = reduced[:3], reduced[3:].reshape(sparsity.counts.shape)
+    nats, n_bytes, n_tokens = sums.tolist()
     layers = [sparsity.layer_sparsity(layer, dense_threshold, dictionary_norm(model, layer)) for layer in range(n_layer)]
     val_loss = nats / n_tokens
     return EvalResult(tokens=int(n_tokens), val_loss=val_loss, perplexity=math.exp(min(val_loss, 700.0)),
                       bpb=nats / math.log(2) / max(n_bytes, 1.0), layers=layers)
+
+
+def write_evaluation(result: EvalResult, folder: Path, step: int, requested_tokens: int) -> None:
+    """``eval.json``: the evaluation of the checkpoint in ``folder`` at ``step``, of ``requested_tokens``
+    (the setting that chose the windows)."""
+    from .io import write_json
+
+    write_json(folder / EVAL, result.to_dict() | {"checkpoint": str(folder), "step": step,
+                                                  "requested_tokens": requested_tokens})
+
+
+def read_evaluation(folder: Path, step: int, requested_tokens: int) -> EvalResult | None:
+    """The evaluation in ``folder``'s eval.json when it is of the checkpoint at ``step`` with the same token
+    setting (as training writes it at each evaluation); None when missing, older or unreadable."""
+    try:
+        data = json.loads((folder / EVAL).read_text())
+        if data.get("step") != step or data.get("requested_tokens") != requested_tokens:
+            return None
+        return EvalResult(tokens=data["tokens"], val_loss=data["val_loss"], perplexity=data["perplexity"],
+                          bpb=data["bpb"], layers=[LayerSparsity(**layer) for layer in data["layers"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def format_table(result: EvalResult) -> str:
@@ -134,7 +174,6 @@ def evaluate_checkpoint(ckpt, tokens: int = 0, device: str = "auto", progress: b
     """Evaluate a loaded checkpoint on its own held-out split and write ``eval.json`` into its folder."""
 
     from .checkpoint import check_tokenizer
-    from .io import write_json
     from .data.batches import eval_windows
     from .data.shards import prepare_dataset
     from .runtime import resolve_device
@@ -146,6 +185,5 @@ def evaluate_checkpoint(ckpt, tokens: int = 0, device: str = "auto", progress: b
     target = resolve_device(device)
     result = evaluate(ckpt.model.to(target), windows, dataset.tokenizer.token_byte_lengths(),
                       dense_threshold=cfg.eval.dense_threshold, device=target)
-    report = result.to_dict() | {"checkpoint": str(ckpt.path), "step": ckpt.step}
-    write_json(ckpt.path / EVAL, report)
+    write_evaluation(result, ckpt.path, ckpt.step, tokens or cfg.eval.tokens)
     return result

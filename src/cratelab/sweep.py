@@ -227,10 +227,12 @@ def score_checkpoint(run: PlannedRun, ckpt: Any, cfg: RunConfig, folder: Path, t
                      train_s: float | None) -> dict[str, Any]:
     """Evaluate and score one checkpoint of a run (its final one or a tracked one) into ``folder``
     (eval.json, interp/); its results row with the per-layer rows under "layers"."""
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint, read_evaluation
     from .interp.run import interpret
 
-    evaluation = evaluate_checkpoint(ckpt, device=cfg.train.device)
+    # training evaluated the checkpoint on these windows already (in float32; under autocast it wrote none)
+    evaluation = (read_evaluation(folder, ckpt.step, cfg.eval.tokens)
+                  or evaluate_checkpoint(ckpt, device=cfg.train.device))
     summary = interpret(ckpt, folder / layout.RUN_INTERP, cfg.interp, progress=False)
 
     row: dict[str, Any] = dict(run.columns) | {

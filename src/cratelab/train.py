@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Collection
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,10 @@ from .data.batches import TrainBatches, eval_windows
 from .data.shards import prepare_dataset
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
-from .evaluate import SparsityCounter, dictionary_norm, training_sparsity_metrics
+from .evaluate import evaluate, training_sparsity_metrics, write_evaluation
 from .io import append_line, folder_lock, keep_jsonl
 from .layout import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, TRACK, track_folder
-from .models import LanguageModel, build_model, neuron_hook_name
+from .models import build_model
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
 
 
@@ -143,37 +143,6 @@ def nan_message(what: str, value: float, step: int, ckpt_path: Path) -> str:
             "Try a lower train.lr, or train.grad_clip = 1.0")
 
 
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, hooked: LanguageModel, windows: torch.Tensor, batch_size: int,
-                  autocast: AbstractContextManager, device: torch.device, ddp: bool,
-                  dense_threshold: float) -> tuple[float, dict[str, float]]:
-    """Mean next-token loss over the evaluation windows (under DDP each process holds a share of them), and
-    the interpreted layers' sparsity on the same forward passes: hooks on ``hooked``, the plain module
-    that ``model`` runs (itself, or compiled)."""
-    model.eval()
-    cfg = hooked.config
-    sparsity = SparsityCounter(cfg.n_layer, cfg.n_neurons)
-    count_layer = lambda layer: lambda acts, _name: sparsity.add(layer, acts)
-    nats, count = 0.0, 0
-    with hooked.hooks([(neuron_hook_name(cfg, layer), count_layer(layer)) for layer in range(cfg.n_layer)]):
-        for start in range(0, len(windows), batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            with autocast:
-                loss = model(batch[:, :-1], batch[:, 1:])[1]
-            n = batch[:, 1:].numel()
-            nats, count = nats + loss.item() * n, count + n
-    model.train()
-    if ddp:
-        total = torch.tensor([nats, count], dtype=torch.float64, device=device)
-        dist.all_reduce(total)
-        nats, count = total.tolist()
-        counts = sparsity.counts.to(device)
-        dist.all_reduce(counts)
-        sparsity.counts = counts.cpu()
-    layers = [sparsity.layer_sparsity(layer, dense_threshold, dictionary_norm(hooked, layer))
-              for layer in range(cfg.n_layer)]
-    return nats / count, training_sparsity_metrics(layers)
-
 
 def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | None = None,
           keep_steps: Collection[int] = ()) -> dict[str, Any]:
@@ -248,6 +217,7 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     block_size = cfg.model.block_size
     batches = TrainBatches(dataset.train, block_size, tc.batch_size, tc.grad_accum, tc.seed, rank, world_size, device)
     val_windows = eval_windows(dataset.val, block_size, cfg.eval.tokens)[rank::world_size]
+    token_bytes = dataset.tokenizer.token_byte_lengths()
 
     # ---- an existing checkpoint in out_dir is resumed, if it is of the same run
     resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
@@ -331,13 +301,14 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
             bar.update()
 
             if step % tc.eval_interval == 0 or step == tc.max_steps or step in keep_steps:
-                val_loss, sparsity = evaluate_loss(eval_model, raw_model, val_windows, tc.batch_size, autocast, device,
-                                                   ddp, cfg.eval.dense_threshold)
+                evaluation = evaluate(raw_model, val_windows, token_bytes, cfg.eval.dense_threshold, tc.batch_size,
+                                      device, forward=eval_model, autocast=autocast, ddp=ddp)
+                val_loss = evaluation.val_loss
                 if not math.isfinite(val_loss):
                     raise CratelabError(nan_message("validation loss", val_loss, step, ckpt_path))
                 metrics = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_steps, "val_loss": val_loss,
                            "lr": lr, "tokens_per_s": loss_steps * tokens_per_step / train_time,
-                           "elapsed_s": time.perf_counter() - start, **sparsity}
+                           "elapsed_s": time.perf_counter() - start, **training_sparsity_metrics(evaluation.layers)}
                 rng = [rng_states(device)]
                 if ddp:
                     rng = [None] * world_size
@@ -349,10 +320,14 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
                         # this step again, so a kept model is never missing, and rewritten identically
                         save_checkpoint(raw_model, cfg, dataset.tokenizer, track_folder(out_dir, step), step=step,
                                         tokens=tokens, metrics=metrics)
+                        if amp_dtype is None:
+                            write_evaluation(evaluation, track_folder(out_dir, step), step, cfg.eval.tokens)
                     train_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                    "batches": batches.state_dict(), "rng": rng, "elapsed_s": metrics["elapsed_s"]}
                     save_checkpoint(raw_model, cfg, dataset.tokenizer, out_dir, step=step, tokens=tokens,
                                     metrics=metrics, train_state=train_state)
+                    if amp_dtype is None:  # eval.json is of the checkpoint, in float32 (as `cratelab eval` computes it)
+                        write_evaluation(evaluation, out_dir, step, cfg.eval.tokens)
                     if external_log is not None:
                         external_log(metrics)
                 log(f"step {step:,}/{tc.max_steps:,} | train_loss {metrics['train_loss']:.4f} | "
