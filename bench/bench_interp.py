@@ -66,7 +66,7 @@ def bench_collection(rounds: int) -> list[dict]:
             for i in range(0, len(windows), batch):
                 model(windows[i:i + batch])
 
-        def stop(_value, _name):
+        def stop(_value, hook):
             raise _Stop
 
         @torch.no_grad()

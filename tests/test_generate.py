@@ -38,9 +38,9 @@ def test_steering_a_neuron_moves_the_next_token_distribution():
     assert (before - after).abs().sum() > 1e-3
     # the steered code decodes to the old output plus (10 - old value) times dictionary atom 3
     names = ["blocks.1.hook_resid_post", "blocks.1.ista.hook_post"]
-    _, base = model.run_with_cache(idx, names=names)
+    _, base = model.run_with_cache(idx, names_filter=names)
     with model.hooks(hooks):
-        _, steered = model.run_with_cache(idx, names=names)
+        _, steered = model.run_with_cache(idx, names_filter=names)
     atom = model.blocks[1].ista.weight[3].detach()
     shift = (10.0 - base["blocks.1.ista.hook_post"][..., 3:4]) * atom
     torch.testing.assert_close(steered["blocks.1.hook_resid_post"], base["blocks.1.hook_resid_post"] + shift)

@@ -174,6 +174,7 @@ class EvalConfig:
 
 
 TOP_MODES = ("distinct", "paper")  # RecordConfig.top
+QUANTILE_MODES = ("exact", "sample")  # RecordConfig.quantiles
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,9 @@ class RecordConfig:
     n_bins: int = 11
     per_bin: int = 4  # quantile samples per bin: 2 to explain + 2 to score
     top: str = "distinct"  # "distinct": non-overlapping top windows; "paper": the top tokens, overlaps allowed
+    # "exact": a second pass over the stream counts every activation, so that quantile records come from their
+    # true bins; "sample": one pass, the bins' ranks estimated from a sample of 4,096 positions (faster)
+    quantiles: str = "exact"
 
     def __post_init__(self) -> None:  # checked however it is built: TOML, --set, or Python
         self.validate()
@@ -200,6 +204,7 @@ class RecordConfig:
         require(self.window >= self.short_window, p + "short_window",
                 f"must be <= {p}window ({self.window}), got {self.short_window}")
         choose(self.top, TOP_MODES, p + "top")
+        choose(self.quantiles, QUANTILE_MODES, p + "quantiles")
         require(self.short_window >= self.snippet, p + "snippet",
                 f"must be <= {p}short_window ({self.short_window}), got {self.snippet}")
 

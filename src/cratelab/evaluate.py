@@ -112,7 +112,7 @@ def evaluate(model: LanguageModel, windows: torch.Tensor, token_bytes: np.ndarra
     n_layer, h = model.config.n_layer, model.config.n_neurons
     byte_lengths = torch.as_tensor(token_bytes, dtype=torch.float64)
     sparsity = SparsityCounter(n_layer, h)
-    count_layer = lambda layer: lambda acts, _name: sparsity.add(layer, acts)  # noqa: E731
+    count_layer = lambda layer: lambda acts, hook: sparsity.add(layer, acts)  # noqa: E731
     sums = torch.zeros(3, dtype=torch.float64)  # nats, bytes, tokens
     with model.hooks([(neuron_hook_name(model.config, layer), count_layer(layer)) for layer in range(n_layer)]):
         for start in range(0, len(windows), batch_size):

@@ -32,7 +32,7 @@ def model(request):
 def dense(model, tokens, offsets, layer):
     """Brute force: the whole (windows, T, H) activation tensor of a layer from one plain forward pass."""
     ids = torch.from_numpy(tokens[offsets[:, None] + np.arange(T)].astype(np.int64))
-    _, cache = model.run_with_cache(ids, names=[neuron_hook_name(model.config, layer)])
+    _, cache = model.run_with_cache(ids, names_filter=[neuron_hook_name(model.config, layer)])
     return ids.numpy(), cache[neuron_hook_name(model.config, layer)].numpy()
 
 

@@ -99,12 +99,14 @@ KILLER = textwrap.dedent("""
 def test_a_killed_run_resumes_with_no_neuron_lost_or_scored_twice(checkpoint, reference, tmp_path):
     out = tmp_path / "run"
     settings = repr(dataclasses.asdict(ICFG))
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(checkpoint), str(out), "41", settings],
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(checkpoint), str(out), "28", settings],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (out / "summary.json").exists()
     done = read_jsonl(out / "scores.jsonl")
-    assert len(done) == 39  # 13 neurons x 3 protocols; the 14th was cut off in its second protocol
+    # 13 neurons x 3 protocols, explained twice each (top-and-random and random-only share an explanation);
+    # the 14th was cut off in its second explanation
+    assert len(done) == 39
     for name in ("scores.jsonl", "simulations.jsonl"):  # and a crash in the middle of writing a line
         with open(out / name, "a") as f:
             f.write('{"layer": 0, "neuron": 13, "protocol": "top-and-ra')
@@ -225,3 +227,53 @@ def test_an_llm_run_records_how_each_row_was_simulated_and_by_which_models(check
     with pytest.raises(CratelabError, match="interp.backend.simulator_model"):  # a result-changing setting
         interpret(checkpoint, tmp_path / "run", dataclasses.replace(icfg, backend=dataclasses.replace(
             backend, simulator_model="other")), progress=False)
+
+
+def test_protocols_that_explain_from_the_same_records_share_one_explanation():
+    """top-and-random and random-only explain from the same top records: the explainer is asked once for
+    both (as OpenAI's method scores one explanation twice) and the scores are those of asking it each time."""
+    from cratelab.interp import build_records, get_protocol, make_backend
+    from cratelab.interp.run import score_protocols
+    from cratelab.interp.score import score_neuron
+
+    from .synthetic import EOT, planted_stream
+
+    tokens, acts = planted_stream(n_rows=48)
+    records = build_records(tokens, acts, eot_token=EOT)
+    explainer, simulator = make_backend("token-pattern")
+
+    class Counting:
+        model = explainer.model
+
+        def __init__(self):
+            self.calls = 0
+
+        def explain(self, records):
+            self.calls += 1
+            return explainer.explain(records)
+
+    protocols = [get_protocol(p) for p in ("top-and-random", "random-only", "anthropic")]
+    for h in range(records.n_neurons):
+        neuron, counting = records.neuron(h), Counting()
+        shared = [score for score, _ in score_protocols(neuron, protocols, counting, simulator)]
+        assert counting.calls == 2, h
+        each = [score_neuron(neuron, p, explainer, simulator) for p in protocols]
+        assert shared == each
+
+
+def test_a_folder_made_before_a_setting_existed_resumes_with_its_default(checkpoint, reference, tmp_path):
+    """run.json of an interpret folder made before interp.records.quantiles existed: the folder resumes
+    (the setting had its default, "exact"); another value is still refused."""
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(reference[0], out)
+    identity = json.loads((out / "run.json").read_text())
+    del identity["interp"]["records.quantiles"]
+    (out / "run.json").write_text(json.dumps(identity))
+    before = lines(out)
+    interpret(checkpoint, out, ICFG, progress=False)
+    assert lines(out) == before
+    sampled = dataclasses.replace(ICFG, records=dataclasses.replace(ICFG.records, quantiles="sample"))
+    with pytest.raises(CratelabError, match="records.quantiles = 'exact', this one has 'sample'"):
+        interpret(checkpoint, out, sampled, progress=False)

@@ -66,7 +66,7 @@ def test_mlp_ffn_is_interpreted_at_its_hidden_layer():
     cfg = ModelConfig(arch="crate", ffn="mlp", **SIZES)
     assert neuron_hook_name(cfg, 1) == "blocks.1.mlp.hook_post"
     model = build_model(cfg).eval()
-    _, cache = model.run_with_cache(torch.randint(0, 97, (1, 8)), names=[neuron_hook_name(cfg, 1)])
+    _, cache = model.run_with_cache(torch.randint(0, 97, (1, 8)), names_filter=[neuron_hook_name(cfg, 1)])
     assert cache["blocks.1.mlp.hook_post"].shape == (1, 8, cfg.n_neurons)
     assert not hasattr(model.blocks[0], "ista")
 
@@ -167,7 +167,7 @@ def test_steering_sets_a_neuron_and_changes_the_prediction():
     base = model(idx)
     name = neuron_hook_name(ModelConfig(arch="crate"), 1)
     with model.hooks([(name, set_neuron(7, 5.0))]):
-        steered, cache = model.run_with_cache(idx, names=[name])
+        steered, cache = model.run_with_cache(idx, names_filter=[name])
     assert torch.all(cache[name][..., 7] == 5.0)
     assert not torch.allclose(base, steered)
     # hooks are removed after the block
@@ -177,7 +177,7 @@ def test_steering_sets_a_neuron_and_changes_the_prediction():
 def test_unknown_hook_name_is_a_clear_error():
     model = build_model(ModelConfig(arch="crate", **SIZES))
     with pytest.raises(KeyError, match="unknown hook point"):
-        model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long), [("blocks.9.ista.hook_post", lambda t, n: t)])
+        model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long), fwd_hooks=[("blocks.9.ista.hook_post", lambda t, hook: t)])
 
 
 def test_model_without_vocab_is_rejected():

@@ -21,8 +21,8 @@ def test_hook_points_and_shapes(arch):
 def test_cache_can_be_filtered_by_name_or_predicate():
     model = build_model(ModelConfig(arch="gpt", **SIZES))
     idx = torch.randint(0, 50, (1, 5))
-    _, by_list = model.run_with_cache(idx, names=["blocks.1.mlp.hook_post"])
-    _, by_pred = model.run_with_cache(idx, names=lambda n: n.endswith("mlp.hook_post"))
+    _, by_list = model.run_with_cache(idx, names_filter=["blocks.1.mlp.hook_post"])
+    _, by_pred = model.run_with_cache(idx, names_filter=lambda n: n.endswith("mlp.hook_post"))
     assert list(by_list) == ["blocks.1.mlp.hook_post"]
     assert sorted(by_pred) == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"]
 
@@ -40,3 +40,22 @@ def test_gelu_option():
     model = build_model(ModelConfig(arch="gpt", mlp_act="gelu", **SIZES))
     _, cache = model.run_with_cache(torch.randint(0, 50, (1, 4)))
     assert (cache["blocks.0.mlp.hook_post"] < 0).any()  # GELU, unlike ReLU, has negative outputs
+
+
+def test_hooks_are_called_as_transformer_lens_calls_them():
+    """fn(value, *, hook) with hook.name, a names filter per hook, and a returned value replacing the
+    value: a hook written for TransformerLens runs unchanged."""
+    model = build_model(ModelConfig(arch="crate", **SIZES)).eval()
+    idx = torch.randint(0, 50, (1, 5))
+    seen = []
+
+    def zero_the_code(act, *, hook):
+        seen.append(hook.name)
+        return torch.zeros_like(act)
+
+    clean = model(idx)
+    with model.hooks(fwd_hooks=[(lambda name: name.endswith("ista.hook_post"), zero_the_code)]):
+        ablated, cache = model.run_with_cache(idx, names_filter="blocks.1.ista.hook_post")
+    assert seen == ["blocks.0.ista.hook_post", "blocks.1.ista.hook_post"]
+    assert (cache["blocks.1.ista.hook_post"] == 0).all() and not torch.allclose(ablated, clean)
+    torch.testing.assert_close(model(idx), clean)  # the hooks are gone after the block

@@ -84,7 +84,8 @@ def build_records(tokens: Sequence[Sequence[str]], activations: np.ndarray | tor
     builder = RecordBuilder(acts.shape[2], vocab, eot_id=index.get(eot_token) if eot_token is not None else None,
                             layer=layer, seed=seed, config=config)
     builder.add(ids, acts)
-    builder.count(ids, acts)  # the second pass: exact quantile bins
+    if builder.second_pass:  # exact quantile bins
+        builder.count(ids, acts)
     return builder.finish()
 
 

@@ -7,7 +7,7 @@ the builder clips every record at the end-of-text tokens inside a window.
 
 The model reads the text twice, with the same batches: the builders' first pass collects the records,
 the second counts every activation into each neuron's quantile grid, so that the quantile bins are
-the true ones (records.py). Memory stays flat in the number of tokens: a batch's activations are
+the true ones (records.py); once with interp.records.quantiles = "sample". Memory stays flat in the number of tokens: a batch's activations are
 handed to the builders from inside the forward pass, one layer at a time, and dropped; the builders keep fixed-size buffers plus
 the token ids (4 bytes a token a layer). Each pass stops after the last interpreted layer: the LM head,
 often the largest matmul of a small model, is never computed (bench/bench_interp.py measures
@@ -68,17 +68,19 @@ def collect_records(model: LanguageModel, tokens: np.ndarray, vocab: Sequence[st
     step = {"method": "add"}
 
     def feed(layer: int):
-        def hook(activations: torch.Tensor, _name: str) -> None:
+        def record(activations: torch.Tensor, hook) -> None:
             getattr(builders[layer], step["method"])(batch["ids"], source.transform(activations))
             if layer == layers[-1]:
                 raise _Stop
 
-        return hook
+        return record
 
     hooks = [(source.hook_name(layer), feed(layer)) for layer in layers]
-    with tqdm(total=2 * len(offsets) * T, unit="tok", unit_scale=True, desc="records (2 passes)",
+    passes = ("add", "count") if config.quantiles == "exact" else ("add",)  # the second pass: exact quantiles
+    with tqdm(total=len(passes) * len(offsets) * T, unit="tok", unit_scale=True,
+              desc=f"records ({len(passes)} pass{'es' if len(passes) > 1 else ''})",
               disable=not progress) as bar, model.hooks(hooks):
-        for step["method"] in ("add", "count"):  # the builders read the same batches twice
+        for step["method"] in passes:  # the builders read the same batches again
             for start in range(0, len(offsets), batch_size):
                 starts = offsets[start:start + batch_size]
                 batch["ids"] = np.asarray(tokens[starts[:, None] + np.arange(T)], dtype=np.int64)

@@ -243,6 +243,8 @@ def uniform(seed: int, stream: int, neuron: np.ndarray, draw: np.ndarray) -> np.
 class RecordBuilder:
     """Collects LayerRecords from a stream of (token_ids (B, T), activations (B, T, H)) batches, read
     twice: `add` each batch, then `count` each batch again (same batches, same order), then `finish`.
+    With ``config.quantiles = "sample"`` the stream is read once (no `count`): the quantile bins' ranks
+    are estimated from the value sample instead of counted.
 
     Each row is one model context. Activations may be numpy arrays or torch tensors on any device;
     the running buffers live on the device of the first batch.
@@ -303,6 +305,8 @@ class RecordBuilder:
         cell of the quantile grid, so that the quantile bins are the true ones."""
         if self._n == 0:
             raise CratelabError("count() before add(): the first pass must stream every batch first")
+        if not self.second_pass:
+            raise CratelabError('count() with interp.records.quantiles = "sample": the stream is read once')
         if self._grid is None:
             self._tokens = [np.concatenate(self._tokens)]
             self._grid = self._quantile_grid()
@@ -318,6 +322,11 @@ class RecordBuilder:
             self._below += torch.searchsorted(ordered, self._grid)
             self._at_or_below += torch.searchsorted(ordered, self._grid, right=True)
         self._counted += flat.size
+
+    @property
+    def second_pass(self) -> bool:
+        """Whether the stream must be read a second time (`count`) before `finish`."""
+        return self.config.quantiles == "exact"
 
     def _batch(self, token_ids: np.ndarray | torch.Tensor,
                activations: np.ndarray | torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -461,7 +470,9 @@ class RecordBuilder:
         if self._n < R:
             raise CratelabError(f"neuron records need at least {R} tokens ({cfg.n_random} random positions + "
                                 f"a quantile pool of {P}), got {self._n}")
-        if self._counted != self._n:
+        if not self.second_pass:
+            self._estimate_counts()
+        elif self._counted != self._n:
             raise CratelabError(f"finish() needs the second pass: count() every batch again "
                                 f"({self._counted:,} of {self._n:,} tokens counted)")
         numpy = lambda a: a.cpu().numpy()  # noqa: E731
@@ -485,6 +496,16 @@ class RecordBuilder:
             mean=numpy(self._sum / self._n),
             firing_rate=numpy(self._fires.double() / self._n),
         )
+
+    def _estimate_counts(self) -> None:
+        """quantiles = "sample": the tokens below and at-or-below each grid edge, scaled from the value sample."""
+        self._tokens = [np.concatenate(self._tokens)]
+        self._grid = self._quantile_grid()
+        sample = self._sample_val[torch.isfinite(self._sample_key)].T.contiguous().sort(dim=1).values
+        scale = self._n / sample.shape[1]
+        self._below, self._at_or_below = (
+            (torch.searchsorted(sample, self._grid, right=right).double() * scale).round().long()
+            for right in (False, True))
 
     def _cell_ranks(self, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact rank range [lo, hi) of the grid cells `code` (H, n) of every neuron (see _cells)."""

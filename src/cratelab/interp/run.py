@@ -46,7 +46,7 @@ from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
 from . import make_backend
 from .collect import collect_records
-from .explain import Explainer, neuron_deadline
+from .explain import Explainer, NeuronFailure, neuron_deadline
 from .files import FORMAT, encode_simulation
 from .llm import is_old_transport_reason
 from .records import LayerRecords, NeuronRecord
@@ -73,11 +73,35 @@ def neuron_subset(icfg: InterpConfig, layer: int, n_neurons: int) -> list[int]:
 
 # ---------------------------------------------------------------- scoring one neuron
 
+class _ExplainOnce:
+    """The explainer, asked once per list of explanation records of one neuron: protocols that explain from
+    the same records (top-and-random and random-only) share the explanation, as OpenAI's method scores one
+    explanation on several sets of records. A failure is shared too."""
+
+    def __init__(self, explainer: Explainer):
+        self.explainer = explainer
+        self.model = getattr(explainer, "model", "")
+        self._answers: dict[tuple[int, ...], tuple[str | None, NeuronFailure | None]] = {}
+
+    def explain(self, records: Sequence[Any]) -> str:
+        key = tuple(map(id, records))  # the records are the neuron's own objects, alive while it is scored
+        if key not in self._answers:
+            try:
+                self._answers[key] = (self.explainer.explain(records), None)
+            except NeuronFailure as failure:
+                self._answers[key] = (None, failure)
+        explanation, failure = self._answers[key]
+        if failure is not None:
+            raise failure
+        return explanation
+
+
 def score_protocols(record: NeuronRecord, protocols: Sequence[ScoringProtocol], explainer: Explainer,
                     simulator: Simulator) -> list[tuple[NeuronScore, list[np.ndarray] | None]]:
     """The neuron's score under each protocol, with the simulated activations of its scoring records
     (None when it was unscorable before any simulation)."""
     out = []
+    explainer = _ExplainOnce(explainer)
     for protocol in protocols:
         simulated: list[np.ndarray] = []
         score = score_neuron(record, protocol, explainer, simulator, simulated_out=simulated)
@@ -123,10 +147,12 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
     if path.is_file() and _has_results(out):  # else the new settings take the folder over
         old = read_json_object(path, what="interpret run description")
         flat_old, flat_new = _flatten(old), _flatten(identity)
+        # a setting added since that run was made had its default there
+        added = {f"interp.{k}": v for k, v in _flatten(dataclasses.asdict(InterpConfig())).items()}
         for key in sorted(set(flat_old) | set(flat_new)):
-            if flat_old.get(key) != flat_new.get(key):
+            if (was := flat_old.get(key, added.get(key))) != flat_new.get(key):
                 raise CratelabError(
-                    f"{out} holds a run made with {key} = {flat_old.get(key)!r}, this one has {flat_new.get(key)!r}: "
+                    f"{out} holds a run made with {key} = {was!r}, this one has {flat_new.get(key)!r}: "
                     "use another --out (or delete that folder) to start afresh")
         return
     write_json(path, identity)

@@ -42,7 +42,7 @@ def hook_activations(model: LanguageModel, hook: str, idx: torch.Tensor) -> torc
     """The values at `hook` for token ids idx (B, T): (B, T, d); the model stops there."""
     captured: list[torch.Tensor] = []
 
-    def grab(value: torch.Tensor, _name: str) -> None:
+    def grab(value: torch.Tensor, hook) -> None:
         captured.append(value)
         raise _Stop
 
@@ -98,5 +98,5 @@ class ActivationBuffer:
 @contextmanager
 def replaced(model: LanguageModel, hook: str, fn) -> Iterator[None]:
     """Within the block, the value at `hook` is fn(value)."""
-    with model.hooks([(hook, lambda value, _name: fn(value))]):
+    with model.hooks([(hook, lambda value, hook: fn(value))]):
         yield
