@@ -1,5 +1,5 @@
 """What `runtime.keep_freed_memory` (glibc's mmap threshold raised) buys a CPU training step, at the seed
-ablation's shape and thread count, measured side by side.
+ablation's width (with a 4096-token vocabulary) and thread count, measured side by side.
 
     python bench/bench_allocator.py [--rounds 4 --steps 12 --threads 1]
 
@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SHAPE = dict(n_layer=2, n_embd=128, n_head=4, vocab_size=4096, block_size=128)  # configs/seed-ablation.toml
+# the seed ablation's width with a 4096-token vocabulary: its logits and their gradient are 32 MiB blocks
+SHAPE = dict(n_layer=2, n_embd=128, n_head=4, vocab_size=4096, block_size=128)
 
 
 def child(arch: str, steps: int, threads: int, keep: bool) -> None:
