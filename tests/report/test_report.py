@@ -210,3 +210,16 @@ def test_lambda_zero_is_shown_but_left_out_of_the_slope(tmp_path):
     assert "| ista_lambda=0.0-qkv=shared | 2 |" in md
     assert "least-squares slope over log2 model.ista_lambda for model.ista_lambda in {0.1, 0.2}" in md
     assert (tmp_path / "plots" / "loss_vs_model_ista_lambda.png").is_file()
+
+
+def test_the_papers_direction_says_why_a_difference_is_undecided():
+    from cratelab.report.stats import Interval
+    from cratelab.report.write import agreement
+
+    excludes_zero, includes_zero = Interval(0.26, 0.20, 0.33, 3, "t"), Interval(-5.1, -12.9, 2.7, 3, "t")
+    assert agreement(0.32, excludes_zero, True) == "same as the paper"
+    assert agreement(-0.32, excludes_zero, True) == "opposite to the paper"
+    assert agreement(0.32, excludes_zero, False) == ("undecided: not significant after the Holm adjustment "
+                                                     "(the raw CI excludes 0)")
+    assert agreement(3.85, includes_zero, False) == "undecided: our CI includes 0"
+    assert agreement(3.85, Interval(1.0, None, None, 1, "one seed"), None) == "undecided: no CI"

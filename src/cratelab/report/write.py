@@ -470,7 +470,10 @@ def agreement(paper_difference: float, ours: Interval | None, significant: bool 
     if ours is None or ours.estimate is None:
         return "n/a"
     if not significant:
-        return "undecided: our CI includes 0" if ours.has_ci else "undecided: no CI"
+        if not ours.has_ci:
+            return "undecided: no CI"
+        return ("undecided: not significant after the Holm adjustment (the raw CI excludes 0)" if ours.significant
+                else "undecided: our CI includes 0")
     same = (ours.estimate > 0) == (paper_difference > 0)
     return "same as the paper" if same else "opposite to the paper"
 
