@@ -235,3 +235,21 @@ def test_a_damaged_result_json_is_an_unfinished_run(tmp_path, text, problem):
     row, damage = read_result(tmp_path / "result.json")
     assert row is None and damage.startswith(f"{tmp_path / 'result.json'}: damaged") and problem in damage
     assert read_result(tmp_path / "missing.json") == (None, None)
+
+
+def test_a_runs_log_is_written_line_by_line_while_it_runs(tmp_path, monkeypatch):
+    """`tail -f runs/NAME/log.txt` follows a run: each line reaches the file when it is printed."""
+    from cratelab import layout, sweep
+    from cratelab.sweep import Condition, PlannedRun
+
+    log = layout.run_folder(tmp_path, "r") / layout.RUN_LOG
+    seen = []
+
+    def printing_run(run, out_dir, threads):
+        print("step 250/4,000 | val_loss 5.2")
+        seen.append(log.read_text())
+        return {}
+
+    monkeypatch.setattr(sweep, "run_one", printing_run)
+    sweep.run_logged(PlannedRun("r", Condition("r"), None, {}), tmp_path, 1)
+    assert seen == ["step 250/4,000 | val_loss 5.2\n"]

@@ -272,7 +272,8 @@ def run_logged(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:
     set_threads(threads)
     log_path = layout.run_folder(out_dir, run.name) / layout.RUN_LOG
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log, redirect_stderr(log), redirect_stdout(log):
+    # line-buffered: `tail -f log.txt` follows a long run as it goes
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log, redirect_stderr(log), redirect_stdout(log):
         return run_one(run, out_dir, threads)
 
 
