@@ -36,7 +36,7 @@ from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .evaluate import evaluate, training_sparsity_metrics, write_evaluation
 from .io import append_line, folder_lock, keep_jsonl
-from .layout import CHECKPOINT, CONFIG, METRICS, TENSORBOARD, TRACK, track_folder
+from .layout import CHECKPOINT, CONFIG, EVAL, METRICS, TENSORBOARD, TRACK, track_folder
 from .models import build_model
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
 
@@ -196,7 +196,7 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT, METRICS, CONFIG):  # temporary files of a save cut short by a kill
+        for name in (CHECKPOINT, METRICS, CONFIG, EVAL):  # temporary files of a save cut short by a kill
             for stale in [*out_dir.glob(f".{name}.*.tmp"), *out_dir.glob(f"{TRACK}/*/.{name}.*.tmp")]:
                 stale.unlink(missing_ok=True)
         if fresh:
@@ -322,12 +322,15 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
                                         tokens=tokens, metrics=metrics)
                         if amp_dtype is None:
                             write_evaluation(evaluation, track_folder(out_dir, step), step, cfg.eval.tokens)
+                    if amp_dtype is None:
+                        # eval.json of the checkpoint about to be saved, in float32 as `cratelab eval` computes it;
+                        # written first: a kill in between leaves one of a later step, which no reader takes for
+                        # the checkpoint's (read_evaluation checks the step)
+                        write_evaluation(evaluation, out_dir, step, cfg.eval.tokens)
                     train_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                    "batches": batches.state_dict(), "rng": rng, "elapsed_s": metrics["elapsed_s"]}
                     save_checkpoint(raw_model, cfg, dataset.tokenizer, out_dir, step=step, tokens=tokens,
                                     metrics=metrics, train_state=train_state)
-                    if amp_dtype is None:  # eval.json is of the checkpoint, in float32 (as `cratelab eval` computes it)
-                        write_evaluation(evaluation, out_dir, step, cfg.eval.tokens)
                     if external_log is not None:
                         external_log(metrics)
                 log(f"step {step:,}/{tc.max_steps:,} | train_loss {metrics['train_loss']:.4f} | "
