@@ -325,9 +325,10 @@ def test_two_processes_match_one_process_with_gradient_accumulation(tiny, tmp_pa
     single = train(tiny(batch_size=2, grad_accum=2, max_steps=4), tmp_path / "single", progress=False)
 
     (tmp_path / "ddp.toml").write_text(dump_toml(tiny(batch_size=2, grad_accum=1, max_steps=4)))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # torchrun
-                    "-m", "cratelab", "train", str(tmp_path / "ddp.toml"), "--out", str(tmp_path / "ddp")],
-                   check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "cratelab", "train", str(tmp_path / "ddp.toml"), "--out", str(tmp_path / "ddp")],
+                          env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # torchrun's and the ranks' own words
     ddp = read_metrics(tmp_path / "ddp")[-1]
 
     assert ddp["step"] == single["step"] and ddp["tokens"] == single["tokens"]
