@@ -56,22 +56,24 @@ class EvalResult:
 class SparsityCounter:
     """What the sparsity statistics need, accumulated batch by batch: per layer, on how many evaluation
     tokens each interpreted neuron is non-zero, the sum of activations, and the tokens seen. One tensor,
-    so that processes evaluating shares of the tokens can sum it (all_reduce)."""
+    on the activations' device (no host sync a batch), so that processes evaluating shares of the tokens
+    can sum it (all_reduce)."""
 
-    def __init__(self, n_layer: int, n_neurons: int):
+    def __init__(self, n_layer: int, n_neurons: int, device: str | torch.device = "cpu"):
         self.n_neurons = n_neurons
-        self.counts = torch.zeros(n_layer, n_neurons + 2, dtype=torch.float64)  # [fires per neuron, act sum, tokens]
+        self.counts = torch.zeros(n_layer, n_neurons + 2, dtype=torch.float64, device=device)  # [fires per neuron, act sum, tokens]
 
     def add(self, layer: int, acts: torch.Tensor) -> None:
         """Count one batch of a layer's activations, (..., n_neurons)."""
-        acts = acts.detach().reshape(-1, self.n_neurons).float()
+        acts = acts.detach().reshape(-1, self.n_neurons)
         row = self.counts[layer]
-        row[:-2] += (acts != 0).double().sum(0).cpu()
-        row[-2] += acts.double().sum().item()
+        row[:-2] += (acts != 0).sum(0)
+        row[-2] += acts.double().sum()
         row[-1] += acts.shape[0]
 
     def layer_sparsity(self, layer: int, dense_threshold: float, dictionary_norm: float) -> LayerSparsity:
-        fires, act_sum, n_tokens = self.counts[layer, :-2], self.counts[layer, -2].item(), self.counts[layer, -1].item()
+        counts = self.counts[layer].cpu()
+        fires, act_sum, n_tokens = counts[:-2], counts[-2].item(), counts[-1].item()
         h = self.n_neurons
         rate = (fires / n_tokens).numpy()
         hist, _ = np.histogram(np.log10(rate[rate > 0]), bins=DENSITY_BIN_EDGES)
@@ -110,22 +112,26 @@ def evaluate(model: LanguageModel, windows: torch.Tensor, token_bytes: np.ndarra
     was_training = forward.training
     forward.eval()
     n_layer, h = model.config.n_layer, model.config.n_neurons
-    byte_lengths = torch.as_tensor(token_bytes, dtype=torch.float64)
-    sparsity = SparsityCounter(n_layer, h)
+    byte_lengths = torch.as_tensor(token_bytes, dtype=torch.int64, device=device)
+    sparsity = SparsityCounter(n_layer, h, device)
     count_layer = lambda layer: lambda acts, hook: sparsity.add(layer, acts)  # noqa: E731
-    sums = torch.zeros(3, dtype=torch.float64)  # nats, bytes, tokens
+    batch_nats, batch_bytes, n_tokens = [], [], 0  # left on the device until the end: no host sync a batch
     with model.hooks([(neuron_hook_name(model.config, layer), count_layer(layer)) for layer in range(n_layer)]):
         for start in range(0, len(windows), batch_size):
             batch = windows[start:start + batch_size].to(device)
             x, y = batch[:, :-1], batch[:, 1:]
             with autocast or nullcontext():
                 logits = forward(x)
-            nats = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-            sums += torch.tensor([nats.item(), byte_lengths[y.reshape(-1).cpu()].sum().item(), y.numel()],
-                                 dtype=torch.float64)
+            batch_nats.append(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                              reduction="sum"))
+            batch_bytes.append(byte_lengths[y.reshape(-1)].sum())
+            n_tokens += y.numel()
     forward.train(was_training)
+    # summed in float64 in batch order on the host, as a running total would be
+    sums = torch.tensor([sum(torch.stack(batch_nats).tolist()), sum(torch.stack(batch_bytes).tolist()), n_tokens],
+                        dtype=torch.float64)
     if ddp:
-        reduced = torch.cat([sums, sparsity.counts.reshape(-1)]).to(device)
+        reduced = torch.cat([sums.to(device), sparsity.counts.reshape(-1)])
         dist.all_reduce(reduced)
         reduced = reduced.cpu()
         sums, sparsity.counts = reduced[:3], reduced[3:].reshape(sparsity.counts.shape)

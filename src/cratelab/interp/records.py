@@ -227,17 +227,30 @@ def uniform(seed: int, stream: int, neuron: np.ndarray, draw: np.ndarray) -> np.
     Counter-based (SplitMix64 mixing), so a neuron's sample does not depend on how the token stream
     was cut into batches, nor on the other neurons.
     """
-    def mix(z: np.ndarray) -> np.ndarray:
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+    return keyed_uniform(stream_keys(seed, stream, neuron), draw)
 
-    golden = np.uint64(0x9E3779B97F4A7C15)
+
+def stream_keys(seed: int, stream: int, neuron: np.ndarray) -> np.ndarray:
+    """The mixing state after (seed, stream, neuron), so that a neuron's draws cost one mixing each:
+    uniform(seed, stream, neuron, draw) == keyed_uniform(stream_keys(seed, stream, neuron), draw)."""
     with np.errstate(over="ignore"):
-        z = mix(np.uint64(seed & (2**64 - 1)) * golden + np.uint64(stream))
-        z = mix(z + np.asarray(neuron, dtype=np.uint64) * golden)
-        z = mix(z + np.asarray(draw, dtype=np.uint64) * golden)
+        z = _mix(np.uint64(seed & (2**64 - 1)) * _GOLDEN + np.uint64(stream))
+        return _mix(z + np.asarray(neuron, dtype=np.uint64) * _GOLDEN)
+
+
+def keyed_uniform(keys: np.ndarray, draw: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = _mix(keys + np.asarray(draw, dtype=np.uint64) * _GOLDEN)
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 class RecordBuilder:
@@ -266,6 +279,7 @@ class RecordBuilder:
         self._w = np.zeros(H)
         self._next = np.full(H, np.iinfo(np.int64).max, dtype=np.int64)  # next position to accept
         self._draws = np.zeros(H, dtype=np.uint64)
+        self._keys = stream_keys(seed, 0, np.arange(H))  # stream 0: the reservoir's draws
 
     def _allocate(self, device: torch.device) -> None:
         self._device = device
@@ -439,29 +453,34 @@ class RecordBuilder:
             changed[:, fill] = True
             if end >= R:  # Algorithm L starts
                 everyone = np.arange(H)
-                self._w = np.exp(np.log(self._uniform(everyone)) / R)
+                u_weight, u_skip = self._uniforms(everyone, 2)
+                self._w = np.exp(np.log(u_weight) / R)
                 self._next = np.full(H, R - 1, dtype=np.int64)
-                self._skip(everyone)
+                self._skip(everyone, u_skip)
         while (hs := np.flatnonzero(self._next < end)).size:
-            slot = (self._uniform(hs) * R).astype(np.int64)
+            u_slot, u_weight, u_skip = self._uniforms(hs, 3)
+            slot = (u_slot * R).astype(np.int64)
             self._slot_pos[hs, slot] = self._next[hs]
             changed[hs, slot] = True
-            self._w[hs] *= np.exp(np.log(self._uniform(hs)) / R)
-            self._skip(hs)
+            self._w[hs] *= np.exp(np.log(u_weight) / R)
+            self._skip(hs, u_skip)
         h, slot = (torch.from_numpy(a).to(self._device) for a in np.nonzero(changed))
         local = torch.from_numpy(self._slot_pos[changed] - n0).to(self._device)
         res = self._res
         res.centre[h, slot], res.start[h, slot], res.length[h, slot], res.acts[h, slot] = _window(
             acts, seg, local // T, local % T, h, n0, self.config.window)
 
-    def _uniform(self, hs: np.ndarray) -> np.ndarray:
-        u = uniform(self.seed, 0, hs, self._draws[hs])
-        self._draws[hs] += np.uint64(1)
-        return u
+    def _uniforms(self, hs: np.ndarray, k: int) -> np.ndarray:
+        """The next k draws of each neuron in hs, (k, len(hs)): a neuron's draws are numbered in the order
+        they are used, so one call for a round's k uses gives the numbers k calls would."""
+        draws = self._draws[hs] + np.arange(k, dtype=np.uint64)[:, None]
+        self._draws[hs] += np.uint64(k)
+        return keyed_uniform(self._keys[hs], draws)
 
-    def _skip(self, hs: np.ndarray) -> None:
-        """Algorithm L: jump to the next accepted position, geometric with success probability w."""
-        gap = np.floor(np.log(self._uniform(hs)) / np.log1p(-self._w[hs]))
+    def _skip(self, hs: np.ndarray, u: np.ndarray) -> None:
+        """Algorithm L: jump to the next accepted position, geometric with success probability w (u: a
+        uniform draw per neuron)."""
+        gap = np.floor(np.log(u) / np.log1p(-self._w[hs]))
         self._next[hs] += np.minimum(gap, 2.0**62).astype(np.int64) + 1
 
     def finish(self) -> LayerRecords:

@@ -46,9 +46,6 @@ class HookedModel(nn.Module):
             point.name = name
         return points
 
-    def hook_points(self) -> dict[str, HookPoint]:
-        return self.hook_dict
-
     def _select(self, names: NamesFilter) -> list[str]:
         points = self.hook_dict
         if names is None:

@@ -24,7 +24,7 @@ class _Stop(Exception):
 
 
 def check_hook(model: LanguageModel, hook: str) -> None:
-    points = model.hook_points()
+    points = model.hook_dict
     if hook not in points:
         known = [n for n in points if n.startswith("blocks.0.") or not n.startswith("blocks.")]
         raise CratelabError(f"unknown hook point {hook!r} for this {model.config.arch} model "
