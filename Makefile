@@ -31,11 +31,12 @@ $(VENV)/.installed-base: pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH_PIN) -e .
 	touch $@
 
-# the tests run on every core (pytest-xdist: one worker a physical core); TEST_WORKERS=0 runs them in one process
+# the tests run on every core (pytest-xdist: one worker a physical core, each test file on one worker so that its
+# fixtures are built once); TEST_WORKERS=0 runs them in one process
 TEST_WORKERS ?= auto
 
 test: install browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Headless Chromium for the HTML screenshot tests (Debian's package; installed when running as root)
 browser:
