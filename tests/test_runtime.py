@@ -8,7 +8,7 @@ import torch
 
 from cratelab.errors import ConfigError, CratelabError
 from cratelab.runtime import (autocast_dtype, check_threads, distributed, is_device_name, max_threads,
-                              require_memory, resolve_device)
+                              require_memory, resolve_device, spread_over_gpus, visible_gpus)
 
 
 def test_no_bf16_on_cpu():
@@ -32,6 +32,23 @@ def test_thread_counts_beyond_the_machine_are_a_config_error():
     with pytest.raises(ConfigError, match=rf"train.threads: must be at most {max_threads()} on this machine") as err:
         check_threads(100_000, "train.threads")
     assert err.value.field == "train.threads"
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert visible_gpus() == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5, GPU-3f2a")  # a scheduler's choice: indices or UUIDs
+    assert visible_gpus() == ["5", "GPU-3f2a"]
+
+
+def test_workers_spread_round_robin_over_several_gpus():
+    assert spread_over_gpus(5, ["0", "1"]) == ["0", "1", "0", "1", "0"]
+    assert spread_over_gpus(2, ["4", "6", "7"]) == ["4", "6"]
+    assert spread_over_gpus(3, ["0"]) == [] and spread_over_gpus(3, []) == []  # all share the one GPU, or none
 
 
 def test_memory_and_torchrun(monkeypatch):

@@ -4,13 +4,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.errors import CratelabError
 from cratelab.layout import result_columns, track_columns
-from cratelab.sweep import check_sweep_unchanged, design_keys, expand, read_result, save_sweep, tracked_steps
+from cratelab import sweep as sweep_module
+from cratelab.sweep import (check_sweep_unchanged, design_keys, expand, read_result, save_sweep, tracked_steps, worker_gpus,
+                            worker_pool)
 
 CONFIG = "configs/seed-ablation.toml"
 
@@ -253,3 +256,26 @@ def test_a_runs_log_is_written_line_by_line_while_it_runs(tmp_path, monkeypatch)
     monkeypatch.setattr(sweep, "run_one", printing_run)
     sweep.run_logged(PlannedRun("r", Condition("r"), None, {}), tmp_path, 1)
     assert seen == ["step 250/4,000 | val_loss 5.2\n"]
+
+
+def _gpu_of_this_worker() -> tuple[int, str | None]:
+    time.sleep(0.3)  # long enough for the other worker to take a task too
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_sweep_workers_are_spread_over_the_gpus(monkeypatch):
+    """On a machine of several GPUs, worker k of the sweep sees only GPU k mod G (the runs' "cuda" is then that
+    GPU); a run that names its GPU (cuda:N), or runs on the CPU, keeps every worker on what it names."""
+    base, sweep = load_sweep_config(CONFIG, ["train.device=\"cuda\"", "interp.device=\"cpu\""], smoke=True)
+    runs = expand(base, sweep)
+    monkeypatch.setattr(sweep_module, "visible_gpus", lambda: ["0", "1"])
+    assert worker_gpus(runs, 3) == ["0", "1", "0"]
+    pinned = [dataclasses.replace(r, config=dataclasses.replace(
+        r.config, train=dataclasses.replace(r.config.train, device="cuda:1"))) for r in runs]
+    cpu = [dataclasses.replace(r, config=dataclasses.replace(
+        r.config, train=dataclasses.replace(r.config.train, device="cpu"))) for r in runs]
+    assert worker_gpus(pinned, 3) == [] and worker_gpus(cpu, 3) == []
+
+    with worker_pool(2, ["3", "5"]) as pool:
+        seen = dict(f.result() for f in [pool.submit(_gpu_of_this_worker) for _ in range(4)])
+    assert set(seen.values()) <= {"3", "5"} and len(set(seen.values())) == len(seen)  # one GPU a worker

@@ -408,7 +408,8 @@ class SweepConfig:
     factors: dict[str, list[Any]] = field(default_factory=dict)
     reference: dict[str, Any] = field(default_factory=dict)  # a level per factor; default: each factor's first
     arms: list[Arm] = field(default_factory=list)
-    workers: int = 1  # runs trained at once on this machine (each gets cores / workers threads)
+    # runs trained at once on this machine (each gets cores / workers threads; on several GPUs, spread over them)
+    workers: int = 1
     launcher: str = "local"  # local: processes here | slurm: a Slurm job per run | submitit-local: those jobs here
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     # fractions of train.max_steps at which each run also keeps its checkpoint, evaluated and scored like the

@@ -69,6 +69,23 @@ def autocast_dtype(name: str, device: torch.device, setting: str = "train.dtype"
     return getattr(torch, name)
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices or UUIDs); none
+    without CUDA."""
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [d.strip() for d in listed.split(",") if d.strip()] if listed is not None else []
+    return names[:count] if len(names) >= count else [str(i) for i in range(count)]
+
+
+def spread_over_gpus(n_workers: int, gpus: list[str]) -> list[str]:
+    """The GPU of each of n worker processes, round robin over ``gpus`` (so ceil(n / len(gpus)) workers share
+    a GPU); [] when there is no choice to make (one GPU or none)."""
+    return [gpus[k % len(gpus)] for k in range(n_workers)] if len(gpus) > 1 else []
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -23,7 +23,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -39,7 +39,8 @@ from .config import (REFERENCE_ARM, ConfigError, RunConfig, SweepConfig, changed
 from .errors import CratelabError
 from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, write_csv, write_json, write_text
-from .runtime import check_threads, cpu_count, is_main_process, keep_freed_memory, set_threads
+from .runtime import (check_threads, cpu_count, is_main_process, keep_freed_memory, set_threads, spread_over_gpus,
+                      visible_gpus)
 from .sae.config import SAEConfig
 from .sweep_sae import arm_interp_neurons, arm_sae_config, run_sae_arm
 
@@ -509,9 +510,11 @@ def _execute_here(runs: list[PlannedRun], out_dir: Path, workers: int, threads: 
         for run in runs:
             yield run_logged(run, out_dir, threads)
         return
-    # spawn, not fork: torch's thread pools do not survive a fork
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(os.getpid(),)) as pool:
+    gpus = worker_gpus(runs, workers)
+    if gpus:
+        print(f"workers spread over GPUs {', '.join(dict.fromkeys(gpus))} (CUDA_VISIBLE_DEVICES of each: "
+              f"{', '.join(gpus)})", file=sys.stderr)
+    with worker_pool(workers, gpus) as pool:
         pending = {pool.submit(run_logged, run, out_dir, threads) for run in runs}
         try:
             while pending:
@@ -524,10 +527,35 @@ def _execute_here(runs: list[PlannedRun], out_dir: Path, workers: int, threads: 
             raise
 
 
-def _start_worker(parent: int) -> None:
-    """In a worker (a fresh interpreter): the CLI's allocator setting, and an end when the sweep process
-    ends, even by SIGKILL. An orphaned worker would finish its run while a rerun of the sweep starts the
-    same run again in the same folder."""
+def worker_gpus(runs: list[PlannedRun], workers: int) -> list[str]:
+    """Each worker's GPU (its CUDA_VISIBLE_DEVICES) on a machine of several: round robin, so that ``workers``
+    runs at once share the GPUs evenly (on one GPU they all share it); [] when a run names its GPU
+    (cuda:N) or uses none."""
+    devices = {d for run in runs for d in (run.config.train.device, run.config.interp.device,
+                                             run.sae.device if run.sae else "cpu")}
+    if any(d.startswith("cuda:") for d in devices) or not devices & {"auto", "cuda"}:
+        return []
+    return spread_over_gpus(workers, visible_gpus())
+
+
+def worker_pool(workers: int, gpus: Sequence[str] = ()) -> ProcessPoolExecutor:
+    """A pool of ``workers`` fresh interpreters (spawned, not forked: torch's thread pools do not survive a
+    fork), the k-th started on ``gpus[k]`` when given (its only visible GPU)."""
+    context, gpu_queue = get_context("spawn"), None
+    if gpus:
+        gpu_queue = context.SimpleQueue()
+        for gpu in gpus:
+            gpu_queue.put(gpu)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                               initargs=(os.getpid(), gpu_queue))
+
+
+def _start_worker(parent: int, gpu_queue: Any = None) -> None:
+    """In a worker (a fresh interpreter): its GPU (before CUDA starts in it), the CLI's allocator setting, and
+    an end when the sweep process ends, even by SIGKILL. An orphaned worker would finish its run while a
+    rerun of the sweep starts the same run again in the same folder."""
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
     keep_freed_memory()
     if sys.platform.startswith("linux"):
         import ctypes
