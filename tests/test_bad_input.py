@@ -3,8 +3,8 @@
 Every case is a real `cratelab ...` command line run outside the test process. One process per case
 would spend about 2 s importing torch each time, so the cases run in ONE child process (DRIVER): it
 calls the CLI's main() for each command line and records the exit code and stderr, printing an
-escaped exception as Python would (a "Traceback" the test then finds). tests/test_cli.py also runs a
-few of these as separate processes. docs/robustness.md lists the messages.
+escaped exception as Python would (a "Traceback" the test then finds). tests/test_cli.py and
+tests/interp/test_run.py also run a few as separate processes. docs/robustness.md lists the messages.
 """
 
 import json
@@ -285,6 +285,18 @@ CASES = [
                                  "--layers", "0", "--neurons", "1", "--tokens", "2048"], "{cache}/nothing"),
     ("interpret/bad-device", ["interpret", "{run}", "--out", "{cache}/i5", "--device", "tpu"], "interp.device"),
     ("interpret/out-below-a-file", ["interpret", "{run}", "--out", "{afile}/i"], "{afile}/i: Not a directory"),
+    ("interpret/simulation", ["interpret", "{run}", "--out", "{cache}/i", "--set", "interp.backend.simulation=guess"],
+     "interp.backend.simulation: must be one of"),
+    # ---- sae
+    ("sae/architecture", ["sae", "{run}", "--out", "{cache}/s", "--set", "sae.architecture=gated"],
+     "sae.architecture: must be one of"),
+    ("sae/tokens", ["sae", "{run}", "--out", "{cache}/s", "--set", "sae.tokens=0"], "sae.tokens: must be >= 1"),
+    ("sae/lr", ["sae", "{run}", "--out", "{cache}/s", "--set", "sae.lr=fast"], "sae.lr: expected float"),
+    ("sae/unknown-key", ["sae", "{run}", "--out", "{cache}/s", "--set", "sae.nope=1"], "sae.nope: unknown key"),
+    ("sae/model-override", ["sae", "{run}", "--out", "{cache}/s", "--set", "model.n_layer=3"],
+     "sae takes sae.* overrides"),
+    ("sae/hook", ["sae", "{run}", "--out", "{cache}/s", "--hook", "blocks.9.mlp.hook_post"],
+     "unknown hook point 'blocks.9.mlp.hook_post'"),
     # ---- ablate
     ("ablate/missing-config", ["ablate", "{cache}/nothing.toml", "--out", "{cache}/a"], "config file not found"),
     ("ablate/unknown-key", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "sweep.nope=1"],

@@ -166,14 +166,9 @@ def cratelab(*args, cwd=None):
                           timeout=300, env={**os.environ, "CRATELAB_CACHE": "/nonexistent"}, cwd=cwd)
 
 
+# the other bad inputs of `interpret` are in tests/test_bad_input.py's table (one driver process)
 @pytest.mark.parametrize("args,message", [
-    (["--protocol", "bogus"], "interp.protocols: must be one of"),
-    (["--layers", "5"], "interp.layers: layer 5 out of range (the model has 2 layers"),
-    (["--neurons", "-2"], "interp.neurons: must be >= 0"),
-    (["--set", "model.n_layer=3"], "interpret takes interp.* and data.* overrides"),
-    (["--set", "interp.colour=red"], "interp.colour: unknown key"),
     (["--method", "openai:"], "interp.method"),
-    (["--set", "interp.backend.simulation=guess"], "interp.backend.simulation: must be one of"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
     proc = cratelab("interpret", checkpoint, "--out", tmp_path / "out", *args)

@@ -110,7 +110,7 @@ def histogram_svg(sample: np.ndarray, top: np.ndarray, hi: float, bins: int = 40
     edges = np.linspace(lo, hi, bins + 1)
     counts = [np.histogram(v, edges)[0] for v in (sample, top)]
     top_count = max(1, *(int(c.max(initial=0)) for c in counts))
-    W, H, left, bottom, plot_h = 560, 178, 46, 34, 128
+    W, H, left, plot_h = 560, 178, 46, 128
     bar_w = (W - left - 10) / bins
     peak = np.log10(1 + top_count)
     shapes = []

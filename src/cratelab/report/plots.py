@@ -20,7 +20,7 @@ from ..evaluate import DENSITY_BIN_EDGES
 from ..config import level_text
 from ..sweep import Condition
 from .analysis import INTERP_METRICS, Design, Estimator, Metric, layer_intervals, mean_of, run_value
-from .load import Sweep
+from .load import RunResult, Sweep
 from .stats import Interval
 from .track import TrackedEstimate
 

@@ -12,7 +12,6 @@ CRATE reference); per-layer results; plots against each factor; the runs.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
