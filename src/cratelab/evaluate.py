@@ -61,7 +61,8 @@ class SparsityCounter:
 
     def __init__(self, n_layer: int, n_neurons: int, device: str | torch.device = "cpu"):
         self.n_neurons = n_neurons
-        self.counts = torch.zeros(n_layer, n_neurons + 2, dtype=torch.float64, device=device)  # [fires per neuron, act sum, tokens]
+        # per layer: [fires per neuron..., activation sum, tokens]
+        self.counts = torch.zeros(n_layer, n_neurons + 2, dtype=torch.float64, device=device)
 
     def add(self, layer: int, acts: torch.Tensor) -> None:
         """Count one batch of a layer's activations, (..., n_neurons)."""
