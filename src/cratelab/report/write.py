@@ -245,7 +245,7 @@ def convergence_blocks(sweep: Sweep) -> tuple[list[Block], bool]:
             f"Warning: {len(learning)} of {len(drops)} conditions are still learning (val loss fell more than "
             f"{100 * STILL_LEARNING:g}% over the last quarter of training: {', '.join(learning)}). Effects measured "
             f"on models that are still learning can change size or sign with more training; read them together "
-            f"with the verdicts above, and train longer (e.g. configs/seed-ablation-long.toml) before drawing "
+            f"with the verdicts above, and train longer (a larger train.max_steps) before drawing "
             f"conclusions."))
     return blocks, bool(learning)
 
