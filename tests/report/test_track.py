@@ -9,7 +9,7 @@ from cratelab.report import read_sweep_results, write_report
 from cratelab.report.analysis import Estimator, design_effects
 from cratelab.report.document import to_markdown
 from cratelab.report.stats import Interval
-from cratelab.report.track import FLIPPED, MOVING, STABLE, last_quarter_drop, track_verdict
+from cratelab.report.track import FLIPPED, MOVING, STABLE, UNTRACKED, last_quarter_drop, track_verdict
 from cratelab.report.write import convergence_blocks, track_section
 
 from .synthetic import DESIGN, add_track, make_sweep
@@ -108,6 +108,8 @@ def test_verdict_rules():
     assert track_verdict([Interval(None, None, None, 0, "none"), a], [None, True]) == MOVING
     no_ci = Interval(1.0, None, None, 1, "one seed")
     assert track_verdict([no_ci, no_ci], [None, None]) == MOVING  # untested is not stable
+    none = Interval(None, None, None, 0, "none")
+    assert track_verdict([none, none], [None, None]) == UNTRACKED  # e.g. an SAE arm: nothing along training
 
 
 def test_last_quarter_drop_interpolates_between_evaluations():

@@ -7,7 +7,9 @@ that point (raw CI excludes 0 and Holm-adjusted p <= 1 - confidence, over that p
 - flipped: the estimate changed sign and is significant at A or at B;
 - stable: the same significance at A and B, and the same sign (or significant at neither: no effect at both);
 - still moving: anything else (the same sign but the significance changed), or fewer than two points with an
-  interval (a single tracked point, or one seed: no test, so no claim that the answer holds).
+  interval (a single tracked point, or one seed: no test, so no claim that the answer holds);
+- not tracked: no estimate at any tracked point (a condition with no checkpoints along training, such as an
+  SAE arm, whose SAEs are trained on the final model only).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .analysis import Contrast, Estimator, Metric
 from .load import RunResult, Sweep, TrackPoint
 from .stats import Interval
 
-STABLE, MOVING, FLIPPED = "stable", "still moving", "flipped"
+STABLE, MOVING, FLIPPED, UNTRACKED = "stable", "still moving", "flipped", "not tracked"
 # a condition is "still learning" when its val loss fell by more than this share over the last quarter of
 # training (a converged run's loss moves by evaluation noise only, well under 1% at the report's eval sizes)
 STILL_LEARNING = 0.01
@@ -52,6 +54,8 @@ def sign(value: float | None) -> int:
 
 def track_verdict(intervals: list[Interval], significant: list[bool | None]) -> str:
     """The verdict of the module docstring, from the last two points that have an interval."""
+    if all(iv.estimate is None for iv in intervals):
+        return UNTRACKED
     known = [(iv, sig) for iv, sig in zip(intervals, significant) if iv.has_ci]
     if len(known) < 2:
         return MOVING

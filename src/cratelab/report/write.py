@@ -28,7 +28,7 @@ from .load import RunResult, Sweep, TrackPoint, read_sweep_results, read_track_p
 from .plots import (plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_sparsity_curves,
                     plot_track, plot_vs_factor)
 from .stats import Interval, t_critical
-from .track import (FLIPPED, MOVING, STABLE, STILL_LEARNING, condition_drops, point_estimators,
+from .track import (FLIPPED, MOVING, STABLE, STILL_LEARNING, UNTRACKED, condition_drops, point_estimators,
                     tracked_estimate)
 
 TITLE = "CRATE ablation: report"
@@ -205,7 +205,8 @@ def methods(est: Estimator) -> list[Block]:
          "within that point. The verdict compares the last two tracked points: flipped = the estimate changed "
          "sign and is significant at either point; stable = the same significance at both, and the same sign (or "
          "significant at neither); still moving = anything else (the same sign, but significant at one point "
-         "only), or fewer than two points with an interval (one seed gives loss and sparsity none)."),
+         "only), or fewer than two points with an interval (one seed gives loss and sparsity none); not tracked "
+         "= no estimate at any point (a condition without checkpoints along training, such as an SAE arm)."),
         (f"Convergence: a condition's val loss at 3/4 of its training tokens (interpolated between evaluations) "
          f"against its last value, as a share of the former, averaged over seeds; a drop above "
          f"{100 * STILL_LEARNING:g}% marks it as still learning."),
@@ -270,10 +271,13 @@ def track_section(est: Estimator, effects: list[Effect], points: list[TrackPoint
     counts = Counter(t.verdict for t in tracked.values())
     last = f"{fmt_tokens(points[-2].tokens)} and {fmt_tokens(points[-1].tokens)}"
     summary = (f"Verdicts over the last two tracked points ({last} of training), for {len(tracked)} (effect, "
-               f"metric) pairs: {counts[STABLE]} {STABLE}, {counts[MOVING]} {MOVING}, {counts[FLIPPED]} {FLIPPED}.")
-    if counts[STABLE] == len(tracked) and not learning:
+               f"metric) pairs: {counts[STABLE]} {STABLE}, {counts[MOVING]} {MOVING}, {counts[FLIPPED]} {FLIPPED}"
+               + (f", {counts[UNTRACKED]} {UNTRACKED} (conditions without checkpoints along training, such as SAE "
+                  f"arms)" if counts[UNTRACKED] else "") + ".")
+    all_hold = counts[STABLE] == len(tracked) - counts[UNTRACKED]
+    if all_hold and not learning:
         summary += " The answers below hold over the last two tracked points."
-    elif counts[STABLE] == len(tracked):
+    elif all_hold:
         summary += (" The answers below hold over the last two tracked points, but the models are still learning "
                     "(see Convergence): this report is an early-training preview; more training may change them.")
     else:
