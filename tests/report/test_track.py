@@ -105,10 +105,10 @@ def test_verdict_rules():
     assert track_verdict([_iv(1.0, False), _iv(-1.0, False)], [False, False]) == STABLE  # nothing at both
     assert track_verdict([_iv(1.0, False), a], [False, True]) == MOVING
     assert track_verdict([a], [True]) == MOVING  # a single point
-    assert track_verdict([Interval(None, None, None, 0, "none"), a], [None, True]) == MOVING
+    none = Interval(None, None, None, 0, "none")
+    assert track_verdict([none, a], [None, True]) == MOVING
     no_ci = Interval(1.0, None, None, 1, "one seed")
     assert track_verdict([no_ci, no_ci], [None, None]) == MOVING  # untested is not stable
-    none = Interval(None, None, None, 0, "none")
     assert track_verdict([none, none], [None, None]) == UNTRACKED  # e.g. an SAE arm: nothing along training
 
 
