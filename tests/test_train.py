@@ -15,8 +15,8 @@ from cratelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, Trai
 from cratelab.data.tokenizer import BPETokenizer
 from cratelab.errors import CratelabError
 from cratelab.models import build_model
-from cratelab.train import (lr_at, open_external_log, param_groups, resolve_vocab_size, train,
-                            truncate_metrics)
+from cratelab.schedule import cooldown_branches, cooldown_start, lr_at
+from cratelab.train import open_external_log, param_groups, resolve_vocab_size, train, truncate_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METRIC_KEYS = {"step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s"}
@@ -55,6 +55,75 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
     assert lrs[60] == pytest.approx(0.55)  # half way through the decay: the mean of lr and min_lr
     assert lrs[110] == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
     assert lr_at(0, replace(cfg, warmup_steps=0)) == pytest.approx(1.0)
+
+
+def test_wsd_holds_lr_then_decays_linearly_to_min_lr_on_the_budgets_last_step():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=100, schedule="wsd", cooldown=0.2)
+    lrs = [lr_at(step, cfg) for step in range(100)]
+    assert lrs[9] == pytest.approx(10 / 11) and lrs[10:80] == [1.0] * 70  # warm-up, then the stable phase
+    assert cooldown_start(100, cfg) == 80 and lrs[99] == pytest.approx(0.1)
+    assert lrs[80] == pytest.approx(1.0 - 0.9 / 20) and all(b < a for a, b in zip(lrs[79:99], lrs[80:100]))
+    # a tracked point's branch: the schedule of a 50-step run, which is the run's own until step 40
+    assert [lr_at(s, cfg, 50) for s in range(40)] == lrs[:40] and lr_at(49, cfg, 50) == pytest.approx(0.1)
+
+
+def test_wsd_branches_start_after_the_warm_up():
+    cfg = TrainConfig(warmup_steps=10, max_steps=100, schedule="wsd", cooldown=0.2)
+    assert cooldown_branches([25, 50, 100], cfg) == {20: [25], 40: [50]}  # the end is the run itself
+    with pytest.raises(CratelabError, match="step 8, inside the warm-up"):
+        cooldown_branches([10], cfg)
+
+
+@pytest.mark.e2e
+def test_a_wsd_tracked_point_is_the_run_of_that_budget_and_leaves_the_run_untouched(tiny, tmp_path):
+    """The model kept at step 6 under schedule = "wsd" is the one an 6-step WSD run ends with (its cooldown
+    branched from the stable phase at step 4, on the batches the run takes next), and the 10-step run that
+    kept it ends exactly as it does without it."""
+    cfg = tiny(max_steps=10, eval_interval=5, warmup_steps=1, schedule="wsd", cooldown=0.34)
+    tracked = train(cfg, tmp_path / "tracked", progress=False, keep_steps=[6])
+    plain = train(cfg, tmp_path / "plain", progress=False)
+    short = train(replace(cfg, train=replace(cfg.train, max_steps=6)), tmp_path / "short", progress=False)
+    assert tracked == {**plain, "elapsed_s": tracked["elapsed_s"], "tokens_per_s": tracked["tokens_per_s"]}
+    models = {name: load_checkpoint(tmp_path / name).model.state_dict() for name in ("tracked", "plain", "short")}
+    kept = load_checkpoint(tmp_path / "tracked" / "track" / "step6").model.state_dict()
+    assert all(torch.equal(models["tracked"][k], models["plain"][k]) for k in kept)
+    assert all(torch.equal(kept[k], models["short"][k]) for k in kept)
+    branch = [m for m in read_metrics(tmp_path / "tracked") if "cooldown_start" in m]
+    assert [(m["step"], m["cooldown_start"]) for m in branch] == [(6, 4)]  # cooldown of 2 steps (0.34 x 6)
+    assert branch[0]["lr"] == pytest.approx(cfg.train.min_lr)
+    assert branch[0]["val_loss"] == read_metrics(tmp_path / "short")[-1]["val_loss"]
+
+
+@pytest.mark.e2e
+def test_a_wsd_branch_cut_short_runs_again_on_resume_and_is_logged_once(tiny, tmp_path, monkeypatch):
+    cfg = tiny(max_steps=10, eval_interval=4, warmup_steps=1, schedule="wsd", cooldown=0.34)
+    train(cfg, tmp_path / "whole", progress=False, keep_steps=[6])
+    save = train_module.save_checkpoint
+
+    def killed_in_the_branch(*args, step, **kwargs):
+        if step == 6:  # the branch's kept model (from step 4, the checkpoint just written)
+            raise KeyboardInterrupt
+        return save(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_in_the_branch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False, keep_steps=[6])
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "resumed").step == 4
+    train(cfg, tmp_path / "resumed", progress=False, keep_steps=[6])
+    whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "resumed")
+    assert [(m["step"], m.get("cooldown_start")) for m in resumed] == [(4, None), (6, 4), (8, None), (10, None)]
+    assert [m["val_loss"] for m in resumed] == [m["val_loss"] for m in whole]
+    a, b = (load_checkpoint(tmp_path / n / "track" / "step6").model.state_dict() for n in ("whole", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_truncating_metrics_keeps_the_branches_that_started_before_the_resume_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 4}, {"step": 6, "cooldown_start": 4}, {"step": 8}, {"step": 12, "cooldown_start": 8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    truncate_metrics(path, 8)  # resuming at step 8 runs the branch that starts there again
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:3]
 
 
 def test_weight_decay_applies_to_matrices_only():

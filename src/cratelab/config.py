@@ -12,6 +12,7 @@ import dataclasses
 import math
 import tomllib
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,14 @@ def require_device(value: str, name: str) -> None:
 MAX_ISTA_STEPS = 64
 MAX_OVERCOMPLETE = 64
 MAX_N_EMBD = 65536
+# torch's CPU generator (model init, dropout, the training batches) keeps the low 32 bits of a seed: seed 2**32
+# would train exactly as seed 0, so two "seeds" would be one
+MAX_SEED = 2**32 - 1
+
+
+def require_seed(seed: int, name: str) -> None:
+    require(0 <= seed <= MAX_SEED, name, f"must be in [0, {MAX_SEED}] (2^32 - 1), got {seed}" + (
+        f": torch keeps the low 32 bits of a seed, so it would train as seed {seed % 2**32}" if seed > 0 else ""))
 
 
 @dataclass
@@ -60,6 +69,10 @@ class ModelConfig:
     overcomplete: int = 4  # dictionary atoms per model dimension (h = overcomplete * n_embd); MLP width too
     mlp_act: str = "relu"  # the MLP's activation (GPT baseline; CRATE with ffn = "mlp"): "relu" (official) | "gelu"
     dropout: float = 0.0
+    # GPT only, as nanoGPT's `bias`: false drops the biases of every Linear and LayerNorm (the official GPT
+    # baseline's, whose counts the paper prints). For CRATE it means what it means in the official code: nothing;
+    # CRATE keeps its fixed biases (LayerNorms, attention output; none in U or the dictionary) either way
+    bias: bool = True
 
     def validate(self, prefix: str = "model") -> None:
         p = prefix + "."
@@ -70,6 +83,7 @@ class ModelConfig:
         choose(self.ista_decoder, ("tied", "separate"), p + "ista_decoder")
         require(isinstance(self.ista_residual, bool), p + "ista_residual",
                  f"must be true or false, got {self.ista_residual!r}")
+        require(isinstance(self.bias, bool), p + "bias", f"must be true or false, got {self.bias!r}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "ista_steps", "overcomplete"):
             require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
         # each unrolled step is a layer of the network (and saved for backward); beyond these it is a typo
@@ -133,6 +147,11 @@ class TrainConfig:
     lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 100
+    # "cosine": decay to min_lr over the whole run | "wsd" (warmup-stable-decay): lr held until the last `cooldown`
+    # share of the run, then a linear decay to min_lr; each tracked point (sweep.track) then branches a cooldown of
+    # its own from the stable phase, so it is the model a run of that budget would give
+    schedule: str = "cosine"
+    cooldown: float = 0.2  # schedule "wsd": the share of a budget (the run's, or a tracked point's) spent decaying
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -149,9 +168,12 @@ class TrainConfig:
         p = prefix + "."
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
             require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "threads", "seed"):
+        for name in ("warmup_steps", "threads"):
             require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
+        require_seed(self.seed, p + "seed")
         require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
+        choose(self.schedule, ("cosine", "wsd"), p + "schedule")
+        require(0 < self.cooldown < 1, p + "cooldown", f"must be in (0, 1), got {self.cooldown}")
         require(0 <= self.min_lr <= self.lr, p + "min_lr", f"must be in [0, train.lr], got {self.min_lr}")
         require(self.weight_decay >= 0, p + "weight_decay", f"must be >= 0, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
@@ -173,6 +195,10 @@ class EvalConfig:
                 f"must be in (0, 1), got {self.dense_threshold}")
 
 
+LAYERS_FORMAT = "'all' or a comma list of layer indices such as '0,2'"  # InterpConfig.layers
+# string settings that hold a list or a number, and how they are written (a type error says so)
+STRING_FORMATS = {"interp.layers": f": {LAYERS_FORMAT}",
+                  "interp.protocols": ": a comma list of protocols such as 'top-and-random,anthropic'"}
 TOP_MODES = ("distinct", "paper")  # RecordConfig.top
 QUANTILE_MODES = ("exact", "sample")  # RecordConfig.quantiles
 
@@ -210,6 +236,7 @@ class RecordConfig:
 
 
 SIMULATIONS = ("auto", "logprobs", "json")
+LOCAL_DTYPES = ("float32", "bfloat16", "float16")  # BackendConfig.dtype
 
 
 @dataclass
@@ -229,10 +256,21 @@ class BackendConfig:
     # openai: seconds a neuron's requests may take in all (every protocol, waits for a free slot included);
     # then it fails with a transport reason and the run goes on. 0 = no deadline
     neuron_deadline_s: float = 600.0
+    # the explainer's answer is cut at this many tokens; only its first line is used (at 40, SmolLM2's
+    # explanations were cut mid-sentence)
+    max_explanation_tokens: int = 60
+    # local: where the model runs ("auto": cuda when available, else cpu) and the precision its weights are
+    # expanded to (a .gguf file is dequantised: float32 takes 4 bytes a weight, whatever the file's size)
+    device: str = "auto"
+    dtype: str = "float32"  # float32 on CPU (no fast half precision there); bfloat16 halves GPU memory
 
     def validate(self, prefix: str = "interp.backend") -> None:
         p = prefix + "."
         choose(self.simulation, SIMULATIONS, p + "simulation")
+        choose(self.dtype, LOCAL_DTYPES, p + "dtype")
+        require_device(self.device, p + "device")
+        require(self.max_explanation_tokens >= 1, p + "max_explanation_tokens",
+                f"must be >= 1, got {self.max_explanation_tokens}")
         require(self.concurrency >= 1, p + "concurrency", f"must be >= 1, got {self.concurrency}")
         require(self.retries >= 0, p + "retries", f"must be >= 0, got {self.retries}")
         require(self.timeout_s > 0, p + "timeout_s", f"must be > 0, got {self.timeout_s}")
@@ -275,7 +313,7 @@ class InterpConfig:
             return list(range(n_layer or 0))
         parts = [part.strip() for part in self.layers.split(",")]
         require(all(part.isdigit() for part in parts), name,
-                f"must be 'all' or a comma list of layer indices such as '0,2', got {self.layers!r}")
+                f"must be {LAYERS_FORMAT}, got {self.layers!r}")
         layers = [int(part) for part in parts]
         require(len(set(layers)) == len(layers), name, f"lists a layer twice: {self.layers!r}")
         if n_layer is not None:
@@ -283,6 +321,13 @@ class InterpConfig:
                 require(layer < n_layer, name, f"layer {layer} out of range (the model has {n_layer} layers: "
                                               f"0 to {n_layer - 1})")
         return sorted(layers)
+
+    def model_layers(self, model: ModelConfig) -> list[int]:
+        """layer_list for this model, whose context must also hold a record (checked before a sweep trains it)."""
+        layers = self.layer_list(model.n_layer)
+        require(self.records.window <= model.block_size, "interp.records.window",  # a record lies in one context
+                f"must be <= model.block_size ({model.block_size}), got {self.records.window}")
+        return layers
 
     def protocol_list(self) -> list[str]:
         return [part.strip() for part in self.protocols.split(",")]
@@ -304,6 +349,9 @@ class InterpConfig:
         require(any(self.method == m or (":" in m and self.method.startswith(m.split(":")[0] + ":")
                                          and len(self.method) > len(m.split(":")[0]) + 1) for m in METHODS),
                 p + "method", f"must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
+        require(not (self.method.startswith("local:") and self.backend.simulation == "json"), p + "backend.simulation",
+                f"'json' needs an endpoint (openai:MODEL); a local model ({self.method}) is always simulated "
+                "from its digit probabilities: use 'auto' or 'logprobs'")
         require_device(self.device, p + "device")
         require(0 < self.confidence < 1, p + "confidence", f"must be in (0, 1), got {self.confidence}")
         self.records.validate(p + "records")
@@ -371,6 +419,13 @@ class SlurmConfig:
 
     def validate(self, prefix: str = "sweep.slurm") -> None:
         p = prefix + "."
+        # every option becomes a line of the sbatch script: a newline (or any control character) would add lines
+        for name, value in [("partition", self.partition), ("account", self.account),
+                            *[(f"extra[{i}]", v) for i, v in enumerate(self.extra)],
+                            *[(f"setup[{i}]", v) for i, v in enumerate(self.setup)]]:
+            require(not any(unicodedata.category(c) == "Cc" for c in value), p + name,
+                    f"must not hold control characters (a newline would add lines to the job's sbatch script), "
+                    f"got {value!r}")
         for name in ("partition", "account"):
             value = getattr(self, name)
             require(value == value.strip() and not any(c.isspace() for c in value), p + name,
@@ -385,8 +440,6 @@ class SlurmConfig:
             name = option.removeprefix("--").split("=", 1)[0]
             require(option.startswith("--") and bool(name) and all(c.isalnum() or c in "-_" for c in name),
                     f"{p}extra[{i}]", f"must be a long sbatch option, --name=value or --flag, got {option!r}")
-        for i, line in enumerate(self.setup):
-            require("\n" not in line, f"{p}setup[{i}]", "must be one shell line")
 
     def sbatch_options(self) -> dict[str, str | bool]:
         """The `extra` options as sbatch option names -> values (True for a flag)."""
@@ -420,7 +473,8 @@ class SweepConfig:
         p = prefix + "."
         require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), p + "seeds",
                 f"must list distinct seeds, got {self.seeds}")
-        require(all(s >= 0 for s in self.seeds), p + "seeds", f"must be >= 0, got {self.seeds}")
+        for seed in self.seeds:
+            require_seed(seed, p + "seeds")
         for key, levels in self.factors.items():
             name = f"{p}factors.{key}"
             require(len(key.split(".")) == 2 and all(key.split(".")), name, "a factor is a run-config field "
@@ -430,12 +484,16 @@ class SweepConfig:
             for i, level in enumerate(levels):
                 require(isinstance(level, FACTOR_LEVEL_TYPES), f"{name}[{i}]",
                         f"a level is a number, string or boolean, got {level!r}")
-            texts = [level_text(level) for level in levels]
-            require(len(set(texts)) == len(texts), name, f"lists a level twice: {levels}")
+            seen: dict[tuple[str, str], Any] = {}
+            for level in levels:
+                same = seen.setdefault(_level_key(key, level), level)
+                require(same is level, name, f"lists the level {level_text(level)} twice: {levels}"
+                        if level_text(same) == level_text(level) else f"levels {level_text(same)} and "
+                        f"{level_text(level)} are the same value for {key}: two identical conditions")
         for key, value in self.reference.items():
             require(key in self.factors, f"{p}reference.{key}", f"is not a factor (factors: "
                     f"{', '.join(self.factors) or 'none'})")
-            require(level_text(value) in map(level_text, self.factors[key]), f"{p}reference.{key}",
+            require(_level_key(key, value) in [_level_key(key, v) for v in self.factors[key]], f"{p}reference.{key}",
                     f"must be one of the factor's levels {self.factors[key]}, got {value!r}")
         names = [arm.name for arm in self.arms]
         trained = [arm.name for arm in self.arms if not arm.derived]
@@ -453,6 +511,8 @@ class SweepConfig:
             for key in arm.set:
                 require(len(key.split(".")) == 2 and all(key.split(".")), f"{name}.set.{key}",
                         "must be a run-config field written as section.key")
+                require(key not in ("train.seed", "interp.seed"), f"{name}.set.{key}",
+                        f"arm {arm.name!r} sets a seed, but seeds are set by sweep.seeds (every arm runs each)")
                 require(not arm.derived or key.startswith("interp."), f"{name}.set.{key}",
                         "an arm with `of` uses its base's model and training: it may set interp.* only")
         require(self.workers >= 1, p + "workers", f"must be >= 1, got {self.workers}")
@@ -463,8 +523,11 @@ class SweepConfig:
         require(len(set(self.track)) == len(self.track), p + "track", f"lists a fraction twice: {self.track}")
 
     def reference_levels(self) -> dict[str, Any]:
-        """The reference condition: the declared level of each factor, else its first level."""
-        return {key: self.reference.get(key, levels[0]) for key, levels in self.factors.items()}
+        """The reference condition: the declared level of each factor (as the factor lists it: a reference
+        of 1 names the level 1.0 of a float field), else its first level."""
+        return {key: next((level for level in levels if key in self.reference
+                           and _level_key(key, level) == _level_key(key, self.reference[key])), levels[0])
+                for key, levels in self.factors.items()}
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -480,6 +543,20 @@ def level_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def _level_key(key: str, level: Any) -> tuple[str, str]:
+    """A level as its field holds it, so that two spellings of one value (1 and 1.0 for a float field) are
+    one level; a level the field refuses is kept as written (building its condition's config says why)."""
+    section, _, leaf = key.partition(".")
+    typ = typing.get_type_hints(RunConfig).get(section)
+    typ = typing.get_type_hints(typ).get(leaf) if typ else None
+    if typ in (bool, int, float, str):
+        try:
+            level = _coerce(level, typ, key)
+        except ConfigError:
+            pass
+    return type(level).__name__, level_text(level)
+
+
 def _dotted(values: Any, name: str) -> dict[str, Any]:
     """A table of "section.key" entries, also accepted as nested tables (what `--set sweep.factors.a.b=...`
     makes): {"model": {"qkv": x}} -> {"model.qkv": x}."""
@@ -487,10 +564,12 @@ def _dotted(values: Any, name: str) -> dict[str, Any]:
         raise ConfigError(name, f"must be a table, got {type(values).__name__}")
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, dict):
-            flat |= {f"{key}.{k}": v for k, v in _dotted(value, f"{name}.{key}").items()}
-        else:
-            flat[key] = value
+        for dotted, leaf in (_dotted(value, f"{name}.{key}") if isinstance(value, dict) else {"": value}).items():
+            dotted = f"{key}.{dotted}" if dotted else key
+            # "model.qkv" = [...] beside model.qkv = [...] (or a [model] table): one would silently win
+            require(dotted not in flat, f"{name}.{dotted}", "given twice: as a quoted \"section.key\" and as a "
+                    "dotted key or table; keep one")
+            flat[dotted] = leaf
     return flat
 
 
@@ -522,7 +601,8 @@ def sweep_from_dict(values: Any) -> SweepConfig:
             f"unknown key (known: {', '.join(sorted({f.name for f in dataclasses.fields(SweepConfig)}))})")
     sweep = dataclasses.replace(section_from_dict(SweepConfig, values, "sweep"), **tables)
     sweep.validate()
-    return sweep
+    # the tracked points are a set: [1.0, 0.5] is [0.5, 1.0] (and resumes a sweep.toml that holds it so)
+    return dataclasses.replace(sweep, track=sorted(sweep.track))
 
 
 # `--smoke`: the whole pipeline, every condition, two seeds, in about two minutes on a 2-core CPU
@@ -557,6 +637,12 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
             value = float(value)
     elif typ is str:
         ok = isinstance(value, str)
+        # a list or a number where a string is expected (interp.layers = 3): say what to write instead
+        parts = value if isinstance(value, list) else [value]
+        if not ok and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in parts):
+            written = ",".join(map(str, parts))
+            raise ConfigError(name, f"expected a string{STRING_FORMATS.get(name, '')}, got {type(value).__name__} "
+                                    f"{value!r}: write it in quotes, {name.rsplit('.', 1)[-1]} = \"{written}\"")
     else:  # pragma: no cover - every config field is one of the four types above
         raise TypeError(f"unsupported config type {typ!r} for {name}")
     if not ok:
@@ -611,12 +697,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        target = values
-        for part in path[:-1]:
+        target, leaf = values, path[-1]
+        for i, part in enumerate(path[:-1]):
+            if ".".join(path[i:]) in target:  # a quoted "model.qkv" (a sweep's factors, reference, arm set): replaced
+                leaf = ".".join(path[i:])
+                break
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise ConfigError(".".join(path), "is not a table")
-        target[path[-1]] = value
+        target[leaf] = value
     return values
 
 
@@ -627,7 +716,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: editors on Windows start files with a byte-order mark, which TOML calls an invalid statement
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("", f"{path}: invalid TOML: {err}") from None
     except UnicodeDecodeError as err:

@@ -33,6 +33,8 @@ from .interp.score import PROTOCOLS as SCORING_PROTOCOLS
 CHECKPOINT = "ckpt.pt"
 CONFIG = "config.toml"  # also in an interpret folder: the run config with the [interp] section used
 METRICS = "metrics.jsonl"  # one JSON line per evaluation during training
+# metrics.jsonl: a line of a cooldown branch (train.schedule = "wsd", a tracked point) names the step it branched from
+COOLDOWN_START = "cooldown_start"
 EVAL = "eval.json"
 TENSORBOARD = "tensorboard"
 TRACK = "track"  # track/step{N}/: the checkpoints kept along training (track_folder)

@@ -20,12 +20,11 @@ import functools
 import itertools
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,14 +33,15 @@ from typing import Any
 import tomli_w
 
 from . import layout
-from .config import (REFERENCE_ARM, ConfigError, RunConfig, SweepConfig, changed_settings, config_from_dict,
+from .config import (REFERENCE_ARM, Arm, ConfigError, RunConfig, SweepConfig, changed_settings, config_from_dict,
                      level_text, read_toml)
 from .errors import CratelabError
 from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
-from .io import folder_lock, read_json, write_csv, write_json, write_text
+from .io import folder_lock, read_json, remove_tree, write_csv, write_json, write_text
 from .runtime import (check_threads, cpu_count, is_main_process, keep_freed_memory, set_threads, spread_over_gpus,
                       visible_gpus)
 from .sae.config import SAEConfig
+from .schedule import cooldown_branches
 from .sweep_sae import arm_interp_neurons, arm_sae_config, run_sae_arm
 
 
@@ -118,6 +118,7 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
     conditions = grid_conditions(sweep)
     configs = {c.name: _condition_config(shared, condition_settings(sweep, c), c.name) for c in conditions}
     arms = {arm.name: (i, arm) for i, arm in enumerate(sweep.arms)}
+    _check_conditions(sweep, conditions, configs, arms)
     reference = next(c.name for c in conditions if not c.arm and _is_reference(sweep, c))
     runs = []
     for seed in sweep.seeds:
@@ -128,6 +129,8 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
             name = f"{condition.name}-s{seed}"
             index, arm = arms.get(condition.name, (0, None))
             if arm is None or not arm.derived:
+                if cfg.train.schedule == "wsd":  # each tracked point's cooldown must start after the warm-up
+                    cooldown_branches(tracked_steps(sweep.track, cfg.train.max_steps), cfg.train)
                 runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys),
                                        tuple(sweep.track)))
                 continue
@@ -136,7 +139,48 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
                 cfg.interp, neurons=arm_interp_neurons(arm, configs[base])))
             runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys),
                                    base=f"{base}-s{seed}", sae=arm_sae_config(arm, index, cfg)))
+    for run in runs:  # its folder's name
+        size = len(os.fsencode(run.name))
+        if size > NAME_MAX:
+            arm = arms.get(run.condition.name)
+            field = (f"sweep.arms[{arm[0]}].name" if arm else "sweep.factors." + max(
+                run.condition.levels, key=lambda key: len(level_text(run.condition.levels[key]))))
+            raise ConfigError(field, f"makes the run name {run.name[:40]!r}... {size} bytes long, more than the "
+                                     f"{NAME_MAX} of a file name: use {'a shorter name' if arm else 'shorter levels'}")
     return runs
+
+
+NAME_MAX = 255  # bytes of a file name (a run's folder) on Linux, macOS and Windows file systems
+
+
+def _check_conditions(sweep: SweepConfig, conditions: list[Condition], configs: dict[str, RunConfig],
+                      arms: dict[str, tuple[int, Arm]]) -> None:
+    """What would fail only once a condition's runs are trained (their interp settings against their model),
+    and trained conditions that are one another (the same runs twice under two names)."""
+    seen: dict[str, str] = {}
+    for condition in conditions:
+        cfg = configs[condition.name]
+        with _in_condition(condition.name):
+            cfg.interp.model_layers(cfg.model)
+        index, arm = arms.get(condition.name, (0, None))
+        if arm is not None and arm.derived:
+            continue
+        same = seen.setdefault(repr(cfg), condition.name)
+        if same != condition.name:
+            raise ConfigError(f"sweep.arms[{index}].set" if arm else "sweep.factors",
+                              f"condition {condition.name} has the settings of condition {same}: the same runs "
+                              f"would be trained twice")
+
+
+@contextmanager
+def _in_condition(name: str) -> Iterator[None]:
+    """Errors about one condition's settings name the condition."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(err.field, f"{str(err).removeprefix(err.field + ': ')} (condition {name})") from None
+    except CratelabError as err:
+        raise CratelabError(f"{err} (condition {name})") from None
 
 
 def _is_reference(sweep: SweepConfig, condition: Condition) -> bool:
@@ -163,10 +207,8 @@ def _condition_config(shared: dict[str, dict[str, Any]], settings: dict[str, Any
         if not isinstance(values.get(section), dict):
             raise ConfigError(key, f"unknown section {section!r} (known: {', '.join(shared)}) in condition {name}")
         values[section][leaf] = value
-    try:
+    with _in_condition(name):
         return config_from_dict(values)
-    except ConfigError as err:
-        raise ConfigError(err.field, f"{str(err).removeprefix(err.field + ': ')} (condition {name})") from None
 
 
 def _condition_columns(name: str, condition: Condition, cfg: RunConfig, keys: list[str]) -> dict[str, Any]:
@@ -342,7 +384,9 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
     if not path.is_file():
         return
     old, new = read_toml(path), sweep_values(base, sweep)
-    old.setdefault("sweep", {}).setdefault("track", [])  # a sweep folder from before sweep.track tracked nothing
+    track = old.setdefault("sweep", {}).setdefault("track", [])  # a folder from before sweep.track tracked nothing
+    if isinstance(track, list) and all(isinstance(f, (int, float)) for f in track):
+        old["sweep"]["track"] = sorted(track)  # as sweep_from_dict orders it (older folders kept the file's order)
     diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors", "sweep.slurm"))
     if set(old.get("sweep", {}).get("factors", {})) != set(sweep.factors):  # another factor renames every run
         diffs.append(f"sweep.factors {sorted(old.get('sweep', {}).get('factors', {}))} -> {sorted(sweep.factors)}")
@@ -352,12 +396,13 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
 
 
 def remove_sweep_outputs(out_dir: Path) -> None:
-    """`ablate --fresh`: delete what an earlier sweep wrote in out_dir (and nothing else)."""
-    for name in (layout.SWEEP_CONFIG, layout.RESULTS, layout.RESULTS_LAYERS, layout.RESULTS_TRACK, layout.REPORT_MD,
-                 layout.REPORT_HTML):
-        (out_dir / name).unlink(missing_ok=True)
-    for name in (layout.RUNS, layout.PLOTS, layout.JOBS):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
+    """`ablate --fresh`: delete what an earlier sweep wrote in out_dir (and nothing else; a symbolic link
+    among them is removed, not what it points to). A failed delete stops it with an OSError naming what
+    could not be deleted; sweep.toml goes last, so until everything else is gone it still refuses a sweep
+    with other settings the old runs."""
+    for name in (layout.RUNS, layout.PLOTS, layout.JOBS, layout.RESULTS, layout.RESULTS_LAYERS, layout.RESULTS_TRACK,
+                 layout.REPORT_MD, layout.REPORT_HTML, layout.SWEEP_CONFIG):
+        remove_tree(out_dir / name)
 
 
 def print_commands(config_path: str | Path, out_dir: Path, overrides: list[str], smoke: bool,
@@ -407,9 +452,10 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
     if sweep.launcher == "slurm":
         _launch().require_slurm()
     workers = check_threads(sweep.workers, "sweep.workers")
+    check_machine(sweep, runs)
+    _prepare_data(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_sweep(base, sweep, out_dir)
-    _prepare_data(base)
     todo = unfinished_runs(runs, out_dir)
     if sweep.launcher == "slurm":
         threads, at_once = sweep.slurm.cpus_per_task, "all submitted"
@@ -462,6 +508,30 @@ def check_launcher(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
     if sweep.launcher == "slurm" and sweep.slurm.gpus_per_run and cpu:
         raise ConfigError("sweep.slurm.gpus_per_run", f"asks {sweep.slurm.gpus_per_run} GPU(s) per job but "
                           f"train.device is \"cpu\" (run {cpu[0]}): set train.device=\"auto\", or gpus_per_run=0")
+
+
+def check_machine(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
+    """What every run and arm needs of this machine (its devices, threads, memory for its weights), checked
+    before the first run trains: otherwise a run would fail when it starts, after others trained for hours.
+    Slurm jobs run on the cluster's machines: only their settings are checked (expand)."""
+    from .runtime import resolve_device
+
+    if sweep.launcher == "slurm":
+        return
+    arms = {arm.name: i for i, arm in enumerate(sweep.arms)}
+    for run in {run.condition.name: run for run in runs}.values():  # one run per condition: seeds share it
+        cfg = run.config
+        devices = [("train.device", cfg.train.device), ("interp.device", cfg.interp.device)]
+        threads = [("train.threads", cfg.train.threads), ("interp.threads", cfg.interp.threads)]
+        if run.sae:
+            devices = [(f"sweep.arms[{arms[run.condition.name]}].sae.device", run.sae.device), devices[1]]
+            threads = [(f"sweep.arms[{arms[run.condition.name]}].sae.threads", run.sae.threads), threads[1]]
+        with _in_condition(run.condition.name):
+            for setting, device in devices:
+                resolve_device(device, setting=setting)
+            for setting, count in threads:
+                check_threads(count, setting)
+            cfg.model.check_fits_in_memory()
 
 
 def print_job_scripts(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] = ()) -> None:
@@ -567,11 +637,20 @@ def _start_worker(parent: int, gpu_queue: Any = None) -> None:
         os._exit(1)
 
 
-def _prepare_data(base: RunConfig) -> None:
-    """Tokenize once before the workers start, so they do not all build the same cache."""
+def _prepare_data(runs: list[PlannedRun]) -> None:
+    """Tokenize each run's data once before the workers start, so they do not all build the same cache; and check
+    every run's context against it, so that a missing or too small corpus stops the sweep before any run trains."""
+    from .data.batches import check_split_length
     from .data.shards import prepare_dataset
 
-    prepare_dataset(base.data, progress=sys.stderr.isatty())
+    datasets: dict[str, Any] = {}
+    for run in runs:
+        data, block_size = run.config.data, run.config.model.block_size
+        with _in_condition(run.condition.name):
+            if repr(data) not in datasets:
+                datasets[repr(data)] = prepare_dataset(data, progress=sys.stderr.isatty())
+            check_split_length(datasets[repr(data)].train, block_size, "train")
+            check_split_length(datasets[repr(data)].val, block_size, "validation")
 
 
 def _fmt(value: Any) -> str:

@@ -12,6 +12,7 @@ line per evaluation: step, tokens, train_loss, val_loss, lr, tokens_per_s, elaps
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +31,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .checkpoint import config_of, read_checkpoint, save_checkpoint, write_config
-from .config import RunConfig, TrainConfig, changed_settings
+from .config import RunConfig, changed_settings
 from .data.batches import TrainBatches, eval_windows
 from .data.shards import prepare_dataset
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .evaluate import evaluate, training_sparsity_metrics, write_evaluation
 from .io import append_line, folder_lock, keep_jsonl
-from .layout import CHECKPOINT, CONFIG, EVAL, METRICS, TENSORBOARD, TRACK, track_folder
+from .layout import CHECKPOINT, CONFIG, COOLDOWN_START, EVAL, METRICS, TENSORBOARD, TRACK, track_folder
 from .models import build_model
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
+from .schedule import cooldown_branches, lr_at
 
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -90,9 +85,13 @@ def check_same_run(state: dict[str, Any], cfg: RunConfig, tokenizer: Tokenizer, 
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metric lines up to ``step``: lines written after the checkpoint a run resumes from would
-    otherwise appear twice. Also drops a line cut short by a crash."""
-    keep_jsonl(path, lambda row: isinstance(row.get("step"), int) and row["step"] <= step)
+    """Keep the metric lines up to ``step``, and those of cooldown branches that started before it: the lines
+    a resumed run writes again would otherwise appear twice. Also drops a line cut short by a crash."""
+    def kept(row: dict[str, Any]) -> bool:
+        if not isinstance(row.get("step"), int):
+            return False
+        return row[COOLDOWN_START] < step if isinstance(row.get(COOLDOWN_START), int) else row["step"] <= step
+    keep_jsonl(path, kept)
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor | None]:
@@ -255,11 +254,14 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_model = model.module if ddp else model  # evaluation shards differ per process: no DDP sync there
-
     tokens_per_step = tc.batch_size * tc.grad_accum * world_size * block_size
+    loop = Loop(cfg, model, raw_model, optimizer, scaler, batches, autocast, amp_dtype, device, ddp, world_size, tokens_per_step,
+                val_windows, token_bytes)
     log(f"training {raw_model.num_params() / 1e6:.2f}M parameters on {device} x {world_size}, "
         f"{tokens_per_step:,} tokens per step, steps {step:,} -> {tc.max_steps:,}")
+    # kept steps: a snapshot of the run itself (cosine), or a cooldown branched from the stable phase (wsd)
+    branches = cooldown_branches(keep_steps, tc) if tc.schedule == "wsd" else {}
+    snapshots = set() if tc.schedule == "wsd" else keep_steps
 
     # ---- the loop
     model.train()
@@ -267,42 +269,22 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
     start = time.perf_counter() - elapsed
     with tqdm(total=tc.max_steps, initial=step, disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
         while step < tc.max_steps:
+            for budget in branches.get(step, []):  # also on resuming at this step: a branch cut short runs again
+                cooldown_branch(loop, step, budget, out_dir, dataset.tokenizer, master)
+                log(f"step {budget:,} (cooldown from step {step:,}): kept in {track_folder(out_dir, budget)}")
             t0 = time.perf_counter()
             lr = lr_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = batches.next()
-            step_loss = torch.zeros((), device=device)
-            for micro in range(tc.grad_accum):
-                # DDP all-reduces gradients during backward: only needed on the last micro-step
-                sync = model.no_sync() if ddp and micro < tc.grad_accum - 1 else nullcontext()
-                with sync:
-                    with autocast:
-                        loss = model(x[micro], y[micro])[1]  # holding no reference to the logits frees them early
-                        loss = loss / tc.grad_accum  # gradients sum over micro-steps: this makes them a mean
-                    scaler.scale(loss).backward()
-                step_loss += loss.detach()
-            if ddp:  # the global batch's loss, the same in every process (so all stop together on NaN)
-                dist.all_reduce(step_loss)
-                step_loss /= world_size
-            train_loss = step_loss.item()
+            train_loss = train_step(loop, lr)
             if not math.isfinite(train_loss):
                 raise CratelabError(nan_message("loss", train_loss, step + 1, ckpt_path))
-            if tc.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             step, tokens = step + 1, tokens + tokens_per_step
             loss_sum, loss_steps = loss_sum + train_loss, loss_steps + 1
             train_time += time.perf_counter() - t0
             bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             bar.update()
 
-            if step % tc.eval_interval == 0 or step == tc.max_steps or step in keep_steps:
-                evaluation = evaluate(raw_model, val_windows, token_bytes, cfg.eval.dense_threshold, tc.batch_size,
-                                      device, forward=eval_model, autocast=autocast, ddp=ddp)
+            if step % tc.eval_interval == 0 or step == tc.max_steps or step in snapshots:
+                evaluation = evaluate_now(loop)
                 val_loss = evaluation.val_loss
                 if not math.isfinite(val_loss):
                     raise CratelabError(nan_message("validation loss", val_loss, step, ckpt_path))
@@ -315,14 +297,11 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
                     dist.all_gather_object(rng, rng_states(device))
                 if master:
                     append_line(metrics_path, json.dumps(metrics))
-                    if step in keep_steps and step < tc.max_steps:
+                    if step in snapshots and step < tc.max_steps:
                         # before ckpt.pt: a kill in between resumes from the previous checkpoint and passes
                         # this step again, so a kept model is never missing, and rewritten identically
-                        save_checkpoint(raw_model, cfg, dataset.tokenizer, track_folder(out_dir, step), step=step,
-                                        tokens=tokens, metrics=metrics)
-                        if amp_dtype is None:
-                            write_evaluation(evaluation, track_folder(out_dir, step), step, cfg.eval.tokens)
-                    if amp_dtype is None:
+                        keep_model(loop, evaluation, track_folder(out_dir, step), dataset.tokenizer, metrics)
+                    if loop.amp_dtype is None:
                         # eval.json of the checkpoint about to be saved, in float32 as `cratelab eval` computes it;
                         # written first: a kill in between leaves one of a later step, which no reader takes for
                         # the checkpoint's (read_evaluation checks the step)
@@ -337,3 +316,102 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
                     f"val_loss {val_loss:.4f} | lr {lr:.2e} | {metrics['tokens_per_s']:,.0f} tokens/s")
                 loss_sum, loss_steps, train_time = 0.0, 0, 0.0
     return metrics
+
+
+@dataclass
+class Loop:
+    """What an optimizer step and an evaluation need, for the run and for its cooldown branches."""
+
+    cfg: RunConfig
+    model: torch.nn.Module  # what the steps run: the model, compiled and/or DDP-wrapped
+    raw_model: torch.nn.Module  # the plain module: its state dict is what checkpoints hold
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: TrainBatches
+    autocast: Any  # the autocast context of amp_dtype, or a null context
+    amp_dtype: torch.dtype | None
+    device: torch.device
+    ddp: bool
+    world_size: int
+    tokens_per_step: int
+    val_windows: torch.Tensor
+    token_bytes: torch.Tensor
+
+
+def train_step(loop: Loop, lr: float) -> float:
+    """One optimizer step at learning rate ``lr`` (micro-steps with gradient accumulation, clip, step); returns the
+    global batch's loss, the same in every process (so that all stop together on NaN)."""
+    tc, model, optimizer, scaler = loop.cfg.train, loop.model, loop.optimizer, loop.scaler
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = loop.batches.next()
+    step_loss = torch.zeros((), device=loop.device)
+    for micro in range(tc.grad_accum):
+        # DDP all-reduces gradients during backward: only needed on the last micro-step
+        sync = model.no_sync() if loop.ddp and micro < tc.grad_accum - 1 else nullcontext()
+        with sync:
+            with loop.autocast:
+                loss = model(x[micro], y[micro])[1]  # holding no reference to the logits frees them early
+                loss = loss / tc.grad_accum  # gradients sum over micro-steps: this makes them a mean
+            scaler.scale(loss).backward()
+        step_loss += loss.detach()
+    if loop.ddp:
+        dist.all_reduce(step_loss)
+        step_loss /= loop.world_size
+    train_loss = step_loss.item()
+    if not math.isfinite(train_loss):
+        return train_loss
+    if tc.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return train_loss
+
+
+def evaluate_now(loop: Loop):
+    eval_model = loop.model.module if loop.ddp else loop.model  # evaluation shards differ per process: no DDP sync
+    return evaluate(loop.raw_model, loop.val_windows, loop.token_bytes, loop.cfg.eval.dense_threshold,
+                    loop.cfg.train.batch_size, loop.device, forward=eval_model, autocast=loop.autocast, ddp=loop.ddp)
+
+
+def keep_model(loop: Loop, evaluation, folder: Path, tokenizer: Tokenizer, metrics: dict[str, Any]) -> None:
+    """A kept model (track/step{N}/): its checkpoint without training state, and its eval.json."""
+    save_checkpoint(loop.raw_model, loop.cfg, tokenizer, folder, step=metrics["step"], tokens=metrics["tokens"],
+                    metrics=metrics)
+    if loop.amp_dtype is None:
+        write_evaluation(evaluation, folder, metrics["step"], loop.cfg.eval.tokens)
+
+
+def cooldown_branch(loop: Loop, start: int, budget: int, out_dir: Path, tokenizer: Tokenizer, master: bool) -> None:
+    """Schedule "wsd": train from the stable phase at ``start`` through the cooldown of a ``budget``-step run, on
+    the batches the run itself takes next, keep that model in track/step{budget}/ with a metrics line marked with
+    its start, then put the run back exactly as it was (weights, optimizer, batches, RNG). The kept model is the
+    one a run with max_steps = budget gives."""
+    saved = copy.deepcopy({"model": loop.raw_model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+                           "scaler": loop.scaler.state_dict(), "batches": loop.batches.state_dict(),
+                           "rng": rng_states(loop.device)})
+    t0, losses = time.perf_counter(), []
+    for step in range(start, budget):
+        losses.append(train_step(loop, lr_at(step, loop.cfg.train, budget)))
+        if not math.isfinite(losses[-1]):
+            raise CratelabError(nan_message("loss", losses[-1], step + 1, out_dir / CHECKPOINT))
+    train_time = time.perf_counter() - t0
+    evaluation = evaluate_now(loop)
+    metrics = {"step": budget, "tokens": budget * loop.tokens_per_step, "train_loss": sum(losses) / len(losses),
+               "val_loss": evaluation.val_loss, "lr": lr_at(budget - 1, loop.cfg.train, budget),
+               "tokens_per_s": len(losses) * loop.tokens_per_step / train_time, COOLDOWN_START: start,
+               **training_sparsity_metrics(evaluation.layers)}
+    if not math.isfinite(evaluation.val_loss):
+        raise CratelabError(nan_message("validation loss", evaluation.val_loss, budget, out_dir / CHECKPOINT))
+    if master:
+        keep_model(loop, evaluation, track_folder(out_dir, budget), tokenizer, metrics)
+        append_line(out_dir / METRICS, json.dumps(metrics))  # after the model: a line always has its model
+    loop.raw_model.load_state_dict(saved["model"])
+    loop.optimizer.load_state_dict(saved["optimizer"])
+    loop.scaler.load_state_dict(saved["scaler"])
+    loop.batches.load_state_dict(saved["batches"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if saved["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"], loop.device)
