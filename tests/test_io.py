@@ -1,5 +1,6 @@
 """cratelab.io: atomic files, JSON lines that survive a crash, sha256, CSV, and the "PATH: reason" rule."""
 
+import errno
 import hashlib
 import os
 import signal
@@ -9,8 +10,8 @@ import sys
 import pytest
 
 from cratelab.errors import CratelabError
-from cratelab.io import (LOCK_FILE, append_line, cut_unfinished_line, describe_os_error, folder_lock, read_json,
-                         read_jsonl, sha256_file, write_csv, write_json, write_text)
+from cratelab.io import (LOCK_FILE, append_line, building_folder, cut_unfinished_line, describe_os_error, folder_lock,
+                         read_json, read_jsonl, remove_tree, sha256_file, write_csv, write_json, write_text)
 
 
 def test_read_jsonl_drops_only_a_cut_off_last_line(tmp_path):
@@ -94,3 +95,79 @@ def test_shared_holders_exclude_an_exclusive_one(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---------------------------------------------------------------- deleting folders (issue 27)
+
+def _outside(tmp_path):
+    """A folder outside the one being cleared, that a link points to: it must survive every delete."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("kept")
+    return outside
+
+
+@pytest.mark.parametrize("case", ["link to a folder", "folder holding a link", "link to a file", "dangling link",
+                                  "folder", "file", "missing"])
+def test_remove_tree_removes_links_never_what_they_point_to(tmp_path, case):
+    outside, target = _outside(tmp_path), tmp_path / "sweep" / "runs"
+    target.parent.mkdir()
+    if case == "link to a folder":
+        target.symlink_to(outside, target_is_directory=True)
+    elif case == "folder holding a link":
+        (target / "a-s0").mkdir(parents=True)
+        (target / "a-s0" / "data").symlink_to(outside, target_is_directory=True)
+        (target / "a-s0" / "file").symlink_to(outside / "precious.txt")
+    elif case == "link to a file":
+        target.symlink_to(outside / "precious.txt")
+    elif case == "dangling link":
+        target.symlink_to(tmp_path / "nothing")
+    elif case == "folder":
+        (target / "a-s0").mkdir(parents=True)
+        (target / "a-s0" / "ckpt.pt").write_bytes(b"x")
+    elif case == "file":
+        target.write_text("x")
+    remove_tree(target)
+    assert not target.exists() and not target.is_symlink() and os.listdir(target.parent) == []
+    assert (outside / "precious.txt").read_text() == "kept" and os.listdir(outside) == ["precious.txt"]
+
+
+def test_a_failed_delete_raises_naming_the_full_path_of_what_stayed(tmp_path, monkeypatch):
+    """rmtree's own error names the entry relative to its folder ('mnt': a mount point, EBUSY), and
+    ignore_errors used to hide it."""
+    (tmp_path / "runs" / "a-s0" / "mnt").mkdir(parents=True)
+    real_rmdir = os.rmdir
+
+    def rmdir(path, *, dir_fd=None):
+        if os.path.basename(path) == "mnt":  # as the kernel says it for a mount point
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        return real_rmdir(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    with pytest.raises(OSError) as err:
+        remove_tree(tmp_path / "runs")
+    assert describe_os_error(err.value) == f"{tmp_path / 'runs' / 'a-s0' / 'mnt'}: Device or resource busy"
+
+
+# ---------------------------------------------------------------- errors name the destination, never a temporary
+
+def _write_onto_a_folder(tmp_path):
+    (tmp_path / "eval.json").mkdir()  # a folder where the file should go: the rename onto it fails
+    write_json(tmp_path / "eval.json", {"step": 1})
+
+
+def _build_a_folder_with_a_file_that_cannot_be_created(tmp_path):
+    with building_folder(tmp_path / "layer0") as tmp:
+        (tmp / "records").write_bytes(b"x")  # a file where the next write expects a folder
+        (tmp / "records" / "tokens.bin").write_bytes(b"x")
+
+
+@pytest.mark.parametrize("write, path, reason", [
+    (_write_onto_a_folder, "eval.json", "Is a directory"),
+    (_build_a_folder_with_a_file_that_cannot_be_created, "layer0/records/tokens.bin", "Not a directory"),
+])
+def test_a_failed_write_names_the_destination_never_a_temporary(tmp_path, write, path, reason):
+    with pytest.raises(OSError) as err:
+        write(tmp_path)
+    assert describe_os_error(err.value) == f"{tmp_path / path}: {reason}"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # and no temporary is left

@@ -20,7 +20,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,10 +28,26 @@ from .errors import CratelabError
 
 
 def name_path(err: OSError, path: str | Path, *, replace: Sequence[str | Path] = ()) -> OSError:
-    """Make ``err`` name ``path`` unless it already names another file (``replace``: temporary names to hide)."""
-    if err.filename is None or str(err.filename) in {str(p) for p in replace}:
+    """Make ``err`` name ``path`` unless it already names another file. ``replace``: temporaries that stand
+    for ``path``: an error naming one of them, or a file inside one, names the same file under ``path``
+    instead (the user knows the destination; the temporary is gone when the message is read)."""
+    if err.filename is None:
         err.filename = str(path)
+    else:
+        err.filename = _destination(err.filename, path, replace)
+    if err.filename2 is not None:  # os.replace(temporary, path) names both: then the destination alone
+        err.filename2 = _destination(err.filename2, path, replace)
+        if err.filename2 == err.filename:
+            err.filename2 = None
     return err
+
+
+def _destination(name: Any, path: str | Path, temporaries: Sequence[str | Path]) -> Any:
+    """``name``, or the same file under ``path`` when it is (inside) one of the temporaries."""
+    for tmp in map(str, temporaries):
+        if str(name) == tmp or str(name).startswith(tmp + os.sep):
+            return str(path) + str(name)[len(tmp):]
+    return name
 
 
 def describe_os_error(err: OSError, where: str | Path | None = None) -> str:
@@ -130,6 +146,28 @@ def read_json_object(path: str | Path, *, what: str = "file", keys: Sequence[str
     return value
 
 
+def remove_tree(path: str | Path) -> None:
+    """Delete a file, or a folder with everything in it, without ever following a symbolic link: a link
+    (``path`` itself or one inside the folder) is removed, never what it points to, which may lie outside
+    the folder being cleared. A failed delete raises OSError naming the full path of what could not be
+    deleted, so that the caller stops there (no delete is ever skipped silently)."""
+    path = Path(path)
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, onerror=_name_entry)  # rmtree removes links inside without following them
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as err:
+        raise name_path(err, path) from None
+
+
+def _name_entry(function: Any, entry: str, exc_info: Any) -> None:
+    err = exc_info[1]
+    if isinstance(err, OSError):  # rmtree's walk by folder descriptors names an entry relative to its folder
+        err.filename = entry
+    raise err
+
+
 @contextmanager
 def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; when the block ends without an error the folder
@@ -140,8 +178,8 @@ def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterat
     try:
         tmp.mkdir(parents=True)
         yield tmp
-        if final.exists() and not keep_existing:
-            shutil.rmtree(final)
+        if not keep_existing:
+            remove_tree(final)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -151,7 +189,8 @@ def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterat
     except OSError as err:
         raise name_path(err, final, replace=[tmp])
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with suppress(OSError):  # only our temporary, which a later remove_stale_temporaries clears: the
+            remove_tree(tmp)     # error that stopped the build is the one to report
 
 
 LOCK_FILE = ".cratelab.lock"
@@ -193,7 +232,7 @@ def remove_stale_temporaries(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_dir():
         for p in folder.glob(".*.tmp"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            remove_tree(p)
 
 
 def sha256_file(path: str | Path) -> str:
