@@ -10,7 +10,8 @@ import pytest
 
 from cratelab.errors import CratelabError
 from cratelab.interp import RecordConfig, ScoringProtocol, build_records, make_backend, score_records
-from cratelab.interp.local_llm import LocalConfig, local_backend
+from cratelab.config import BackendConfig
+from cratelab.interp.local_llm import local_backend
 
 from .synthetic import EOT, NEURONS, planted_stream
 
@@ -63,7 +64,7 @@ def smollm2():
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
         start = time.perf_counter()
-        explainer, simulator = local_backend(path, LocalConfig(device="cpu", max_explanation_tokens=12))
+        explainer, simulator = local_backend(path, BackendConfig(device="cpu", max_explanation_tokens=12))
         print(f"\nSmolLM2-135M-Instruct loaded in {time.perf_counter() - start:.1f} s")
         yield explainer, simulator
 
@@ -94,5 +95,5 @@ def test_smollm2_explains_simulates_and_scores_planted_neurons(smollm2):
 
 
 def test_local_settings_are_checked():
-    with pytest.raises(CratelabError, match="dtype must be one of"):
+    with pytest.raises(CratelabError, match="interp.backend.dtype: must be one of"):
         make_backend("local:model.gguf", dtype="int4")

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +44,8 @@ def test_run_folder_layout_and_contents(reference):
     assert len(rows) == 2 * 32 * 3  # every (layer, neuron, protocol) once
     assert len({(r["layer"], r["neuron"], r["protocol"]) for r in rows}) == len(rows)
     assert set(rows[0]) == {"layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate",
-                            "max_activation", "reason", "simulation", "explainer_model", "simulator_model", "failure"}
+                            "max_activation", "reason", "simulation", "explainer_model", "simulator_model", "failure",
+                            "degenerate"}
     assert {(r["simulation"], r["explainer_model"], r["simulator_model"]) for r in rows} == {("token-pattern",) * 3}
     meta = json.loads((out / "records/layer1/meta.json").read_text())
     assert meta["seed"] == 0 and len(meta["checkpoint_sha256"]) == 64 and len(meta["data_sha256"]) == 64
@@ -169,6 +172,10 @@ def cratelab(*args, cwd=None):
 # the other bad inputs of `interpret` are in tests/test_bad_input.py's table (one driver process)
 @pytest.mark.parametrize("args,message", [
     (["--method", "openai:"], "interp.method"),
+    # refused before the records are built, so nothing is left that blocks the corrected command
+    (["--method", "local:model.gguf", "--set", "interp.backend.simulation=json"],
+     "interp.backend.simulation: 'json' needs an endpoint (openai:MODEL); a local model (local:model.gguf)"),
+    (["--method", "local:nothing/model.gguf"], "no model directory or .gguf file at nothing/model.gguf"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
     proc = cratelab("interpret", checkpoint, "--out", tmp_path / "out", *args)
@@ -188,9 +195,15 @@ def test_cli_missing_checkpoint(tmp_path):
 def test_cli_interpret_end_to_end(checkpoint, tmp_path):
     out = tmp_path / "out"
     proc = cratelab("interpret", checkpoint, "--out", out, "--neurons", "4", "--layers", "1", "--protocol",
-                    "anthropic", "--tokens", "2048", "--set", "interp.records.window=16", "--set", "interp.device=cpu")
+                    "anthropic", "--tokens", "2048", "--set", "interp.records.window=16", "--set", "interp.device=cpu",
+                    # the local model's settings are config fields (ignored by token-pattern)
+                    "--set", "interp.backend.dtype=bfloat16", "--set", "interp.backend.device=cpu",
+                    "--set", "interp.backend.max_explanation_tokens=80")
     assert proc.returncode == 0, proc.stderr
     assert "anthropic" in proc.stdout and "written:" in proc.stdout
+    # stderr is no terminal here: plain progress lines instead of a bar, for a log file
+    assert "scoring 4 neurons (anthropic; token-pattern)" in proc.stderr
+    assert re.search(r"^scoring: 4/4 neurons, \d+s elapsed, [\d.]+ (neurons/s|s/neuron)$", proc.stderr, re.M)
     rows = read_jsonl(out / "scores.jsonl")
     assert len(rows) == 4 and {r["layer"] for r in rows} == {1} and {r["protocol"] for r in rows} == {"anthropic"}
     assert len(list((out / "cards" / "layer1").glob("neuron*.html"))) == 4
@@ -272,3 +285,56 @@ def test_a_folder_made_before_a_setting_existed_resumes_with_its_default(checkpo
     sampled = dataclasses.replace(ICFG, records=dataclasses.replace(ICFG.records, quantiles="sample"))
     with pytest.raises(CratelabError, match="records.quantiles = 'exact', this one has 'sample'"):
         interpret(checkpoint, out, sampled, progress=False)
+
+
+@pytest.mark.parametrize("backend,message", [
+    ({"dtype": "int4"}, "interp.backend.dtype: must be one of 'float32', 'bfloat16', 'float16', got 'int4'"),
+    ({"device": "tpu"}, "interp.backend.device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'"),
+    ({"max_explanation_tokens": 0}, "interp.backend.max_explanation_tokens: must be >= 1, got 0"),
+    ({"simulation": "json"}, "interp.backend.simulation: 'json' needs an endpoint"),  # with a local model
+])
+def test_local_model_settings_are_config_fields_checked_by_name(backend, message):
+    cfg = config_from_dict({"interp": {"method": "local:m.gguf", "backend": {
+        "dtype": "float16", "device": "cpu", "max_explanation_tokens": 100, "simulation": "logprobs"}}})
+    assert (cfg.interp.backend.dtype, cfg.interp.backend.device, cfg.interp.backend.max_explanation_tokens) == (
+        "float16", "cpu", 100)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict({"interp": {"method": "local:m.gguf", "backend": backend}})
+
+
+def test_a_start_refused_after_the_records_does_not_block_the_corrected_command(checkpoint, reference, tmp_path,
+                                                                               monkeypatch):
+    """A backend that cannot start (here: OpenAI's API without a key) fails after the records are built; the
+    corrected command keeps them and scores, as long as no neuron was scored with the refused settings."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    out, openai = tmp_path / "run", dataclasses.replace(ICFG, method="openai:gpt-x")
+    with pytest.raises(CratelabError, match="OpenAI's API needs a key"):
+        interpret(checkpoint, out, openai, progress=False)
+    assert (out / "records" / "layer1" / "meta.json").is_file()
+    summary = interpret(checkpoint, out, ICFG, progress=False)
+    assert "records_s" not in summary["timing"]  # the records were kept, not built again
+    assert lines(out) == lines(reference[0])
+    with pytest.raises(CratelabError, match="interp.method = 'token-pattern', this one has 'openai:gpt-x'"):
+        interpret(checkpoint, out, openai, progress=False)  # once neurons are scored, the settings are the folder's
+
+
+def test_a_subset_of_the_folders_protocols_keeps_what_is_done(checkpoint, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    rows = (out / "scores.jsonl").read_text().splitlines()
+    cut = [i for i, line in enumerate(rows) if '"protocol": "anthropic"' in line][-5:]  # not scored yet
+    (out / "scores.jsonl").write_text("".join(line + "\n" for i, line in enumerate(rows) if i not in cut))
+    summary = interpret(checkpoint, out, dataclasses.replace(ICFG, protocols="anthropic"), progress=False)
+    assert summary["protocols"] == ["anthropic"] and {s["protocol"] for s in summary["layers"]} == {"anthropic"}
+    assert lines(out) == lines(reference[0])  # the 5 missing neurons scored, the other protocols' rows kept
+    interpret(checkpoint, out, ICFG, progress=False)  # and all three again: nothing to do
+    assert lines(out) == lines(reference[0])
+
+    narrow = tmp_path / "narrow"  # protocols the folder has not: still another setting
+    interpret(checkpoint, narrow, dataclasses.replace(ICFG, protocols="anthropic", cards=False), progress=False)
+    with pytest.raises(CratelabError, match=re.escape(
+            "holds a run made with interp.protocols = 'anthropic', this one has "
+            "'top-and-random,random-only,anthropic': use another --out (or delete that folder) to start afresh "
+            "(a subset of its protocols is accepted)")):
+        interpret(checkpoint, narrow, ICFG, progress=False)

@@ -9,18 +9,18 @@ Data flows one way: activations -> RecordBuilder -> LayerRecords -> NeuronRecord
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..config import TOP_MODES, BackendConfig, RecordConfig
+from ..config import TOP_MODES, BackendConfig, InterpConfig, RecordConfig
 from ..errors import CratelabError
 from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
                       fit_token_patterns, neuron_deadline)
 from .llm import EndpointConfig, endpoint_backend
-from .local_llm import LocalConfig, local_backend
+from .local_llm import local_backend
 from .prompts import PromptTemplates
 from .records import ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, Windows
 from .score import (ANTHROPIC, PROTOCOLS, ROW_FIELDS, TOP_AND_RANDOM, LayerSummary, NeuronScore, ScoringProtocol,
@@ -34,7 +34,8 @@ def make_backend(method: str, backend: BackendConfig | None = None, **options: A
     """The explainer and simulator of an explanation method.
 
     token-pattern: offline, deterministic (options: TokenPatternExplainer's fields).
-    local:PATH: a transformers model directory or .gguf file (options: LocalConfig's fields).
+    local:PATH: a transformers model directory or .gguf file (options: BackendConfig's fields, e.g. device,
+    dtype, max_explanation_tokens).
     openai:MODEL: an OpenAI-compatible endpoint, by default from $OPENAI_BASE_URL and $OPENAI_API_KEY
     (options: EndpointConfig's fields, e.g. base_url, cache_dir, max_concurrency).
     backend: the [interp.backend] settings of the LLM methods (models, prompt templates, endpoint);
@@ -50,16 +51,26 @@ def make_backend(method: str, backend: BackendConfig | None = None, **options: A
     prompts = PromptTemplates.load(settings.explainer_prompt, settings.simulator_prompt)
     explainer_model, simulator_model = settings.explainer_model or target, settings.simulator_model or target
     if kind == "local":
-        if settings.simulation == "json":
-            raise CratelabError("interp.backend.simulation: 'json' needs an endpoint (openai:MODEL); a local "
-                                "model is always simulated from its digit probabilities")
-        return local_backend(explainer_model, LocalConfig(**_options(method, LocalConfig, options)),
-                             simulator_path=simulator_model, prompts=prompts)
+        settings = replace(settings, **_options(method, BackendConfig, options))
+        InterpConfig(method=method, backend=settings).validate()  # e.g. simulation 'json' has no local meaning
+        return local_backend(explainer_model, settings, simulator_path=simulator_model, prompts=prompts)
     defaults = dict(explainer_model=explainer_model, simulator_model=simulator_model, prompts=prompts,
                     base_url=settings.base_url or None, api_key_env=settings.api_key_env,
                     simulation=settings.simulation, max_concurrency=settings.concurrency,
-                    timeout_s=settings.timeout_s, max_attempts=settings.retries + 1)
+                    timeout_s=settings.timeout_s, max_attempts=settings.retries + 1,
+                    max_explanation_tokens=settings.max_explanation_tokens)
     return endpoint_backend(EndpointConfig(**{**defaults, **_options(method, EndpointConfig, options)}))
+
+
+def check_backend(method: str, backend: BackendConfig) -> None:
+    """What make_backend would refuse, found without loading a model or asking a server: a local model's
+    files and packages (a run checks this before it builds any records)."""
+    kind, _, target = method.partition(":")
+    if kind == "local":
+        from .local_llm import check_model_path
+
+        for path in {backend.explainer_model or target, backend.simulator_model or target}:
+            check_model_path(path)
 
 
 def _options(method: str, config: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -115,11 +126,11 @@ def score_activations(tokens: Sequence[Sequence[str]], activations: np.ndarray |
 
 __all__ = [
     "ANTHROPIC", "METHODS", "PROTOCOLS", "ROW_FIELDS", "TOP_AND_RANDOM", "TOP_MODES",
-    "ActivationRecord", "BackendConfig", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary", "LocalConfig",
+    "ActivationRecord", "BackendConfig", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary",
     "NeuronFailure", "NeuronRecord", "NeuronScore", "PromptTemplates",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",
     "TokenPatternSimulator", "TokenPatterns", "Windows",
-    "build_records", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend", "neuron_deadline",
+    "build_records", "check_backend", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend", "neuron_deadline",
     "pooled_correlation", "random_only", "score_activations", "score_neuron", "score_records",
     "summarize_layer",
 ]

@@ -23,7 +23,7 @@ from ..io import iter_jsonl, read_jsonl, write_text
 from ..layout import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON
 from .files import decode_simulation
 from .records import ActivationRecord, LayerRecords, NeuronRecord
-from .score import get_protocol
+from .score import DEGENERATE, flag_degenerate, get_protocol
 
 SHOWN = 10  # top records shown open; MORE_TOP more sit in a closed <details>
 MORE_TOP = 10
@@ -157,12 +157,11 @@ def neuron_card(record: NeuronRecord, rows: dict[str, dict[str, Any]], sims: dic
         if row is None:
             out.append(f'<tr><td>{esc(p)}</td><td class="num">–</td><td class="note">not scored</td></tr>')
         elif row["score"] is None:
-            out.append(f'<tr><td>{esc(p)}</td><td class="num bad">n/a</td><td><span class="code">'
-                       f'{esc(row["explanation"])}</span><br><span class="bad">unscorable: {esc(row["reason"])}'
-                       "</span></td></tr>")
+            out.append(f'<tr><td>{esc(p)}</td><td class="num bad">n/a</td><td>{explanation_html(row)}'
+                       f'<br><span class="bad">unscorable: {esc(row["reason"])}</span></td></tr>')
         else:
             out.append(f'<tr><td>{esc(p)}</td><td class="num">{row["score"]:.3f}</td>'
-                       f'<td class="code">{esc(row["explanation"])}</td></tr>')
+                       f"<td>{explanation_html(row)}</td></tr>")
     out.append("</table>")
 
     sample = np.concatenate([r.activations for r in record.random]) if record.random else np.zeros(0)
@@ -200,6 +199,15 @@ def neuron_card(record: NeuronRecord, rows: dict[str, dict[str, Any]], sims: dic
                  for r, s in zip(scoring[:shown], sim[:shown])]
         out.append(f'<div class="grid">{"".join(pairs)}</div>' if protocol.short else "\n".join(pairs))
     return _page(f"{name} — {title}" if title else name, "\n".join(out))
+
+
+def explanation_html(row: dict[str, Any]) -> str:
+    """A row's explanation, marked when it is degenerate (score.DEGENERATE: it says nothing about the neuron)."""
+    text = f'<span class="code">{esc(row["explanation"])}</span>'
+    if kind := row.get("degenerate"):
+        text += (f' <span class="bad" title="{esc(DEGENERATE.get(kind, kind))}">⚠ degenerate explanation: '
+                 f"{esc(kind)}</span>")
+    return text
 
 
 def _sort_key(by_protocol: dict[str, dict[str, Any]], protocols: Sequence[str]) -> tuple:
@@ -245,7 +253,7 @@ def index_page(summary: dict[str, Any], neurons: dict[int, list[tuple[int, dict[
             first = by_protocol.get(protocols[0], any_row)
             out.append(f"<tr><td>{link}</td>{cells}<td class=\"num\">{100 * any_row['firing_rate']:.2f}%</td>"
                        f"<td class=\"num\">{any_row['max_activation']:.3g}</td>"
-                       f"<td class=\"code\">{esc(first['explanation'])}</td></tr>")
+                       f"<td>{explanation_html(first)}</td></tr>")
         out.append("</table>")
     return _page("Neuron cards", "\n".join(out))
 
@@ -259,7 +267,7 @@ def write_cards(run_dir: str | Path, *, records: dict[int, LayerRecords] | None 
     written last, so its presence marks a complete set of cards.
     """
     run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / SCORES) if rows is None else rows
+    rows = flag_degenerate(read_jsonl(run_dir / SCORES)) if rows is None else rows
     summary = json.loads((run_dir / SUMMARY_JSON).read_text(encoding="utf-8")) if summary is None else summary
     protocols = summary["protocols"]
     grouped: dict[int, dict[int, dict[str, dict[str, Any]]]] = defaultdict(dict)
@@ -290,4 +298,4 @@ def write_cards(run_dir: str | Path, *, records: dict[int, LayerRecords] | None 
     return index
 
 
-__all__ = ["esc", "histogram_svg", "index_page", "neuron_card", "record_html", "write_cards"]
+__all__ = ["esc", "explanation_html", "histogram_svg", "index_page", "neuron_card", "record_html", "write_cards"]

@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import CratelabError
 from ..io import write_json
-from ..config import SIMULATIONS
+from ..config import SIMULATIONS, BackendConfig
 from .explain import Deadline, NeuronFailure, current_deadline
 from .prompts import (EXAMPLE_EXPLANATION, EXAMPLE_RECORDS, MAX_ACTIVATION, PromptTemplates, digit_probabilities,
                       expected_activation, json_simulation_messages, parse_explanation, parse_json_activations,
@@ -121,7 +121,7 @@ class EndpointConfig:
     simulation: str = "auto"  # "logprobs", "json", or "auto" (decided once per run by a probe request)
     prompts: PromptTemplates = PromptTemplates()
     top_logprobs: int = 20  # alternatives per prompt token; the digits must be among them
-    max_explanation_tokens: int = 60
+    max_explanation_tokens: int = BackendConfig.max_explanation_tokens
     temperature: float = 0.0  # a cached answer should be the answer
     max_concurrency: int = 8  # requests in flight at once, over all threads
     timeout_s: float = 120.0  # socket timeout of one request

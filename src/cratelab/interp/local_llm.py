@@ -7,20 +7,22 @@ expected activation. A digit string the tokenizer splits (SmolLM2 writes "10" as
 read at one position and is left out of the expectation.
 
 transformers (with gguf and accelerate for .gguf files) is imported only when a model is loaded; nothing
-is fetched from a hub (local_files_only). A .gguf file is dequantised on loading, to `dtype`.
+is fetched from a hub (local_files_only). A .gguf file is dequantised on loading, to `dtype`: float32 takes
+4 bytes a weight in memory, whatever the file's size (8.9 GB for the 1.1 GB file of a 1.5B model).
+The settings (device, dtype, max_explanation_tokens) are interp.backend's: config.BackendConfig.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..config import BackendConfig
 from ..errors import CratelabError
 from .explain import NeuronFailure
 from .prompts import (MAX_ACTIVATION, Message, PromptTemplates, SimulationPrompt, expected_activation,
@@ -30,42 +32,36 @@ from .records import ActivationRecord
 INSTALL = "pip install 'cratelab[llm]' (transformers, gguf, accelerate)"
 
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    device: str | None = None  # None: cuda when available, else cpu
-    dtype: str = "float32"  # float32 on CPU (no fast half precision there); bfloat16 halves GPU memory
-    max_explanation_tokens: int = 40
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise CratelabError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.max_explanation_tokens < 1:
-            raise CratelabError(f"max_explanation_tokens must be >= 1, got {self.max_explanation_tokens}")
+def check_model_path(path: str | Path) -> tuple[Path, dict[str, str]]:
+    """The directory to load from and transformers' extra arguments for a model directory or .gguf file;
+    a CratelabError when there is none or its packages are missing (checked before a run builds anything)."""
+    if importlib.util.find_spec("transformers") is None:
+        raise CratelabError(f"local LLM backends need transformers: {INSTALL}")
+    path = Path(path)
+    if not path.exists():
+        raise CratelabError(f"no model directory or .gguf file at {path}")
+    if path.is_dir():
+        return path, {}
+    if path.suffix != ".gguf":
+        raise CratelabError(f"{path}: expected a model directory or a .gguf file")
+    # transformers reads .gguf files with gguf and places their weights with accelerate
+    if missing := [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]:
+        raise CratelabError(f"loading {path.name} needs {' and '.join(missing)}: {INSTALL}")
+    return path.parent, {"gguf_file": path.name}
 
 
 class LocalLLM:
     """A tokenizer and causal LM loaded once, shared by the explainer and the simulator."""
 
-    def __init__(self, path: str | Path, device: str | None = None, dtype: str = "float32"):
+    def __init__(self, path: str | Path, device: str = "auto", dtype: str = "float32"):
+        from ..runtime import resolve_device
+
+        directory, extra = check_model_path(path)
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
             raise CratelabError(f"local LLM backends need transformers: {INSTALL}") from None
-        path = Path(path)
-        if not path.exists():
-            raise CratelabError(f"no model directory or .gguf file at {path}")
-        directory, extra = path, {}
-        if path.is_file():
-            if path.suffix != ".gguf":
-                raise CratelabError(f"{path}: expected a model directory or a .gguf file")
-            # transformers reads .gguf files with gguf and places their weights with accelerate
-            if missing := [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]:
-                raise CratelabError(f"loading {path.name} needs {' and '.join(missing)}: {INSTALL}")
-            directory, extra = path.parent, {"gguf_file": path.name}
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device, setting="interp.backend.device")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
             model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
@@ -83,8 +79,9 @@ class LocalLLM:
         # one computation at a time: scoring threads would only fight over the same cores
         self._lock = threading.Lock()
 
-    def chat(self, messages: Sequence[Message], max_new_tokens: int) -> str:
-        """The model's greedy answer to chat messages."""
+    def chat(self, messages: Sequence[Message], max_new_tokens: int, first_line: bool = False) -> str:
+        """The model's greedy answer to chat messages; with first_line, generation stops once the answer's
+        first non-empty line is complete (an explanation is one line: SmolLM2 went on for 150 tokens)."""
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
             special = False  # the template writes its own special tokens
@@ -93,9 +90,16 @@ class LocalLLM:
             special = True
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=special).to(self.device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        start = inputs["input_ids"].shape[1]
+
+        def line_done(input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            done = "\n" in self.tokenizer.decode(input_ids[0, start:], skip_special_tokens=True).strip()
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                      stopping_criteria=[line_done] if first_line else None)
+        return self.tokenizer.decode(out[0, start:], skip_special_tokens=True)
 
     def slot_probabilities(self, prompt: SimulationPrompt) -> list[dict[int, float]]:
         """Per activation slot, the next-token probabilities of the single-token digits.
@@ -114,12 +118,12 @@ class LocalLLM:
 
 
 class LocalExplainer:
-    def __init__(self, llm: LocalLLM, max_new_tokens: int = 40, prompts: PromptTemplates = PromptTemplates(),
+    def __init__(self, llm: LocalLLM, max_new_tokens: int = BackendConfig.max_explanation_tokens, prompts: PromptTemplates = PromptTemplates(),
                  model: str = ""):
         self.llm, self.max_new_tokens, self.prompts, self.model = llm, max_new_tokens, prompts, model
 
     def explain(self, records: Sequence[ActivationRecord]) -> str:
-        answer = self.llm.chat(self.prompts.explanation_messages(records), self.max_new_tokens)
+        answer = self.llm.chat(self.prompts.explanation_messages(records), self.max_new_tokens, first_line=True)
         try:
             return parse_explanation(answer)
         except ValueError as e:  # greedy decoding: asking again would give the same answer
@@ -143,9 +147,12 @@ class LocalSimulator:
         return out
 
 
-def local_backend(path: str | Path, config: LocalConfig = LocalConfig(), *, simulator_path: str | Path | None = None,
+def local_backend(path: str | Path, config: BackendConfig = BackendConfig(), *,
+                  simulator_path: str | Path | None = None,
                   prompts: PromptTemplates = PromptTemplates()) -> tuple[LocalExplainer, LocalSimulator]:
-    """Explainer (the model at `path`) and simulator (at `simulator_path`, default the same model, loaded once)."""
+    """Explainer (the model at `path`) and simulator (at `simulator_path`, default the same model, loaded once),
+    with config's device, dtype and max_explanation_tokens."""
+    config.validate()
     llm = LocalLLM(path, config.device, config.dtype)
     same = simulator_path is None or Path(simulator_path) == Path(path)
     simulator_llm = llm if same else LocalLLM(simulator_path, config.device, config.dtype)

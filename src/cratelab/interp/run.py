@@ -4,7 +4,9 @@ The run folder (delphi-style: a stage whose output exists and is complete is ski
 or extended run picks up where it stopped):
 
     run.json            what the folder was made from (checkpoint and data hashes, interp settings);
-                        a rerun with other result-changing settings is refused, not mixed in
+                        a rerun with other result-changing settings is refused, not mixed in, except
+                        a subset of its protocols (the others' rows stay) and, while no neuron is
+                        scored yet, other scoring settings (SCORING_SETTINGS: the records are kept)
     config.toml         the checkpoint's run config with the [interp] section used
     records/layer{l}/   LayerRecords.save + meta.json (checkpoint hash, data hash, seed, tokens);
                         written to a temporary folder and renamed, so a folder there is complete
@@ -22,6 +24,9 @@ is read back, a cut-off last line is dropped, and only the missing (layer, neuro
 scored: no neuron is scored twice and none is lost. A failed neuron is finished too; with
 retry_failed (--retry-failed) the rows that failed for transport reasons (score.FAILURES) are taken
 out of scores.jsonl first and scored again. The file names are in files.py.
+
+Progress: a bar on a terminal; into a log (stderr not a terminal, progress=None) a plain line when
+scoring starts, after the first neuron, then every PROGRESS_EVERY_S and at the end.
 """
 
 from __future__ import annotations
@@ -37,30 +42,34 @@ import numpy as np
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
-from ..config import ConfigError, InterpConfig, RunConfig, dump_toml
+from ..config import InterpConfig, RunConfig, dump_toml
 from ..errors import CratelabError
 from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, keep_jsonl, read_json_object,
                   read_jsonl, sha256_file, write_csv, write_json, write_text)
 from ..layout import CARDS, CONFIG, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
-from . import make_backend
+from . import check_backend, make_backend
 from .collect import collect_records
 from .explain import Explainer, NeuronFailure, neuron_deadline
 from .files import FORMAT, encode_simulation
 from .llm import is_old_transport_reason
 from .records import LayerRecords, NeuronRecord
-from .score import ROW_FIELDS, NeuronScore, ScoringProtocol, get_protocol, score_neuron
+from .score import ROW_FIELDS, NeuronScore, ScoringProtocol, flag_degenerate, get_protocol, score_neuron
 from .simulate import Simulator
 from .summary import summarize, summary_markdown
 from .source import ActivationSource, model_neurons
 
 FSYNC_EVERY_S = 0.5
+PROGRESS_EVERY_S = 60.0  # a plain progress line at most this often (a local LLM takes minutes a neuron)
 # settings that change how fast a run goes or how it is reported, never its records or scores
 # (dotted: the backend's endpoint options reach the same answers, the cache keys on what determines them)
 EXECUTION_ONLY = ("device", "batch_size", "workers", "threads", "bootstrap", "confidence", "cards", "max_cards",
                   "backend.base_url", "backend.api_key_env", "backend.concurrency", "backend.timeout_s",
-                  "backend.retries", "backend.neuron_deadline_s")
+                  "backend.retries", "backend.neuron_deadline_s", "backend.device")
+# settings that shape the scores, not the records: while no neuron is scored, a rerun may change them (a start
+# refused or failed after the records were built keeps them, and does not block the corrected command)
+SCORING_SETTINGS = ("interp.method", "interp.protocols", "interp.neurons", "interp.backend.")
 
 
 def neuron_subset(icfg: InterpConfig, layer: int, n_neurons: int) -> list[int]:
@@ -142,20 +151,34 @@ def _has_results(out: Path) -> bool:
     return any((out / RECORDS).glob("layer*/meta.json")) or (scores.is_file() and scores.stat().st_size > 0)
 
 
+def _protocols(value: Any) -> set[str]:
+    return {part.strip() for part in str(value).split(",")}
+
+
 def _check_identity(out: Path, identity: dict[str, Any]) -> None:
     path = out / RUN
-    if path.is_file() and _has_results(out):  # else the new settings take the folder over
-        old = read_json_object(path, what="interpret run description")
-        flat_old, flat_new = _flatten(old), _flatten(identity)
-        # a setting added since that run was made had its default there
-        added = {f"interp.{k}": v for k, v in _flatten(dataclasses.asdict(InterpConfig())).items()}
-        for key in sorted(set(flat_old) | set(flat_new)):
-            if (was := flat_old.get(key, added.get(key))) != flat_new.get(key):
-                raise CratelabError(
-                    f"{out} holds a run made with {key} = {was!r}, this one has {flat_new.get(key)!r}: "
-                    "use another --out (or delete that folder) to start afresh")
+    if not (path.is_file() and _has_results(out)):  # the new settings take the folder over
+        write_json(path, identity)
         return
-    write_json(path, identity)
+    old = read_json_object(path, what="interpret run description")
+    flat_old, flat_new = _flatten(old), _flatten(identity)
+    # a setting added since that run was made had its default there
+    added = {f"interp.{k}": v for k, v in _flatten(dataclasses.asdict(InterpConfig())).items()}
+    changed = {key: flat_old.get(key, added.get(key)) for key in sorted(set(flat_old) | set(flat_new))
+               if flat_old.get(key, added.get(key)) != flat_new.get(key)}
+    scores = out / SCORES
+    if changed and all(key.startswith(SCORING_SETTINGS) for key in changed) and not (
+            scores.is_file() and scores.stat().st_size > 0):
+        (out / SIMULATIONS).unlink(missing_ok=True)  # of neurons cut off before their score: not these settings'
+        write_json(path, identity)
+        return
+    for key, was in changed.items():
+        if key == "interp.protocols" and _protocols(flat_new[key]) <= _protocols(was):
+            continue  # a subset of the folder's protocols: their rows are scored as before, the others' kept
+        raise CratelabError(
+            f"{out} holds a run made with {key} = {was!r}, this one has {flat_new.get(key)!r}: "
+            "use another --out (or delete that folder) to start afresh"
+            + (" (a subset of its protocols is accepted)" if key == "interp.protocols" else ""))
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -193,8 +216,37 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
     return records, bool(fresh)
 
 
+class ProgressLines:
+    """Scoring progress as plain lines for a log (tqdm's bar is for terminals): neurons done of the total,
+    the time taken, the rate and the time left; after the first neuron, then at most every `every_s`, and
+    at the end."""
+
+    def __init__(self, total: int, what: str, every_s: float = PROGRESS_EVERY_S):
+        self.total, self.every_s, self.done = total, every_s, 0
+        self.start, self.last = time.perf_counter(), None
+        print(f"scoring {total} neurons ({what})", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.last is not None and now - self.last < self.every_s and self.done < self.total:
+            return
+        self.last, elapsed = now, now - self.start
+        per = elapsed / self.done
+        rate = f"{per:.1f} s/neuron" if per >= 1 else f"{1 / per:.1f} neurons/s"
+        left = f", about {_duration(per * (self.total - self.done))} left" if self.done < self.total else ""
+        print(f"scoring: {self.done}/{self.total} neurons, {_duration(elapsed)} elapsed, {rate}{left}",
+              file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[int, list[int]],
-                   protocols: list[ScoringProtocol], icfg: InterpConfig, progress: bool,
+                   protocols: list[ScoringProtocol], icfg: InterpConfig, progress: bool, log_lines: bool = False,
                    retry_failed: bool = False) -> tuple[list[dict[str, Any]], int]:
     """The scores.jsonl rows of every requested (layer, neuron, protocol), scoring the missing ones first
     (and, with retry_failed, those that failed for transport reasons); and how many neurons were scored now."""
@@ -229,14 +281,18 @@ def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[in
 
         try:
             with tqdm(total=len(todo), unit="neuron", desc="scoring", disable=not progress) as bar:
+                lines = ProgressLines(len(todo), f"{', '.join(p.name for p in protocols)}; {icfg.method}") \
+                    if log_lines else None
                 for results in _run_jobs(job, todo, icfg.workers):
                     save(results)
                     bar.update(1)
+                    if lines:
+                        lines.update(1)
         finally:
             scores.close()
             sims.close()
     rows = [done[(layer, h, p.name)] for layer, neurons in subsets.items() for h in neurons for p in protocols]
-    return rows, len(todo)
+    return flag_degenerate(rows), len(todo)
 
 
 def _run_jobs(job, todo: list[tuple[int, int]], workers: int) -> Iterator[Any]:
@@ -274,25 +330,26 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     source: the units scored (default: each layer's neurons; e.g. an SAE's features, cratelab.sae.sae_source).
     retry_failed: score again the neurons that failed for transport reasons (a resume keeps them otherwise);
     the summary's n_transport_failures counts those left.
+    progress: None = a bar on a terminal, plain progress lines otherwise (a log); False = quiet.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     icfg = icfg if icfg is not None else ckpt.config.interp
     icfg.validate()
+    check_backend(icfg.method, icfg.backend)  # a missing local model is found before the records are built
+    log_lines = progress is None and not sys.stderr.isatty()
     progress = sys.stderr.isatty() if progress is None else progress
     set_threads(icfg.threads, "interp.threads")
     mcfg = ckpt.model.config
-    layers = icfg.layer_list(mcfg.n_layer)
-    if icfg.records.window > mcfg.block_size:  # a record lies within one context of the model
-        raise ConfigError("interp.records.window",
-                          f"must be <= model.block_size ({mcfg.block_size}), got {icfg.records.window}")
+    layers = icfg.model_layers(mcfg)
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)
     with folder_lock(out):  # a second process on the folder would score the same neurons into it
-        return _interpret_in(out, ckpt, icfg, layers, protocols, progress, source, retry_failed)
+        return _interpret_in(out, ckpt, icfg, layers, protocols, progress, log_lines, source, retry_failed)
 
 
 def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[int], protocols: list[ScoringProtocol],
-                  progress: bool, source: ActivationSource | None, retry_failed: bool) -> dict[str, Any]:
+                  progress: bool, log_lines: bool, source: ActivationSource | None,
+                  retry_failed: bool) -> dict[str, Any]:
     mcfg = ckpt.model.config
     # seconds per stage, kept from earlier invocations for the stages this one skips
     timing: dict[str, float] = {}
@@ -321,7 +378,7 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
 
     subsets = {layer: neuron_subset(icfg, layer, source.n_units) for layer in layers}
     t0 = time.perf_counter()
-    rows, scored = _scoring_stage(out, records, subsets, protocols, icfg, progress, retry_failed)
+    rows, scored = _scoring_stage(out, records, subsets, protocols, icfg, progress, log_lines, retry_failed)
     if scored:  # a resumed run adds the time it took to finish
         timing["scoring_s"] = timing.get("scoring_s", 0.0) + time.perf_counter() - t0
 

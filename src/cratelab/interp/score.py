@@ -6,11 +6,16 @@ tokens of all scoring records pooled (not a mean of per-record correlations). It
 either side is constant, or when the explainer or simulator gave up on the neuron (NeuronFailure, e.g. an
 LLM request that kept failing); such a neuron gets score None, a reason and the kind of failure
 (FAILURES), and summaries count it.
+
+An explanation that says nothing about its neuron (DEGENERATE: empty, a copy of the prompt, a phrase
+repeated, the same text as most neurons) is scored as any other, and flagged: the row's `degenerate`
+names the kind, and the cards and summaries show it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -18,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import CratelabError
-from .explain import Explainer, NeuronFailure
+from .explain import NO_PATTERN, Explainer, NeuronFailure
+from .prompts import EXAMPLE_EXPLANATION, EXPLANATION_PREFIX
 from .records import ActivationRecord, NeuronRecord
 from .simulate import Simulator
 
@@ -144,6 +150,53 @@ FAILURES = {
 }
 
 
+# why an explanation says nothing about its neuron (the row's `degenerate`; "" for none of these)
+DEGENERATE = {
+    "empty": "no explanation (or no token pattern)",
+    "prompt": f"a copy of the prompt: its worked example ({EXAMPLE_EXPLANATION!r}) or its token<TAB>activation "
+              "lines and headings",
+    "repetition": "a phrase repeated three times or more in a row, or the prompt's own prefix repeated",
+    "generic": "the same explanation as most of the run's neurons under this protocol",
+}
+# the prompt's lines that an explainer may copy: "token<TAB>digit", <start>/<end>, its headings
+_PROMPT_TEXT = re.compile(r"\t\s*\d|<start>|<end>|non-zero only|\bneuron \d|^activations", re.IGNORECASE)
+GENERIC_MIN_NEURONS = 3  # "most" of two neurons says little
+
+
+def degenerate_reason(explanation: str) -> str:
+    """The DEGENERATE kind of one explanation on its own ("generic" needs the run's rows: flag_degenerate)."""
+    text = " ".join(explanation.split()).strip(" .").lower()
+    if not text or text == NO_PATTERN:
+        return "empty"
+    if text == EXAMPLE_EXPLANATION or _PROMPT_TEXT.search(explanation):
+        return "prompt"
+    words = re.findall(r"\w+", text)
+    for n in range(1, len(words) // 3 + 1):  # an n-word phrase three times in a row
+        if any(words[i:i + n] == words[i + n:i + 2 * n] == words[i + 2 * n:i + 3 * n]
+               for i in range(len(words) - 3 * n + 1)):
+            return "repetition"
+    return "repetition" if EXPLANATION_PREFIX in text else ""
+
+
+def flag_degenerate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The score rows with `degenerate` set: each explanation's own kind, else "generic" when one text is
+    the explanation of most neurons (and at least GENERIC_MIN_NEURONS) of a protocol."""
+    def norm(row: dict[str, Any]) -> str:
+        return " ".join(str(row.get("explanation") or "").split()).strip(" .").lower()
+
+    out = [{**row, "degenerate": degenerate_reason(str(row["explanation"])) if row.get("explanation") else ""}
+           for row in rows]
+    for protocol in {row["protocol"] for row in out}:
+        explained = [row for row in out if row["protocol"] == protocol and norm(row)]
+        counts = Counter(map(norm, explained))
+        text, n = counts.most_common(1)[0] if counts else ("", 0)
+        if n >= GENERIC_MIN_NEURONS and 2 * n > len(explained):
+            for row in explained:
+                if norm(row) == text and not row["degenerate"]:
+                    row["degenerate"] = "generic"
+    return out
+
+
 @dataclass
 class NeuronScore:
     layer: int
@@ -158,6 +211,7 @@ class NeuronScore:
     explainer_model: str = ""
     simulator_model: str = ""
     failure: str = ""  # why score is None, a key of FAILURES; "" when scored (and in rows of older runs)
+    degenerate: str = ""  # a key of DEGENERATE when the explanation says nothing (flag_degenerate adds "generic")
 
     def to_row(self, method: str) -> dict[str, Any]:
         """The scores.jsonl / scores.csv row (ROW_FIELDS): the one schema of a score on disk."""
@@ -171,7 +225,7 @@ class NeuronScore:
 
 # the fields of NeuronScore, with the run's method after the protocol (as in rows before the models were kept)
 ROW_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate", "max_activation",
-              "reason", "simulation", "explainer_model", "simulator_model", "failure")
+              "reason", "simulation", "explainer_model", "simulator_model", "failure", "degenerate")
 
 
 def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Explainer,
@@ -188,7 +242,7 @@ def score_neuron(record: NeuronRecord, protocol: ScoringProtocol, explainer: Exp
         return NeuronScore(record.layer, record.neuron, protocol.name, score, explanation, reason,
                            record.firing_rate, record.max_activation, simulation,
                            getattr(explainer, "model", ""), getattr(simulator, "model", ""),
-                           "" if score is not None else failure)
+                           "" if score is not None else failure, degenerate_reason(explanation) if explanation else "")
 
     def failed(failure: NeuronFailure) -> str:
         return "transport" if failure.transport else "answer"

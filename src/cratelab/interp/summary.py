@@ -4,32 +4,37 @@ Per layer and protocol: the mean over scorable neurons (the paper's layer score)
 the mean counting unscorable neurons as 0, and the counts. Per protocol, over layers: the mean of the
 layer means (layers without a scorable neuron cannot enter it, and are named), and the mean of the
 zero-counted layer means over every layer. Every requested layer is listed, scorable or not.
+Degenerate explanations (score.DEGENERATE) are counted per layer and protocol, by kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..config import InterpConfig
-from .score import NeuronScore, summarize_layer
+from .score import DEGENERATE, NeuronScore, summarize_layer
 
 
 def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[int], protocols: Sequence[str],
               icfg: InterpConfig) -> dict[str, Any]:
-    """Per layer and protocol: means, bootstrap CI, counts; per protocol: the means over layers."""
+    """Per layer and protocol: means, bootstrap CI, counts; per protocol: the means over layers.
+    rows: flagged by score.flag_degenerate."""
     per_layer, model = [], {}
     for protocol in protocols:
         means, zero_counted, without = [], [], []
         for layer in layers:
-            scores = [NeuronScore.from_row(r) for r in rows if r["layer"] == layer and r["protocol"] == protocol]
-            if not scores:  # no neuron of the layer was asked for under this protocol
+            mine = [r for r in rows if r["layer"] == layer and r["protocol"] == protocol]
+            if not mine:  # no neuron of the layer was asked for under this protocol
                 continue
-            s = summarize_layer(scores, n_bootstrap=icfg.bootstrap, confidence=icfg.confidence, seed=icfg.seed)
-            per_layer.append(dataclasses.asdict(s))
+            s = summarize_layer([NeuronScore.from_row(r) for r in mine], n_bootstrap=icfg.bootstrap,
+                                confidence=icfg.confidence, seed=icfg.seed)
+            per_layer.append({**dataclasses.asdict(s),
+                              "degenerate": dict(Counter(r["degenerate"] for r in mine if r.get("degenerate")))})
             zero_counted.append(s.mean_all_neurons)
             if s.mean is None:
                 without.append(layer)
@@ -92,6 +97,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += [line + ".", ""]
     reasons = [(s["layer"], s["protocol"], reason, n) for s in summary["layers"]
                for reason, n in s["unscorable_reasons"].items()]
+    degenerate = [(s["layer"], s["protocol"], kind, n) for s in summary["layers"]
+                  for kind, n in s.get("degenerate", {}).items()]
+    if degenerate:
+        lines += ["## Degenerate explanations", "", "Scored as any other, but they say nothing about the neuron.", "",
+                  "| layer | protocol | neurons | kind |", "|---|---|---|---|"]
+        lines += [f"| {layer} | {protocol} | {n} | ⚠ {kind}: {DEGENERATE.get(kind, kind)} |"
+                  for layer, protocol, kind, n in degenerate]
+        lines.append("")
     if reasons:
         lines += ["## Unscorable neurons", "", "| layer | protocol | neurons | reason |", "|---|---|---|---|"]
         lines += [f"| {layer} | {protocol} | {n} | {reason} |" for layer, protocol, reason, n in reasons]
