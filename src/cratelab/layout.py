@@ -4,7 +4,7 @@ names from here, so a renamed file or column cannot drift between them.
 
 A training run folder (`cratelab train`, checkpoint.py, evaluate.py)::
 
-    ckpt.pt  config.toml  metrics.jsonl  eval.json  tensorboard/
+    ckpt.pt  config.toml  data.json  metrics.jsonl  eval.json  tensorboard/
     track/step{N}/ckpt.pt  (train(keep_steps=...): the model as it was at step N, without optimizer state)
 
 An interpret folder (`cratelab interpret`, cratelab.interp)::
@@ -32,6 +32,7 @@ from .interp.score import PROTOCOLS as SCORING_PROTOCOLS
 # ---- a training run folder
 CHECKPOINT = "ckpt.pt"
 CONFIG = "config.toml"  # also in an interpret folder: the run config with the [interp] section used
+DATA = "data.json"  # the data the run is trained and evaluated on (data.shards.run_data_identity)
 METRICS = "metrics.jsonl"  # one JSON line per evaluation during training
 # metrics.jsonl: a line of a cooldown branch (train.schedule = "wsd", a tracked point) names the step it branched from
 COOLDOWN_START = "cooldown_start"

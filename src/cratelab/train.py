@@ -33,12 +33,12 @@ from tqdm import tqdm
 from .checkpoint import config_of, read_checkpoint, save_checkpoint, write_config
 from .config import RunConfig, changed_settings
 from .data.batches import TrainBatches, eval_windows
-from .data.shards import prepare_dataset
+from .data.shards import prepare_dataset, run_data_identity
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .evaluate import evaluate, training_sparsity_metrics, write_evaluation
-from .io import append_line, folder_lock, keep_jsonl
-from .layout import CHECKPOINT, CONFIG, COOLDOWN_START, EVAL, METRICS, TENSORBOARD, TRACK, track_folder
+from .io import append_line, folder_lock, keep_jsonl, write_json
+from .layout import CHECKPOINT, CONFIG, COOLDOWN_START, DATA, EVAL, METRICS, TENSORBOARD, TRACK, track_folder
 from .models import build_model
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
 from .schedule import cooldown_branches, lr_at
@@ -220,10 +220,18 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
 
     # ---- an existing checkpoint in out_dir is resumed, if it is of the same run
     resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    data = dataset.identity()
     if resume is not None:
         check_same_run(resume, cfg, dataset.tokenizer, ckpt_path)
+        trained_on = run_data_identity(out_dir) or data  # a run folder from before data.json: not checked
+        if (trained_on["train_sha256"], trained_on["val_sha256"]) != (data["train_sha256"], data["val_sha256"]):
+            raise CratelabError(f"{out_dir} was trained on other token data (train.bin sha256 "
+                                f"{trained_on['train_sha256']}, now {data['train_sha256']}): the data cache was built "
+                                "again, by other code or from another corpus; pass --fresh to start over, or choose "
+                                "another output folder")
     if master:
         write_config(cfg, out_dir)
+        write_json(out_dir / DATA, data)  # every run folder names the data it is measured on
 
     # ---- model and optimizer. Seeds differ per process so that dropout masks do; DDP copies rank 0's
     # initial weights to every process, so the start is the single-process one.

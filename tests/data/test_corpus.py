@@ -141,7 +141,8 @@ def test_build_corpus_writes_caches_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "_fetch", fake_fetch)
     with pytest.raises(CratelabError, match="registry down"):
         build_corpus(tmp_path / "cache", progress=False)
-    out = tmp_path / "cache" / "corpus" / "default"
+    out = corpus.default_corpus_dir(tmp_path / "cache")
+    assert out.parent == tmp_path / "cache" / "corpus" and out.name.startswith("default-")
     assert (out / "alpha.jsonl").is_file() and not (out / "manifest.json").exists()
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
@@ -156,6 +157,69 @@ def test_build_corpus_writes_caches_and_resumes(tmp_path, monkeypatch):
 
     build_corpus(tmp_path / "cache", progress=False)  # complete: nothing is fetched
     assert fetched == ["alpha", "alpha-done", "beta"]
+
+
+@pytest.fixture
+def built(tmp_path, monkeypatch):
+    """A default corpus of two fake sources, built; the names of the sources fetched since."""
+    monkeypatch.setattr(corpus, "SOURCES", (_fake_source("alpha", tmp_path), _fake_source("beta", tmp_path)))
+    fetched = []
+
+    def fake_fetch(src, dest):
+        fetched.append(src.name)
+        return tmp_path / f"{src.name}.zip"
+
+    monkeypatch.setattr(corpus, "_fetch", fake_fetch)
+    out = build_corpus(tmp_path / "cache", progress=False)
+    fetched.clear()
+    return out, fetched
+
+
+@pytest.mark.parametrize("change", ["builder", "archive"])
+def test_a_corpus_built_by_other_code_or_from_other_archives_is_never_reused(built, tmp_path, monkeypatch, change):
+    out, fetched = built
+    if change == "builder":  # what an edit of the readers or cleaning, or another Unicode database, does
+        monkeypatch.setattr(corpus, "CORPUS_BUILDER", "another builder")
+    else:
+        alpha = corpus.SOURCES[0]
+        monkeypatch.setattr(corpus, "SOURCES", (Source(**{**alpha.__dict__, "sha256": "1" * 64}), *corpus.SOURCES[1:]))
+    with pytest.raises(CratelabError, match="not built yet by this version of cratelab.*cratelab prepare"):
+        load_documents("default", tmp_path / "cache")
+    again = build_corpus(tmp_path / "cache", progress=False)
+    assert again != out and again.parent == out.parent and fetched == ["alpha", "beta"]
+    assert json.loads((out / "manifest.json").read_text())["builder"] == corpus.code_version("corpus")
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {  # name: (damage, what the refusal names: a regular expression)
+    "flipped byte": (lambda out: _flip_a_byte(out / "alpha.jsonl"), "alpha.jsonl: damaged corpus file"),
+    "truncated": (lambda out: (out / "beta.jsonl").write_bytes((out / "beta.jsonl").read_bytes()[:-9]),
+                  "beta.jsonl: damaged corpus file"),
+    "missing": (lambda out: (out / "alpha.jsonl").unlink(),
+                r"alpha.jsonl: damaged corpus file \(sha256 none \(missing\)"),
+    "manifest garbage": (lambda out: (out / "manifest.json").write_bytes(b"\x00garbage"), "damaged corpus manifest"),
+    "manifest of other JSON": (lambda out: (out / "manifest.json").write_text('{"sources": [1]}'),
+                               "damaged corpus manifest"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_corpus_is_refused_when_read_and_built_again_by_prepare(built, tmp_path, capsys, damage):
+    out, fetched = built
+    docs = list(load_documents("default", tmp_path / "cache"))
+    damage_fn, named = DAMAGES[damage]
+    damage_fn(out)
+    with pytest.raises(CratelabError, match=named + ".*: run `cratelab prepare` to build it again") as err:
+        list(load_documents("default", tmp_path / "cache"))
+    assert "\n" not in str(err.value)
+    assert build_corpus(tmp_path / "cache", progress=False) == out
+    assert fetched == ["alpha", "beta"] and "warning: " in capsys.readouterr().err
+    assert list(load_documents("default", tmp_path / "cache")) == docs
 
 
 def test_fetch_failure_names_source_and_command(tmp_path, monkeypatch):

@@ -52,6 +52,15 @@ def test_local_dataset_streams_tokenizes_and_caches(local_dataset, fixture_docs,
     assert prepare_dataset(cfg, progress=False).path == ds.path
 
 
+def test_a_damaged_streamed_corpus_is_streamed_again(local_dataset, tmp_path):
+    cfg = DataConfig(corpus=f"hf:{local_dataset}", hf_text_field="body", hf_max_tokens=1000, cache_dir=str(tmp_path))
+    documents = fetch_hf_corpus(cfg, tmp_path, progress=False) / "documents.jsonl"
+    good = documents.read_bytes()
+    documents.write_bytes(good.replace(b"a", b"b", 1))
+    assert fetch_hf_corpus(cfg, tmp_path, progress=False) == documents.parent
+    assert documents.read_bytes() == good
+
+
 def test_local_dataset_errors(local_dataset, tmp_path):
     cfg = DataConfig(corpus=f"hf:{local_dataset}", hf_text_field="missing", cache_dir=str(tmp_path))
     with pytest.raises(CratelabError, match="no field data.hf_text_field = 'missing'; its fields: body, n"):

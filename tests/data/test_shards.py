@@ -1,14 +1,18 @@
 import dataclasses
+from pathlib import Path
 import hashlib
+import json
+import unicodedata
 
 import numpy as np
 import pytest
 
-from cratelab.config import DataConfig
-from cratelab.data import shards
-from cratelab.data.corpus import split_of
-from cratelab.data.shards import TokenDataset, prepare_dataset
+from cratelab.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from cratelab.data import corpus, shards
+from cratelab.data.corpus import code_version, split_of
+from cratelab.data.shards import TokenDataset, prepare_dataset, run_data_identity
 from cratelab.errors import CratelabError
+from cratelab.layout import DATA
 
 
 def _documents_of(tokens: np.ndarray, eot: int) -> list[list[int]]:
@@ -56,14 +60,64 @@ def test_settings_change_the_key(fixture_dataset, fixture_cfg):
     assert not [p for p in gpt2.path.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
-def test_damaged_dataset_is_reported(fixture_dataset, tmp_path):
+def test_a_dataset_built_by_other_code_is_never_reused(fixture_dataset, fixture_cfg, monkeypatch):
+    monkeypatch.setattr(shards, "BUILDER", "another builder")  # what an edit of the tokenizer or shard code does
+    rebuilt = prepare_dataset(fixture_cfg, progress=False)
+    assert rebuilt.path != fixture_dataset.path and rebuilt.path.parent == fixture_dataset.path.parent
+    assert rebuilt.meta["builder"] == "another builder" and fixture_dataset.meta["builder"] == shards.code_version(
+        "corpus", "tokenizer", "shards", libraries=("tokenizers", "tiktoken"))
+    assert TokenDataset.open(fixture_dataset.path).meta == fixture_dataset.meta  # the old one is left as it was
+
+
+@pytest.mark.parametrize("change", ["module source", "library version", "unicode database"])
+def test_the_builder_version_follows_the_code_the_libraries_and_unicode(monkeypatch, tmp_path, change):
+    before = code_version("corpus", libraries=("tokenizers",))
+    if change == "module source":  # corpus.py with one more line
+        source = corpus.resources.files("cratelab.data").joinpath("corpus.py").read_bytes()
+        (tmp_path / "corpus.py").write_bytes(source + b"# an edit\n")
+        monkeypatch.setattr(corpus.resources, "files", lambda package: tmp_path)
+    elif change == "library version":
+        monkeypatch.setattr(corpus.importlib.metadata, "version", lambda name: "0.0.0")
+    else:
+        monkeypatch.setattr(unicodedata, "unidata_version", "1.0.0")
+    assert code_version("corpus", libraries=("tokenizers",)) != before
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {  # name: (damage to a copy of the fixture dataset, what the refusal says: a regular expression)
+    "train.bin byte flipped": (lambda d: _flip_a_byte(d / "train.bin"), r"train\.bin: damaged dataset file \(sha256"),
+    "val.bin truncated": (lambda d: (d / "val.bin").write_bytes((d / "val.bin").read_bytes()[:-2]),
+                          r"val\.bin: damaged dataset file"),
+    "train.bin missing": (lambda d: (d / "train.bin").unlink(), r"train\.bin: damaged dataset file \(sha256 none"),
+    "tokenizer.json garbage": (lambda d: (d / "tokenizer.json").write_bytes(b"\x00{"), r"tokenizer\.json: damaged"),
+    "tokenizer.json other JSON": (lambda d: (d / "tokenizer.json").write_text('{"name": "bpe", "json": "{}"}'),
+                                  r"tokenizer\.json: damaged"),
+    "meta.json garbage": (lambda d: (d / "meta.json").write_bytes(b"{\x00"), r"meta\.json: not a valid JSON"),
+    "meta.json other JSON": (lambda d: (d / "meta.json").write_text('{"dtype": "uint16"}'),
+                             r"meta\.json: not a dataset description of this cratelab"),
+    "meta.json a list": (lambda d: (d / "meta.json").write_text("[]"), r"meta\.json: not a valid dataset description"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_dataset_is_refused(fixture_dataset, fixture_cfg, damage):
+    damage_fn, message = DAMAGES[damage]
+    copy_cfg = dataclasses.replace(fixture_cfg, cache_dir=str(Path(fixture_cfg.cache_dir) / damage.replace(" ", "-")))
+    copy = Path(copy_cfg.cache_dir) / "datasets" / fixture_dataset.path.name
+    copy.mkdir(parents=True)
+    for file in fixture_dataset.path.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    damage_fn(copy)
+    with pytest.raises(CratelabError, match=message) as err:
+        prepare_dataset(copy_cfg, progress=False)  # what every command that reads the data calls
+    assert "\n" not in str(err.value) and ("delete" in str(err.value))
     with pytest.raises(CratelabError, match="no meta.json"):
-        TokenDataset.open(tmp_path)
-    for name in ("meta.json", "tokenizer.json", "train.bin"):
-        (tmp_path / name).write_bytes((fixture_dataset.path / name).read_bytes())
-    (tmp_path / "val.bin").write_bytes((fixture_dataset.path / "val.bin").read_bytes()[:-2])
-    with pytest.raises(CratelabError, match="delete"):
-        TokenDataset.open(tmp_path)
+        TokenDataset.open(copy.parent)
 
 
 def _text_corpus(root, doc_ids, words=400):
@@ -102,3 +156,26 @@ def test_a_bpe_vocabulary_the_corpus_cannot_fill_is_reported(tmp_path, capsys):
     assert dataset.tokenizer.vocab_size < 1000
     assert (f"warning: data.bpe_vocab_size = 65535, but the BPE found only {dataset.tokenizer.vocab_size:,} tokens"
             in capsys.readouterr().err)
+
+
+def test_a_run_folder_names_the_data_it_was_trained_on(fixture_dataset, fixture_cfg, tmp_path):
+    from cratelab.train import train
+
+    cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), data=fixture_cfg,
+                    train=TrainConfig(batch_size=2, max_steps=2, eval_interval=2, warmup_steps=1, device="cpu",
+                                      threads=1), eval=EvalConfig(tokens=64))
+    out = tmp_path / "run"
+    assert run_data_identity(out) is None  # a folder trained before runs recorded their data
+    train(cfg, out, progress=False)
+    data = run_data_identity(out)
+    assert data == fixture_dataset.identity() == json.loads((out / DATA).read_text())
+    assert data["train_sha256"] == hashlib.sha256((fixture_dataset.path / "train.bin").read_bytes()).hexdigest()
+    assert data["val_sha256"] == fixture_dataset.meta["splits"]["val"]["sha256"]
+
+    # resuming on other tokens (a cache built again by other code, with other content) is another run
+    (out / DATA).write_text(json.dumps({**data, "train_sha256": "0" * 64}))
+    with pytest.raises(CratelabError, match=f"{out} was trained on other token data .train.bin sha256 0000.*--fresh"):
+        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=4)), out, progress=False)
+    (out / DATA).write_text("[]")
+    with pytest.raises(CratelabError, match="data.json: not a valid data identity"):
+        run_data_identity(out)

@@ -8,7 +8,7 @@ from cratelab.data.corpus import (
     load_documents,
     split_of,
 )
-from cratelab.data.shards import TokenDataset, prepare_dataset
+from cratelab.data.shards import TokenDataset, prepare_dataset, run_data_identity
 from cratelab.data.tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "load_documents",
     "load_tokenizer",
     "prepare_dataset",
+    "run_data_identity",
     "split_of",
 ]

