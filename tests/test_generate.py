@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from cratelab.config import ModelConfig
-from cratelab.generate import generate, next_token_distribution
+from cratelab.errors import CratelabError
+from cratelab.generate import MIN_TEMPERATURE, generate, next_token_distribution
 from cratelab.models import build_model, neuron_hook_name, set_neuron
 
 
@@ -44,3 +46,29 @@ def test_steering_a_neuron_moves_the_next_token_distribution():
     atom = model.blocks[1].ista.weight[3].detach()
     shift = (10.0 - base["blocks.1.ista.hook_post"][..., 3:4]) * atom
     torch.testing.assert_close(steered["blocks.1.hook_resid_post"], base["blocks.1.hook_resid_post"] + shift)
+
+
+def test_logits_that_are_not_finite_are_refused_not_sampled():
+    """Issue 27: a huge --set-neuron value made the logits NaN, and text was sampled from them."""
+    model = small_model()
+    idx = torch.tensor([[1, 2, 3]])
+    hooks = [(neuron_hook_name(ModelConfig(arch="crate"), 1), set_neuron(3, 1e30))]
+    for call in (lambda: generate(model, idx, 2, fwd_hooks=hooks, generator=torch.Generator().manual_seed(0)),
+                 lambda: generate(model, idx, 2, temperature=0, fwd_hooks=hooks),
+                 lambda: next_token_distribution(model, idx, hooks)):
+        with pytest.raises(CratelabError, match="next-token logits are not finite .*--set-neuron"):
+            call()
+
+
+def test_a_tiny_temperature_samples_the_most_likely_token():
+    """Issue 27: logits / 1e-30 overflowed to inf - inf = NaN; any temperature down to float32's smallest
+    normal number is the limit of sampling as the temperature goes to 0 (greedy), below it is refused."""
+    model = small_model()
+    idx = torch.tensor([[1, 2, 3]])
+    greedy = generate(model, idx, 6, temperature=0)
+    for temperature in (1e-30, MIN_TEMPERATURE):
+        assert torch.equal(generate(model, idx, 6, temperature=temperature,
+                                    generator=torch.Generator().manual_seed(1)), greedy)
+    for temperature in (MIN_TEMPERATURE / 2, -1.0, float("inf"), float("nan")):
+        with pytest.raises(CratelabError, match="temperature must be 0"):
+            generate(model, idx, 1, temperature=temperature)
