@@ -132,7 +132,10 @@ else
   export CRATELAB_CACHE=${CRATELAB_CACHE:-$PWD/.gpu-cache}
   corpus=$("$py" -c "import sys; from cratelab.sweep import load_sweep; print(load_sweep(sys.argv[1])[0].data.corpus)" \
     "$ablation_config" 2>>"$log")
-  if [[ $corpus == default && ! -f $CRATELAB_CACHE/corpus/default/manifest.json ]]; then
+  # the default corpus' folder is keyed by the code that builds it: cratelab names it
+  corpus_dir=$("$py" -c "import sys; from cratelab.data.corpus import default_corpus_dir; print(default_corpus_dir(sys.argv[1]))" \
+    "$CRATELAB_CACHE" 2>>"$log")
+  if [[ $corpus == default && ! -f $corpus_dir/manifest.json ]]; then
     say "== ablation: skipped: $ablation_config uses the default corpus and $CRATELAB_CACHE holds none" \
       "(build it where the registries are reachable and bring it along: bench/gpu.md)"
     stage_status+=("ablation=skipped: no default corpus in $CRATELAB_CACHE")
