@@ -21,10 +21,10 @@ import torch
 
 from cratelab.checkpoint import load_checkpoint, save_model_checkpoint
 from cratelab.config import load_config, load_sweep_config
-from cratelab.data.corpus import split_of
+from cratelab.data.corpus import default_corpus_dir, split_of
 from cratelab.sweep import save_sweep
 from cratelab.train import train
-from tests.models.reference import random_official_state_dict
+from tests.models.reference import random_official_gpt_state_dict, random_official_state_dict
 from tests.report.synthetic import full_grid, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +100,24 @@ def _world(root: Path) -> dict[str, Path]:
     w["invalid"].write_text("[model]\nn_layer = \n")
     w["badsweep"].mkdir()
     (w["badsweep"] / "sweep.toml").write_text("[sweep]\nseeds = [0, 0]\n")
+    _damaged_caches(w)
     _damaged_files(w, sd, args)
     return w
+
+
+def _damaged_caches(w: dict[str, Path]) -> None:
+    """Data caches damaged after they were built (issue 27): a token file with a flipped byte, a default corpus
+    file that is not the one its manifest names."""
+    w["damagedcache"], w["damagedcorpus"] = w["run"].parent / "damagedcache", w["run"].parent / "damagedcorpus"
+    shutil.copytree(w["cache"] / "datasets", w["damagedcache"] / "datasets")
+    for train_bin in (w["damagedcache"] / "datasets").glob("*/train.bin"):
+        raw = bytearray(train_bin.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        train_bin.write_bytes(bytes(raw))
+    corpus = default_corpus_dir(w["damagedcorpus"])
+    corpus.mkdir(parents=True)
+    (corpus / "x.jsonl").write_text('{"text": "a document"}\n')
+    (corpus / "manifest.json").write_text(json.dumps({"sources": [{"source": "x", "file_sha256": "0" * 64}]}))
 
 
 def _damaged_files(w: dict[str, Path], official_sd: dict, official_args: dict) -> None:
@@ -125,6 +141,14 @@ def _damaged_files(w: dict[str, Path], official_sd: dict, official_args: dict) -
     w["nottensor"] = w["run"].parent / "nottensor.pt"
     torch.save({"model": official_sd | {"transformer.wte.weight": [1, 2]}, "model_args": official_args},
                w["nottensor"])
+    # official GPT baseline files (gpt.py) that disagree with themselves
+    gpt_sd = random_official_gpt_state_dict(1, 32, 512, 64)  # bias=False: no bias tensors
+    narrow = gpt_sd | {"transformer.h.0.attn.c_attn.weight": gpt_sd["transformer.h.0.attn.c_attn.weight"][:32]}
+    for name, sd, args in (("gptbiasdeclared", gpt_sd, official_args | {"bias": True}),
+                           ("gptnarrow", narrow, official_args | {"bias": False}),
+                           ("gptbiasnotbool", gpt_sd, official_args | {"bias": "no"})):
+        w[name] = w["run"].parent / f"{name}.pt"
+        torch.save({"model": {k: v.float() for k, v in sd.items()}, "model_args": args}, w[name])
 
     base, sweep = load_sweep_config(SWEEP, smoke=True)
     w["sweep"] = w["run"].parent / "sweep"
@@ -169,6 +193,12 @@ CASES = [
     ("prepare/empty-corpus", ["prepare", TINY, "--set", "data.corpus={emptycorpus}"], "no documents in"),
     ("prepare/tiny-corpus", ["prepare", TINY, "--set", "data.corpus={tinycorpus}"], "the val split is empty"),
     ("prepare/cache-below-a-file", ["prepare", TINY, "--set", "data.cache_dir={afile}/cache"], "{afile}"),
+    ("prepare/damaged-token-file", ["prepare", TINY, "--set", "data.cache_dir={damagedcache}"],
+     "train.bin: damaged dataset file (sha256"),
+    ("train/damaged-token-file", ["train", TINY, "--out", "{cache}/r", "--set", "data.cache_dir={damagedcache}"],
+     "train.bin: damaged dataset file (sha256"),
+    ("train/damaged-default-corpus", ["train", TINY, "--out", "{cache}/r", "--set", "data.corpus=default", "--set",
+                                      "data.cache_dir={damagedcorpus}"], "x.jsonl: damaged corpus file (sha256"),
     # ---- train: config values
     ("train/unknown-key", ["train", TINY, "--out", "{cache}/r", "--set", "model.n_layers=3"],
      "model.n_layers: unknown key"),
@@ -192,6 +222,8 @@ CASES = [
      "model.ffn: must be one of 'ista', 'mlp'"),
     ("train/residual-not-bool", ["train", TINY, "--out", "{cache}/r", "--set", "model.ista_residual=1"],
      "model.ista_residual: "),
+    ("train/bias-not-bool", ["train", TINY, "--out", "{cache}/r", "--set", "model.bias=1"],
+     "model.bias: expected bool, got int 1"),
     ("train/zero-steps", ["train", TINY, "--out", "{cache}/r", "--set", "train.max_steps=0"],
      "train.max_steps: must be >= 1"),
     ("train/unknown-arch", ["train", TINY, "--out", "{cache}/r", "--set", "model.arch=transformer"],
@@ -384,6 +416,12 @@ CASES = [
      "{wrongshape}: checkpoint does not match its model_args"),
     ("import-official/not-a-tensor", ["import-official", "{nottensor}", "--out", "{cache}/o"],
      "{nottensor}: 'model' holds values that are not tensors"),
+    ("import-official/gpt-biases-declared-absent", ["import-official", "{gptbiasdeclared}", "--out", "{cache}/o"],
+     "{gptbiasdeclared}: checkpoint does not match its model_args (missing ['blocks.0.ln_1.bias'"),
+    ("import-official/gpt-attention-too-narrow", ["import-official", "{gptnarrow}", "--out", "{cache}/o"],
+     "{gptnarrow}: attention projection has 32 outputs, expected 96 (GPT-2's q, k, v; this is not a gpt.py"),
+    ("import-official/bias-not-bool", ["import-official", "{gptbiasnotbool}", "--out", "{cache}/o"],
+     "{gptbiasnotbool}: model_args do not describe a model this cratelab can build (model.bias: must be true or"),
 ]
 
 

@@ -153,8 +153,8 @@ def cmd_import_official(args) -> None:
     model = load_official_checkpoint(args.path)
     out = save_model_checkpoint(model, GPT2Tokenizer(), out)
     c = model.config
-    print(f"imported CRATE {c.n_layer}L d={c.n_embd} heads={c.n_head} vocab={c.vocab_size} "
-          f"({model.num_params() / 1e6:.2f}M parameters) -> {out}")
+    print(f"imported {'GPT' if c.arch == 'gpt' else 'CRATE'} {c.n_layer}L d={c.n_embd} heads={c.n_head} "
+          f"vocab={c.vocab_size} ({model.num_params() / 1e6:.2f}M parameters) -> {out}")
 
 
 def cmd_interpret(args) -> None:

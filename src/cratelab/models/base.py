@@ -17,13 +17,13 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with either one projection used as query, key and value
     (CRATE's MSSA: softmax(w w^T / sqrt(d_head)) w per head) or separate q, k, v (GPT-2)."""
 
-    def __init__(self, cfg: ModelConfig, qkv: str, qkv_bias: bool):
+    def __init__(self, cfg: ModelConfig, qkv: str, qkv_bias: bool, proj_bias: bool = True):
         super().__init__()
         self.n_head = cfg.n_head
         self.shared = qkv == "shared"
         width = cfg.n_embd if self.shared else 3 * cfg.n_embd
         self.c_attn = nn.Linear(cfg.n_embd, width, bias=qkv_bias)  # U (shared) or [W_q W_k W_v]
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=True)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=proj_bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.hook_z = HookPoint()  # heads concatenated, before the output projection
@@ -45,11 +45,11 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """x -> c_proj(act(c_fc x)), hidden width h = overcomplete * n_embd: the GPT-2 MLP, also CRATE's with ffn = "mlp"."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, bias: bool = True):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.overcomplete * cfg.n_embd, bias=True)
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.overcomplete * cfg.n_embd, bias=bias)
         self.act = F.relu if cfg.mlp_act == "relu" else F.gelu
-        self.c_proj = nn.Linear(cfg.overcomplete * cfg.n_embd, cfg.n_embd, bias=True)
+        self.c_proj = nn.Linear(cfg.overcomplete * cfg.n_embd, cfg.n_embd, bias=bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()  # the interpreted neurons
@@ -64,6 +64,11 @@ class LanguageModel(HookedModel):
 
     block_class: type[nn.Module]
 
+    @staticmethod
+    def has_bias(cfg: ModelConfig) -> bool:
+        """Whether the trunk's LayerNorm has a bias: CRATE's always (the official code ignores its bias flag)."""
+        return True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
@@ -75,7 +80,7 @@ class LanguageModel(HookedModel):
         self.drop = nn.Dropout(cfg.dropout)
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList([self.block_class(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=1e-5)
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=1e-5, bias=self.has_bias(cfg))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
