@@ -18,12 +18,15 @@ def write_official(path, sd, n_layer, n_head, n_embd, vocab, block, compiled=Tru
                 "config": {"dataset": "pile", "learning_rate": 6e-4}}, path)
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("compiled", [True, False])
-def test_official_checkpoint_computes_the_official_function(tmp_path, compiled):
+def test_official_checkpoint_computes_the_official_function(tmp_path, compiled, bias):
+    """crate_overcomplete.py keeps its biases whatever model_args' bias says (train.py writes False)."""
     sd = random_official_state_dict(3, 48, 211, 32, seed=3)
     path = tmp_path / "ckpt-crate.pt"
-    write_official(path, sd, 3, 6, 48, 211, 32, compiled=compiled)
+    write_official(path, sd, 3, 6, 48, 211, 32, compiled=compiled, bias=bias)
     model = load_official_checkpoint(path)
+    assert (model.config.arch, model.config.bias) == ("crate", bias)
     assert model.config.n_layer == 3 and model.config.overcomplete == 4 and model.config.ista_lambda == 0.1
     idx = torch.randint(0, 211, (2, 32), generator=torch.Generator().manual_seed(0))
     ref_logits, ref_codes = crate_forward(sd, idx, 3, 6)
