@@ -344,6 +344,104 @@ def test_sigkill_during_ablate_then_the_same_command_gives_the_same_results(cach
             sorted((run / "interp" / "scores.jsonl").read_text().splitlines())
 
 
+# ---------------------------------------------------------------- ablate --fresh (issue 27)
+
+def old_sweep(out: Path) -> str:
+    """A sweep folder as an earlier sweep left it; returns the name of its one run (finished, scored as no
+    real run can be: val_loss 99)."""
+    name = "ista_lambda=0.1-qkv=shared-s0"
+    out.mkdir(parents=True)
+    (out / "sweep.toml").write_text("# the earlier sweep, with other settings\n")
+    (out / "results.csv").write_text("name,val_loss\n" + name + ",99\n")
+    return name
+
+
+def fake_result(folder: Path, name: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({
+        "name": name, "condition": name.removesuffix("-s0"), "model.ista_lambda": 0.1, "model.qkv": "shared",
+        "seed": 0, "val_loss": 99.0, "layers": [], "tracked": []}))
+
+
+@pytest.mark.parametrize("link", ["runs", "runs/RUN"])
+def test_ablate_fresh_removes_a_linked_folder_never_what_it_points_to(cache, tmp_path, link):
+    """runs/ (or a run in it) a symbolic link to a folder elsewhere: deleting it used to fail unnoticed
+    (rmtree refuses links, and its errors were ignored) while sweep.toml went, so the old run was reported
+    as the new sweep's."""
+    out, elsewhere = tmp_path / "sweep", tmp_path / "elsewhere"
+    name = old_sweep(out)
+    link = out / link.replace("RUN", name)
+    fake_result(elsewhere / name, name)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere if link.name == "runs" else elsewhere / name, target_is_directory=True)
+    kept = (elsewhere / name / "result.json").read_bytes()
+
+    cratelab(*ABLATE, "--out", out, "--fresh", "--set", "sweep.arms=[]", cache=cache)
+    assert not (out / "runs").is_symlink() and not (out / "runs" / name).is_symlink()
+    assert (elsewhere / name / "result.json").read_bytes() == kept and os.listdir(elsewhere / name) == ["result.json"]
+    assert steps(out / "runs" / name) == [10, 15, 20, 30]  # trained here, anew
+    (row,) = results(out)
+    assert row["name"] == name and float(row["val_loss"]) < 99
+
+
+def own_mounts(script: str, *args) -> list[str]:
+    """`sh -c script args...` as root of a user and mount namespace of its own: what it mounts, it alone sees."""
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", *map(str, args)]
+
+
+@pytest.fixture
+def mountable(tmp_path) -> None:
+    probe = subprocess.run(own_mounts('mount -t tmpfs tmpfs "$1"', tmp_path), capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a namespace of its own here: {probe.stderr.strip()}")
+
+
+def test_ablate_fresh_stops_at_a_failed_delete_and_removes_nothing_after_it(cache, tmp_path, mountable):
+    """A folder of the earlier sweep that cannot be deleted (a mount point: EBUSY, even for root): one line
+    naming it, exit 2, and sweep.toml still there (it used to be deleted and the sweep went on)."""
+    out = tmp_path / "sweep"
+    old_sweep(out)
+    (out / "runs" / "a-s0").mkdir(parents=True)
+    (out / "runs" / "a-s0" / "ckpt.pt").write_bytes(b"old")
+    busy = out / "runs" / "b-s0" / "mnt"
+    busy.mkdir(parents=True)
+    proc = subprocess.run(own_mounts('mount -t tmpfs tmpfs "$1" && shift && exec "$@"', busy,
+                                     *command(*ABLATE, "--out", out, "--fresh", "--set", "sweep.arms=[]")),
+                          capture_output=True, text=True, timeout=600, env=environment(cache))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {busy}: Device or resource busy"
+    assert (out / "sweep.toml").is_file() and (out / "results.csv").is_file() and busy.is_dir()
+
+
+def test_ablate_fresh_with_a_mistake_deletes_nothing(cache, tmp_path):
+    """A design that fails its checks (a level no model can have) used to be found only after --fresh had
+    deleted the earlier sweep."""
+    out = tmp_path / "sweep"
+    name = old_sweep(out)
+    fake_result(out / "runs" / name, name)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    proc = cratelab(*ABLATE, "--out", out, "--fresh", "--set", "sweep.factors.model.n_head=[3]", cache=cache, expect=2)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model.n_embd: must be divisible by model.n_head")
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.name != ".cratelab.lock") == before
+
+
+# ---------------------------------------------------------------- a full disk names the destination (issue 27)
+
+@pytest.mark.parametrize("inodes", [4, 5, 6])
+def test_a_full_disk_names_the_file_the_user_asked_for_never_a_temporary(cache, tmp_path, mountable, inodes):
+    """A tmpfs with few inodes: creating one of the token cache's files fails (ENOSPC) while the cache is
+    built in its temporary folder, whose name the message used to give."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(own_mounts(f'mount -t tmpfs -o size=8m,nr_inodes={inodes} tmpfs "$1" && shift && exec "$@"',
+                                     disk, *command("prepare", TINY, "--set", f"data.cache_dir={json.dumps(str(disk / 'cache'))}")),
+                          capture_output=True, text=True, timeout=600, env=environment(cache))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"error: {disk}/") and message.endswith(": No space left on device"), message
+    assert ".tmp" not in message
+
+
 # ---------------------------------------------------------------- no network
 
 SITECUSTOMIZE = textwrap.dedent('''

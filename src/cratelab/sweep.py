@@ -427,9 +427,9 @@ class RunsFailed(CratelabError):
 def ablate(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] = (),
            progress: bool | None = None, fresh: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) the sweep (as config.load_sweep_config reads it); returns the result rows of the
-    finished runs. ``fresh`` deletes an earlier sweep in out_dir first. With a job launcher (slurm,
-    submitit-local) a failed job leaves its run unfinished and the others carry on: then RunsFailed
-    comes once results.csv holds the finished runs.
+    finished runs. ``fresh`` deletes an earlier sweep in out_dir, once the new one has passed its checks.
+    With a job launcher (slurm, submitit-local) a failed job leaves its run unfinished and the others carry
+    on: then RunsFailed comes once results.csv holds the finished runs.
 
     The sweep folder is locked for the whole sweep: exclusively, or shared with the other ``--only``
     processes of a scheduled sweep. Each run folder is locked by its own training, wherever it runs: cluster
@@ -437,14 +437,11 @@ def ablate(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] =
     if fresh and only:
         raise ConfigError("--fresh", "cannot be combined with --only (it would delete the other scheduled runs)")
     with folder_lock(out_dir, shared=bool(only)):
-        if fresh:
-            remove_sweep_outputs(out_dir)
-        check_sweep_unchanged(base, sweep, out_dir)
-        return _ablate_locked(base, sweep, out_dir, only, progress)
+        return _ablate_locked(base, sweep, out_dir, only, progress, fresh)
 
 
 def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str],
-                   progress: bool | None) -> list[dict[str, Any]]:
+                   progress: bool | None, fresh: bool) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     runs = selected_runs(expand(base, sweep), only)
@@ -454,6 +451,9 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
     workers = check_threads(sweep.workers, "sweep.workers")
     check_machine(sweep, runs)
     _prepare_data(runs)
+    if fresh:  # only once every check above has passed: a mistake never costs the earlier sweep
+        remove_sweep_outputs(out_dir)
+    check_sweep_unchanged(base, sweep, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_sweep(base, sweep, out_dir)
     todo = unfinished_runs(runs, out_dir)

@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -37,7 +36,7 @@ from .data.shards import prepare_dataset, run_data_identity
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .evaluate import evaluate, training_sparsity_metrics, write_evaluation
-from .io import append_line, folder_lock, keep_jsonl, write_json
+from .io import append_line, folder_lock, keep_jsonl, remove_tree, write_json
 from .layout import CHECKPOINT, CONFIG, COOLDOWN_START, DATA, EVAL, METRICS, TENSORBOARD, TRACK, track_folder
 from .models import build_model
 from .runtime import autocast_dtype, distributed, resolve_device, set_threads
@@ -201,8 +200,8 @@ def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, dd
         if fresh:
             ckpt_path.unlink(missing_ok=True)
             metrics_path.unlink(missing_ok=True)
-            shutil.rmtree(out_dir / TENSORBOARD, ignore_errors=True)
-            shutil.rmtree(out_dir / TRACK, ignore_errors=True)
+            remove_tree(out_dir / TENSORBOARD)
+            remove_tree(out_dir / TRACK)
     external_log = open_external_log(cfg, out_dir) if master else None  # a missing package fails before any work
     barrier()
 

@@ -18,7 +18,6 @@ The output folder:
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +29,8 @@ from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, checkpoint_file
 from ..errors import CratelabError
-from ..io import JsonlAppender, building_folder, read_json, read_jsonl, sha256_file, write_bytes, write_json
+from ..io import (JsonlAppender, building_folder, read_json, read_jsonl, remove_tree, sha256_file, write_bytes,
+                  write_json)
 from ..runtime import resolve_device, set_threads
 from .activations import ActivationBuffer, check_hook, d_in, hook_layer
 from .config import SAEConfig
@@ -190,8 +190,7 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
     identity = _identity(ckpt, hook, cfg)
     if fresh and out.exists():
         for name in (SAE_JSON, METRICS, STATE, "eval.json", *SAELENS_FILES):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            remove_tree(out / name)
     out.mkdir(parents=True, exist_ok=True)
     if (out / SAE_JSON).is_file():
         _check_identity(out, identity)
@@ -231,5 +230,5 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
         log.close()
     train.set_final_sae_metadata()
     _export(out, sae)
-    shutil.rmtree(out / STATE, ignore_errors=True)
+    remove_tree(out / STATE)
     return out
