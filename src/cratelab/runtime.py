@@ -106,10 +106,14 @@ def check_threads(threads: int, setting: str) -> int:
     return threads
 
 
+# torch's own choice for this process (its cores, or OMP_NUM_THREADS), before any stage set another
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 def set_threads(threads: int, setting: str = "train.threads") -> None:
-    """torch's intra-op threads on the CPU; 0 keeps torch's default."""
-    if check_threads(threads, setting):
-        torch.set_num_threads(threads)
+    """torch's intra-op threads on the CPU; 0 = torch's default. Set every time, 0 included: a stage never
+    runs on the count an earlier stage of the same process set (results and speed depend on it)."""
+    torch.set_num_threads(check_threads(threads, setting) or DEFAULT_THREADS)
 
 
 # glibc's malloc hands a freed block above its mmap threshold (which it raises to at most 32 MiB) back to the
@@ -133,6 +137,42 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and other C libraries
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT)) and bool(mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_LIMIT))
+
+
+def end_with(pid: int) -> None:
+    """Kill this process (SIGKILL, as `kill -9` would) as soon as process ``pid`` ends, however it ends; at
+    once if it has ended already. The sweep's workers and its local jobs end with the sweep process: an
+    orphan would go on training a run whose folder it locks, and the rerun of the sweep would fail that run
+    as in use. POSIX only (on Windows an orphan finishes its run)."""
+    if os.name != "posix":
+        return
+    import select
+    import signal
+    import threading
+    import time
+
+    try:
+        watched = os.pidfd_open(pid)  # Linux 5.3+: readable once the process has ended
+
+        def wait() -> None:
+            select.select([watched], [], [])
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (AttributeError, OSError):  # another POSIX system, or an older kernel: look every second
+
+        def wait() -> None:
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(1)
+
+    def watch() -> None:
+        wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name=f"end-with-{pid}", daemon=True).start()
 
 
 @dataclass(frozen=True)

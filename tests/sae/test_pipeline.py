@@ -1,9 +1,12 @@
 """An SAE on a real (tiny) GPT run: SAELens opens it, the spliced loss lies between clean and zero-ablated,
 training resumes, interpret scores its features, and bad input is one line with exit code 2."""
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +126,181 @@ def test_crate_sparse_code_hook(gpt_run, tmp_path):
     assert folder.sae.cfg.d_in == 64 and folder.layer == 0 and folder.sae.cfg.metadata.hook_name == folder.hook
     result = evaluate_sae(crate, folder.sae, folder.hook, tokens=256)
     assert result["l0"] <= 4 and result["ce_loss_clean"] > 0
+
+
+# ---- issue 27: `cratelab sae` under bad input (run in this process: the CLI's main(), as a user's command)
+TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.toml")
+SMALL = ["--set", "sae.tokens=512", "--set", "sae.batch_size=64", "--set", "sae.buffer_tokens=256",
+         "--set", "sae.expansion_factor=2", "--set", "sae.eval_tokens=256", "--set", 'sae.device="cpu"',
+         "--set", "sae.threads=1"]
+
+
+def _main(argv, capsys) -> tuple[int, str]:
+    """Exit code and stderr of `cratelab ARGV`."""
+    from cratelab.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+def _refused(argv, capsys, message: str) -> None:
+    code, err = _main(argv, capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """configs/tiny.toml trained two steps, as CRATE and as GPT."""
+    from cratelab.config import load_config
+    from cratelab.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    runs = {}
+    for arch in ("crate", "gpt"):
+        runs[arch] = root / arch
+        overrides = ["train.max_steps=2", "train.eval_interval=2", "eval.tokens=512", f'model.arch="{arch}"',
+                     f"data.cache_dir={json.dumps(str(root / 'cache'))}"]
+        train(load_config(TINY, overrides), runs[arch], progress=False)
+    return runs
+
+
+@pytest.mark.parametrize("arch", ["crate", "gpt"])
+def test_cli_sae_without_hook_takes_the_interpreted_neurons_of_layer_0(tiny_runs, tmp_path, capsys, arch):
+    """Issue 27: the README's default (no --hook) was a traceback."""
+    from cratelab.checkpoint import load_checkpoint
+    from cratelab.models import neuron_hook_name
+
+    code, err = _main(["sae", tiny_runs[arch], "--out", tmp_path / "sae", *SMALL], capsys)
+    assert code == 0, err
+    hook = neuron_hook_name(load_checkpoint(tiny_runs[arch]).config.model, 0)
+    assert load_sae_folder(tmp_path / "sae").hook == hook == {"crate": "blocks.0.ista.hook_post",
+                                                              "gpt": "blocks.0.mlp.hook_post"}[arch]
+
+
+def _interpret_folder(out):
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+
+
+def _sweep_folder(out):
+    out.mkdir()
+    (out / "sweep.toml").write_text("[sweep]\n")
+
+
+def _log_only(out):
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+
+
+@pytest.mark.parametrize("make, message", [
+    (None, "holds a training run (ckpt.pt), not an SAE: use another --out"),
+    (_interpret_folder, "holds an interpret folder (run.json), not an SAE"),
+    (_sweep_folder, "holds a sweep folder (sweep.toml), not an SAE"),
+    (_log_only, "holds metrics.jsonl but no sae.json: not an SAE folder"),
+], ids=["training-run", "interpret-folder", "sweep-folder", "foreign-log"])
+@pytest.mark.parametrize("fresh", [[], ["--fresh"]], ids=["resume", "fresh"])
+def test_cli_sae_refuses_another_kind_of_run_as_out_and_touches_nothing(tiny_runs, tmp_path, capsys, make, message,
+                                                                        fresh):
+    """Issue 27: `sae RUN --out RUN` deleted the run's metrics.jsonl and overwrote its eval.json."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_runs["gpt"], out) if make is None else make(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".cratelab.lock"}
+    _refused(["sae", tiny_runs["gpt"], "--out", out, *SMALL, *fresh], capsys, f"{out} {message}")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".cratelab.lock"} == before
+
+
+@pytest.fixture(scope="module")
+def tiny_sae(tiny_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-sae") / "sae"
+    from cratelab.cli import main
+
+    main(["sae", str(tiny_runs["gpt"]), "--hook", HOOK, "--out", str(out), *SMALL])
+    return out
+
+
+def _flip(data: bytes) -> bytes:
+    raw = bytearray(data)
+    raw[-20] ^= 0x5A  # inside the last tensor's numbers: the file still parses
+    return bytes(raw)
+
+
+DAMAGE = {"flipped": _flip, "truncated": lambda data: data[: len(data) // 2], "empty": lambda data: b"",
+          "garbage": lambda data: os.urandom(len(data))}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("command", ["interpret", "sae"])
+def test_damaged_sae_weights_are_refused_by_name(tiny_runs, tiny_sae, tmp_path, capsys, damage, command):
+    """Issue 27: flipped bytes in sae_weights.safetensors were scored without complaint; a truncated, empty or
+    garbage file was a traceback."""
+    import shutil
+
+    folder = tmp_path / "sae"
+    shutil.copytree(tiny_sae, folder)
+    weights = folder / "sae_weights.safetensors"
+    weights.write_bytes(DAMAGE[damage](weights.read_bytes()))
+    argv = (["interpret", folder, "--out", tmp_path / "interp", "--neurons", "2", "--tokens", "1024"]
+            if command == "interpret" else ["sae", tiny_runs["gpt"], "--hook", HOOK, "--out", folder, *SMALL])
+    _refused(argv, capsys, f"{weights}: damaged (its sha256 differs from the one sae.json recorded")
+    assert not (tmp_path / "interp").exists()
+
+
+def test_an_sae_rerun_with_other_settings_names_each_changed_field(tiny_runs, tiny_sae, capsys):
+    """Issue 27: the message printed the whole settings dict."""
+    _refused(["sae", tiny_runs["gpt"], "--hook", HOOK, "--out", tiny_sae, *SMALL, "--set", "sae.lr=0.001",
+              "--set", "sae.k=8"], capsys,
+             f"{tiny_sae} holds an SAE made with other settings (sae.k 32 -> 8; sae.lr 0.0004 -> 0.001); use another "
+             "--out, or --fresh to start over")
+    _refused(["sae", tiny_runs["gpt"], "--out", tiny_sae, *SMALL, "--hook", "blocks.1.mlp.hook_post"], capsys,
+             "(hook 'blocks.0.mlp.hook_post' -> 'blocks.1.mlp.hook_post')")
+
+
+STATE_DAMAGE = [("sae_weights.safetensors", b""), ("sae_weights.safetensors", b"garbage"),
+                ("trainer_state.pt", b""), ("trainer_state.pt", b"PK\x03\x04 not a zip"),
+                ("position.json", b'{"refills_done": 1'), ("position.json", b"[1]"), ("position.json", b"{}")]
+
+
+@pytest.mark.parametrize("name, data", STATE_DAMAGE, ids=[f"{n}-{i}" for i, (n, _) in enumerate(STATE_DAMAGE)])
+def test_a_damaged_resume_state_is_one_line(gpt_run, tmp_path, monkeypatch, capsys, name, data):
+    """Issue 27: a damaged state/ file of an interrupted `cratelab sae` was a traceback."""
+    from cratelab.sae import train as train_module
+
+    out = tmp_path / "sae"
+    real_save = train_module._save_state
+
+    def save_then_stop(*args):  # a kill right after the first checkpoint
+        real_save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(gpt_run, HOOK, out, CFG)
+    monkeypatch.setattr(train_module, "_save_state", real_save)
+    assert (out / "state" / name).is_file()
+    (out / "state" / name).write_bytes(data)
+    cfg = [f"--set=sae.{k}={json.dumps(v)}" for k, v in CFG.to_dict().items()]
+    _refused(["sae", gpt_run.path, "--hook", HOOK, "--out", out, *cfg], capsys,
+             f"{out / 'state'}: damaged SAE resume state (")
+
+
+def test_every_sae_training_sets_its_own_threads(gpt_run, sae_dir):
+    """Issue 27: with sae.threads = 0 an SAE (an SAE arm of a sweep) ran on whatever thread count the process
+    had set last (a rerun 13x slower, sae_fvu different in the 16th digit): 0 is torch's default, set each time."""
+    from cratelab.runtime import DEFAULT_THREADS
+
+    other = DEFAULT_THREADS + 1
+    torch.set_num_threads(other)
+    try:
+        train_sae(gpt_run, HOOK, sae_dir, dataclasses.replace(CFG, threads=0))  # finished: nothing to train
+        assert torch.get_num_threads() == DEFAULT_THREADS
+        train_sae(gpt_run, HOOK, sae_dir, dataclasses.replace(CFG, threads=other))
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(DEFAULT_THREADS)

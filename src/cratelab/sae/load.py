@@ -10,8 +10,8 @@ import torch
 
 from ..errors import CratelabError
 from ..interp.source import ActivationSource
-from ..io import read_json, sha256_file
-from .train import SAE_JSON, SAELENS_FILES, is_sae_folder, require_sae_lens
+from ..io import read_json_object, sha256_file
+from .train import SAE_JSON, SAELENS_FILES, WEIGHTS_SHA256, is_sae_folder, require_sae_lens
 
 
 @dataclass
@@ -34,11 +34,24 @@ def load_sae_folder(path: str | Path) -> SAEFolder:
     if not is_sae_folder(path):
         what = "unfinished (rerun `cratelab sae` to resume it)" if (path / SAE_JSON).is_file() else "not an SAE folder"
         raise CratelabError(f"{path}: {what}: expected sae.json and cfg.json from `cratelab sae`")
-    meta = read_json(path / SAE_JSON, what="SAE description")
+    meta = read_json_object(path / SAE_JSON, what="SAE description", keys=("run", "checkpoint_sha256", "hook", "layer"))
+    weights = path / SAELENS_FILES[0]
+    if not weights.is_file():
+        raise CratelabError(f"{weights}: missing; rerun `cratelab sae` with --fresh to train the SAE again")
+    # safetensors checks the layout of a file, not its numbers: flipped bytes would be scored without complaint
+    if WEIGHTS_SHA256 not in meta:
+        raise CratelabError(f"{path / SAE_JSON}: no {WEIGHTS_SHA256} (an SAE from an older cratelab), so "
+                            f"{weights.name} cannot be checked; rerun `cratelab sae` with --fresh")
+    if sha256_file(weights) != meta[WEIGHTS_SHA256]:
+        raise CratelabError(f"{weights}: damaged (its sha256 differs from the one {SAE_JSON} recorded when it was "
+                            "written); rerun `cratelab sae` with --fresh to train the SAE again")
+    from safetensors import SafetensorError
+
     try:
         sae = require_sae_lens().SAE.load_from_disk(path, device="cpu")
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise CratelabError(f"{path}: cannot load the SAE ({type(err).__name__}: {err})") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else ""
+        raise CratelabError(f"{path}: cannot load the SAE ({type(err).__name__}: {reason})") from None
     return SAEFolder(sae.eval(), meta, path)
 
 
@@ -65,8 +78,7 @@ def sae_source(folder: SAEFolder, features: list[int] | None = None) -> Activati
         codes = sae.to(acts.device).encode(acts.float())
         return codes if index is None else codes[..., index.to(codes.device)]
 
-    identity = {"kind": "sae", "hook": folder.hook, "d_sae": sae.cfg.d_sae,
-                "sae_sha256": sha256_file(folder.path / SAELENS_FILES[0])}
+    identity = {"kind": "sae", "hook": folder.hook, "d_sae": sae.cfg.d_sae, "sae_sha256": folder.meta[WEIGHTS_SHA256]}
     if features is not None:
         identity["features"] = list(features)
     return ActivationSource(sae.cfg.d_sae if index is None else len(features), lambda _layer: folder.hook, encode,

@@ -10,14 +10,15 @@ The output folder:
 
     cfg.json, sae_weights.safetensors   the SAE in SAELens's format (`sae_lens.SAE.load_from_disk(DIR)`);
                                         cfg.json is written last: it marks a finished SAE
-    sae.json        where it comes from: run, checkpoint sha256, hook, layer, the [sae] settings
+    sae.json        where it comes from: run, checkpoint sha256, hook, layer, the [sae] settings, and the
+                    sha256 of sae_weights.safetensors (checked on load: a damaged file is refused, not scored)
     metrics.jsonl   one line per checkpoint: step, tokens, mse, l0, dead fraction, lr, elapsed
     state/          the resumable training state (SAELens checkpoint + data position); dropped at the end
 """
 
 from __future__ import annotations
 
-import json
+import pickle
 import sys
 import tempfile
 import time
@@ -27,10 +28,12 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from .. import layout
 from ..checkpoint import Checkpoint, checkpoint_file
-from ..errors import CratelabError
-from ..io import (JsonlAppender, building_folder, read_json, read_jsonl, remove_tree, sha256_file, write_bytes,
-                  write_json)
+from ..config import changed_settings
+from ..errors import CratelabError, unpickling_error
+from ..io import (JsonlAppender, building_folder, read_json_object, read_jsonl, remove_tree, sha256_file,
+                  write_bytes, write_json)
 from ..runtime import resolve_device, set_threads
 from .activations import ActivationBuffer, check_hook, d_in, hook_layer
 from .config import SAEConfig
@@ -38,6 +41,11 @@ from .config import SAEConfig
 FORMAT = "cratelab-sae-1"
 SAE_JSON, METRICS, STATE = "sae.json", "metrics.jsonl", "state"
 SAELENS_FILES = ("sae_weights.safetensors", "cfg.json")  # SAELens's names; cfg.json last
+WEIGHTS_SHA256 = "weights_sha256"  # sae.json's checksum of SAELENS_FILES[0]
+# files that make a folder another kind of run's (`cratelab train`, `interpret`, `ablate`): never an SAE's --out
+OTHER_KINDS = {layout.CHECKPOINT: "a training run", layout.CONFIG: "a training run or an interpret folder",
+               layout.INTERP_RUN: "an interpret folder", layout.SWEEP_CONFIG: "a sweep folder",
+               layout.RUN_RESULT: "a sweep run"}
 
 
 def require_sae_lens():
@@ -120,12 +128,24 @@ def _identity(ckpt: Checkpoint, hook: str, cfg: SAEConfig) -> dict[str, Any]:
             "step": ckpt.step, "arch": ckpt.config.model.arch, "hook": hook, "layer": hook_layer(hook), "sae": settings}
 
 
+def check_sae_out(out: Path) -> None:
+    """Refuse an output folder that holds another kind of run (its files would be deleted or overwritten)."""
+    for name, kind in OTHER_KINDS.items():
+        if (out / name).exists():
+            raise CratelabError(f"{out} holds {kind} ({name}), not an SAE: use another --out")
+    if not (out / SAE_JSON).is_file():  # sae.json is written first: without it these files are not ours
+        for name in (METRICS, "eval.json", *SAELENS_FILES):
+            if (out / name).exists():
+                raise CratelabError(f"{out} holds {name} but no {SAE_JSON}: not an SAE folder; use another --out")
+
+
 def _check_identity(out: Path, identity: dict[str, Any]) -> None:
-    old = read_json(out / SAE_JSON, what="SAE description")
-    for key in ("checkpoint_sha256", "hook", "sae"):
-        if old.get(key) != identity[key]:
-            raise CratelabError(f"{out} holds an SAE made with other {key} ({old.get(key)!r}); use another --out, "
-                                "or --fresh to start over")
+    old = read_json_object(out / SAE_JSON, what="SAE description")
+    keys = ("checkpoint_sha256", "hook", "sae")
+    diffs = changed_settings({k: old.get(k) for k in keys}, {k: identity[k] for k in keys})
+    if diffs:
+        raise CratelabError(f"{out} holds an SAE made with other settings ({'; '.join(diffs)}); use another --out, "
+                            "or --fresh to start over")
 
 
 def _save_state(out: Path, trainer, data: ActivationBuffer, elapsed: float) -> None:
@@ -137,11 +157,37 @@ def _save_state(out: Path, trainer, data: ActivationBuffer, elapsed: float) -> N
 
 
 def _export(out: Path, sae) -> None:
-    """The SAE in SAELens's inference format, each file atomically, cfg.json last."""
+    """The SAE in SAELens's inference format, each file atomically, the weights' sha256 recorded in sae.json,
+    cfg.json last."""
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         sae.save_inference_model(tmp)
-        for name in SAELENS_FILES:
-            write_bytes(out / name, (Path(tmp) / name).read_bytes())
+        weights, cfg = (Path(tmp) / name for name in SAELENS_FILES)
+        write_bytes(out / SAELENS_FILES[0], weights.read_bytes())
+        meta = read_json_object(out / SAE_JSON, what="SAE description")
+        write_json(out / SAE_JSON, meta | {WEIGHTS_SHA256: sha256_file(weights)})
+        write_bytes(out / SAELENS_FILES[1], cfg.read_bytes())
+
+
+def _resume(out: Path, sae, train, data: ActivationBuffer, device: torch.device) -> float:
+    """Load the resumable state (SAE weights, optimizer, schedules, data position); returns the seconds spent.
+    A damaged state is one error naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state = out / STATE
+    try:
+        sae.load_state_dict(load_file(state / SAELENS_FILES[0], device=str(device)))
+        train.load_trainer_state(state)
+        position = read_json_object(state / "position.json", what="SAE resume position",
+                                    keys=("refills_done", "elapsed_s"))
+        data.refills_done, elapsed = int(position["refills_done"]), float(position["elapsed_s"])
+    except pickle.UnpicklingError as err:
+        raise unpickling_error(state, err) from None
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, CratelabError, SafetensorError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CratelabError(f"{state}: damaged SAE resume state ({reason}); delete it, or use --fresh, to train "
+                            "this SAE from the start") from None
+    return elapsed
 
 
 def fit_sae(train, cfg: SAEConfig, batches: Iterator[torch.Tensor], *, batches_per_refill: int = 1,
@@ -185,8 +231,12 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
     """Train (or resume, or find finished) the SAE of `hook` of a run in `out`; returns `out`."""
     cfg.validate()
     out = Path(out)
+    check_sae_out(out)
     progress = sys.stderr.isatty() if progress is None else progress
     check_hook(ckpt.model, hook)
+    # before anything runs, finished or not: what follows (the caller's evaluation too) runs on these threads,
+    # never on those the process last set (an SAE arm after another run)
+    set_threads(cfg.threads, "sae.threads")
     identity = _identity(ckpt, hook, cfg)
     if fresh and out.exists():
         for name in (SAE_JSON, METRICS, STATE, "eval.json", *SAELENS_FILES):
@@ -200,7 +250,6 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
 
     from ..data.shards import prepare_dataset
 
-    set_threads(cfg.threads)
     device = resolve_device(cfg.device, setting="sae.device")
     model = ckpt.model.eval().to(device)
     dataset = prepare_dataset(ckpt.config.data, progress=progress)
@@ -211,14 +260,8 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
                             model_batch_size=cfg.model_batch_size, seed=cfg.seed, device=device)
     train = trainer(sae, cfg, device, data)
     elapsed = 0.0
-    if (out / STATE / "position.json").is_file():  # resume: SAE weights, optimizer, schedules, data position
-        state = out / STATE
-        from safetensors.torch import load_file
-
-        sae.load_state_dict(load_file(state / SAELENS_FILES[0], device=str(device)))
-        train.load_trainer_state(state)
-        position = json.loads((state / "position.json").read_text())
-        data.refills_done, elapsed = position["refills_done"], position["elapsed_s"]
+    if (out / STATE / "position.json").is_file():  # resume
+        elapsed = _resume(out, sae, train, data, device)
     else:
         (out / METRICS).unlink(missing_ok=True)
     read_jsonl(out / METRICS, repair=True)
