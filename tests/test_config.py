@@ -136,3 +136,77 @@ def test_config_errors_are_cratelab_errors():
     from cratelab.errors import CratelabError
 
     assert issubclass(ConfigError, CratelabError)
+
+
+def test_seeds_that_torch_would_train_as_another_seed_are_refused():
+    """Issue 27: seed 2^32 trained the weights of seed 0. torch's CPU generator (model init, dropout, the training
+    batches) keeps a seed's low 32 bits, so every seed of [0, 2^32) gives its own stream and nothing above does."""
+    import torch
+
+    from cratelab.config import MAX_SEED, load_sweep_config
+
+    def draws(seed):
+        return torch.randint(0, 2**31, (4,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    assert draws(2**32) == draws(0) and draws(MAX_SEED) != draws(0)  # why the bound
+    assert load_config(None, [f"train.seed={MAX_SEED}"]).train.seed == MAX_SEED
+    for override in ("train.seed=4294967296", "sweep.seeds=[0, 4294967296]"):
+        with pytest.raises(ConfigError, match=r"seeds?: must be in \[0, 4294967295\] \(2\^32 - 1\), got 4294967296: "
+                                              r"torch keeps the low 32 bits of a seed, so it would train as seed 0"):
+            load_sweep_config(None, [override])
+
+
+def test_a_config_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    """Issue 27: a UTF-8 BOM (Windows editors write one) gave "invalid TOML: Invalid statement"."""
+    from cratelab.config import load_sweep_config
+    from cratelab.sae import load_sae_config
+
+    path, sae = tmp_path / "sweep.toml", tmp_path / "sae.toml"
+    path.write_bytes(b"\xef\xbb\xbf[model]\nn_layer = 3\n[sweep]\nseeds = [4]\n")
+    sae.write_bytes(b"\xef\xbb\xbf[sae]\ntokens = 8192\n")
+    base, sweep = load_sweep_config(path)  # every config is read by config.read_toml: run, sweep, sae
+    assert (base.model.n_layer, sweep.seeds, load_sae_config(sae).tokens) == (3, [4], 8192)
+
+
+@pytest.mark.parametrize("text", [
+    '"model.ista_lambda" = [0.1, 0.2]\nmodel.ista_lambda = [0.4]\n',
+    '"model.ista_lambda" = [0.1, 0.2]\n[sweep.factors.model]\nista_lambda = [0.4]\n',
+])
+def test_a_factor_written_twice_is_refused(tmp_path, text):
+    """Issue 27: a factor given as a quoted "section.key" and as a dotted key (or a table) kept one list."""
+    from cratelab.config import load_sweep_config
+
+    path = tmp_path / "sweep.toml"
+    path.write_text("[sweep.factors]\n" + text)
+    with pytest.raises(ConfigError, match=r"sweep.factors.model.ista_lambda: given twice: as a quoted "):
+        load_sweep_config(path)
+
+
+@pytest.mark.parametrize("override, field", [
+    ('sweep.slurm.extra=["--qos=high\\n#SBATCH --mem=1T"]', "sweep.slurm.extra[0]"),
+    ('sweep.slurm.extra=["--comment=a\\rb"]', "sweep.slurm.extra[0]"),
+    ('sweep.slurm.setup=["module load cuda", "echo ok\\rrm -rf ~"]', "sweep.slurm.setup[1]"),
+    ('sweep.slurm.setup=["module load cuda\\nrm -rf ~"]', "sweep.slurm.setup[0]"),
+    ('sweep.slurm.partition="gpu\\u0000"', "sweep.slurm.partition"),
+    ('sweep.slurm.account="lab\\u001b[2J"', "sweep.slurm.account"),
+])
+def test_slurm_options_with_control_characters_are_refused(override, field):
+    """Issue 27: each option becomes a line of the sbatch script; a newline in a value would add lines to it."""
+    from cratelab.config import load_sweep_config
+
+    with pytest.raises(ConfigError, match="must not hold control characters") as err:
+        load_sweep_config(None, [override])
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("override, message", [
+    ("interp.layers=3", "interp.layers: expected a string: 'all' or a comma list of layer indices such as '0,2', "
+                        "got int 3: write it in quotes, layers = \"3\""),
+    ("interp.layers=[0, 2]", "got list [0, 2]: write it in quotes, layers = \"0,2\""),
+    ("interp.protocols=['anthropic']", "interp.protocols: expected a string: a comma list of protocols"),
+])
+def test_a_wrong_typed_string_setting_says_what_to_write(override, message):
+    """Issue 27: `interp.layers = 3` said only "expected str"."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)

@@ -7,13 +7,14 @@ import sys
 import time
 
 import pytest
+import torch
 
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.errors import CratelabError
 from cratelab.layout import result_columns, track_columns
 from cratelab import sweep as sweep_module
-from cratelab.sweep import (check_sweep_unchanged, design_keys, expand, read_result, save_sweep, tracked_steps, worker_gpus,
-                            worker_pool)
+from cratelab.sweep import (check_machine, check_sweep_unchanged, design_keys, expand, read_result, save_sweep,
+                            tracked_steps, worker_gpus, worker_pool)
 
 CONFIG = "configs/seed-ablation.toml"
 
@@ -109,11 +110,113 @@ def test_a_factor_the_engine_has_never_heard_of(tmp_path):
     ("sweep.track=[0.5, 0.5]", "sweep.track"),
     ("sweep.nope=1", "sweep.nope"),
     ("model.n_embd=130", "model.n_embd"),
+    # issue 27: settings that were silently ignored or aliased
+    ("sweep.arms=[{ name = 'x', set = { 'model.arch' = 'gpt', 'train.seed' = 7 } }]", "sweep.arms[0].set.train.seed"),
+    ("sweep.arms=[{ name = 'x', set = { 'model.arch' = 'gpt', 'interp.seed' = 7 } }]", "sweep.arms[0].set.interp.seed"),
+    ("sweep.factors.model.ista_lambda=[1, 1.0]", "sweep.factors.model.ista_lambda"),
+    ("sweep.factors.model.ista_lambda=[0.5, 0.1, 0.10]", "sweep.factors.model.ista_lambda"),
+    ("sweep.arms=[{ name = 'same', set = { 'model.qkv' = 'shared' } }]", "sweep.arms[0].set"),
+    ("sweep.seeds=[0, 4294967296]", "sweep.seeds"),
+    # issue 27: a wrong reference level was blamed on the gpt-relu arm
+    ("sweep.reference.model.ista_lambda='0.1'", "sweep.reference.model.ista_lambda"),
+    # issue 27: what failed only when the condition's runs were scored, after other runs trained
+    ("sweep.factors.model.block_size=[128, 32]", "interp.records.window"),
+    ("sweep.factors.interp.layers=['0', '5']", "interp.layers"),
+    ("sweep.factors.data.hf_split=['train', '" + "x" * 250 + "']", "sweep.factors.data.hf_split"),
+    ("sweep.arms=[{ name = '" + "a" * 260 + "', set = { 'model.arch' = 'gpt' } }]", "sweep.arms[0].name"),
 ])
 def test_bad_sweep_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:  # every cell is built and validated before anything runs
         expand(*load_sweep_config(CONFIG, [override]))
     assert err.value.field.startswith(field)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sweep.arms=[{ name = 'x', set = { 'model.arch' = 'gpt', 'train.seed' = 7 } }]",
+     "sweep.arms[0].set.train.seed: arm 'x' sets a seed, but seeds are set by sweep.seeds"),
+    ("sweep.factors.model.ista_lambda=[1, 1.0]",
+     "sweep.factors.model.ista_lambda: levels 1 and 1.0 are the same value for model.ista_lambda"),
+    ("sweep.arms=[{ name = 'same', set = { 'model.qkv' = 'shared' } }]",
+     "sweep.arms[0].set: condition same has the settings of condition ista_lambda=0.1-qkv=shared"),
+    ("sweep.reference.model.ista_lambda='0.1'",
+     "sweep.reference.model.ista_lambda: must be one of the factor's levels [0.05, 0.1, 0.2], got '0.1'"),
+    ("sweep.factors.model.block_size=[128, 32]",
+     "interp.records.window: must be <= model.block_size (32), got 64 (condition ista_lambda=0.05-qkv=shared-"
+     "block_size=32)"),
+    ("sweep.factors.data.hf_split=['train', '" + "x" * 250 + "']",
+     "sweep.factors.data.hf_split: makes the run name 'ista_lambda=0.05-qkv=shared-hf_split=xxx'... 290 bytes long"),
+])
+def test_sweep_refusals_name_the_field_and_the_values(override, message):
+    with pytest.raises(ConfigError) as err:
+        expand(*load_sweep_config(CONFIG, [override]))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_a_level_spelled_two_ways_and_the_reference_as_an_int_are_one_level():
+    """Levels are compared as their field holds them: a reference of 1 names the level 1.0 of a float field."""
+    base, sweep = load_sweep_config(CONFIG, ["sweep.factors.model.ista_lambda=[1.0, 2.0]",
+                                             "sweep.reference.model.ista_lambda=1"])
+    runs = expand(base, sweep)
+    assert sweep.reference_levels()["model.ista_lambda"] == 1.0
+    gpt = next(r for r in runs if r.condition.name == "gpt-relu")
+    assert gpt.config.model.ista_lambda == 1.0  # the arm is the reference with its own settings on top
+
+
+def test_set_replaces_a_factor_written_as_a_quoted_key():
+    """`--set sweep.factors.model.ista_lambda=...` on a file that writes "model.ista_lambda" replaces that entry
+    (in its place: the run names keep their order) instead of adding a second spelling of the factor."""
+    base, sweep = load_sweep_config(CONFIG, ["sweep.factors.model.ista_lambda=[0.3]",
+                                             "sweep.reference.model.ista_lambda=0.3"])
+    assert list(sweep.factors) == ["model.ista_lambda", "model.qkv"] and sweep.factors["model.ista_lambda"] == [0.3]
+    assert [r.name for r in expand(base, sweep)][:2] == ["ista_lambda=0.3-qkv=shared-s0", "ista_lambda=0.3-qkv=separate-s0"]
+
+
+def test_the_order_of_the_tracked_fractions_is_not_a_change(tmp_path):
+    import tomli_w
+    import tomllib
+
+    base, sweep = load_sweep_config(CONFIG, smoke=True)
+    assert load_sweep_config(CONFIG, ["sweep.track=[1.0, 0.5]"], smoke=True)[1].track == sweep.track == [0.5, 1.0]
+    save_sweep(base, sweep, tmp_path)
+    check_sweep_unchanged(*load_sweep_config(CONFIG, ["sweep.track=[1.0, 0.5]"], smoke=True), tmp_path)
+    # a sweep.toml written before the fractions were sorted holds them as the file gave them
+    values = tomllib.loads((tmp_path / "sweep.toml").read_text())
+    values["sweep"]["track"] = [1.0, 0.5]
+    (tmp_path / "sweep.toml").write_text(tomli_w.dumps(values))
+    check_sweep_unchanged(base, sweep, tmp_path)
+    with pytest.raises(CratelabError, match=r"sweep.track \[0.5, 1.0\] -> \[0.25, 0.5, 1.0\]"):
+        check_sweep_unchanged(*load_sweep_config(CONFIG, ["sweep.track=[1.0, 0.25, 0.5]"], smoke=True), tmp_path)
+
+
+GPT_SAE = ('sweep.arms=[{ name = "gpt-relu", set = { "model.arch" = "gpt" } }, '
+           '{ name = "gpt-sae", of = "gpt-relu", sae = { %s } }]')
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (['sweep.arms=[{ name = "gpu", set = { "train.device" = "cuda:99" } }]'],
+     "train.device = 'cuda:99' but .* \\(condition gpu\\)"),
+    (['sweep.arms=[{ name = "gpu", set = { "interp.device" = "cuda:99" } }]'],
+     "interp.device = 'cuda:99' but .* \\(condition gpu\\)"),
+    ([GPT_SAE % 'device = "cuda:99"'], "sweep.arms\\[1\\].sae.device = 'cuda:99' but .* \\(condition gpt-sae\\)"),
+    ([GPT_SAE % 'threads = 100000'], "sweep.arms\\[1\\].sae.threads: must be at most .* \\(condition gpt-sae\\)"),
+    (['sweep.arms=[{ name = "busy", set = { "train.threads" = 100000 } }]'],
+     "train.threads: must be at most .* \\(condition busy\\)"),
+    (['sweep.arms=[{ name = "huge", set = { "model.n_layer" = 999999999 } }]'],
+     "model: n_layer 999999999, .* GiB for the weights alone.* \\(condition huge\\)"),
+])
+def test_what_each_run_needs_of_the_machine_is_checked_before_any_run(overrides, message):
+    """Every condition's devices, threads and memory, the last arm's too (they failed when that run started)."""
+    base, sweep = load_sweep_config(CONFIG, overrides, smoke=True)
+    with pytest.raises(CratelabError, match=message):
+        check_machine(sweep, expand(base, sweep))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_sae_arm_on_cuda_is_refused_on_a_machine_without_it():
+    base, sweep = load_sweep_config(CONFIG, [GPT_SAE % 'device = "cuda"'], smoke=True)
+    with pytest.raises(CratelabError, match=r"sweep.arms\[1\].sae.device = 'cuda:0' but no CUDA GPU is available"):
+        check_machine(sweep, expand(base, sweep))
+    check_machine(dataclasses.replace(sweep, launcher="slurm"), expand(base, sweep))  # the cluster's GPUs
 
 
 def cratelab(*args, cache):

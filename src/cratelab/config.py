@@ -322,12 +322,13 @@ class InterpConfig:
                                               f"0 to {n_layer - 1})")
         return sorted(layers)
 
-    def model_layers(self, model: ModelConfig) -> list[int]:
-        """layer_list for this model, whose context must also hold a record (checked before a sweep trains it)."""
-        layers = self.layer_list(model.n_layer)
+    def check_model(self, model: ModelConfig) -> None:
+        """The model has the layers to interpret, and its context holds a record (a sweep checks this before it
+        trains the model)."""
+        if self.layers.strip() != "all":  # (a list of every layer of a typo'd n_layer could fill the memory)
+            self.layer_list(model.n_layer)
         require(self.records.window <= model.block_size, "interp.records.window",  # a record lies in one context
                 f"must be <= model.block_size ({model.block_size}), got {self.records.window}")
-        return layers
 
     def protocol_list(self) -> list[str]:
         return [part.strip() for part in self.protocols.split(",")]

@@ -161,7 +161,7 @@ def _check_conditions(sweep: SweepConfig, conditions: list[Condition], configs: 
     for condition in conditions:
         cfg = configs[condition.name]
         with _in_condition(condition.name):
-            cfg.interp.model_layers(cfg.model)
+            cfg.interp.check_model(cfg.model)
         index, arm = arms.get(condition.name, (0, None))
         if arm is not None and arm.derived:
             continue

@@ -340,7 +340,8 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     progress = sys.stderr.isatty() if progress is None else progress
     set_threads(icfg.threads, "interp.threads")
     mcfg = ckpt.model.config
-    layers = icfg.model_layers(mcfg)
+    icfg.check_model(mcfg)
+    layers = icfg.layer_list(mcfg.n_layer)
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)
     with folder_lock(out):  # a second process on the folder would score the same neurons into it
