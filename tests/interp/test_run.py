@@ -302,21 +302,28 @@ def test_local_model_settings_are_config_fields_checked_by_name(backend, message
         config_from_dict({"interp": {"method": "local:m.gguf", "backend": backend}})
 
 
-def test_a_start_refused_after_the_records_does_not_block_the_corrected_command(checkpoint, reference, tmp_path,
-                                                                               monkeypatch):
-    """A backend that cannot start (here: OpenAI's API without a key) fails after the records are built; the
-    corrected command keeps them and scores, as long as no neuron was scored with the refused settings."""
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    out, openai = tmp_path / "run", dataclasses.replace(ICFG, method="openai:gpt-x")
-    with pytest.raises(CratelabError, match="OpenAI's API needs a key"):
-        interpret(checkpoint, out, openai, progress=False)
-    assert (out / "records" / "layer1" / "meta.json").is_file()
+def test_a_start_that_ends_before_any_score_does_not_block_another_setting(checkpoint, reference, tmp_path):
+    """A run killed (or refused) after its records were built and before a neuron was scored: a rerun with other
+    scoring settings keeps the records and scores; once neurons are scored, the settings are the folder's."""
+    out = tmp_path / "run"
+    killed = dataclasses.replace(ICFG, protocols="anthropic", neurons=4)
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(checkpoint), str(out), "1",
+                           repr(dataclasses.asdict(killed))], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (out / "records" / "layer1" / "meta.json").is_file() and not read_jsonl(out / "scores.jsonl")
     summary = interpret(checkpoint, out, ICFG, progress=False)
     assert "records_s" not in summary["timing"]  # the records were kept, not built again
     assert lines(out) == lines(reference[0])
-    with pytest.raises(CratelabError, match="interp.method = 'token-pattern', this one has 'openai:gpt-x'"):
-        interpret(checkpoint, out, openai, progress=False)  # once neurons are scored, the settings are the folder's
+    with pytest.raises(CratelabError, match="interp.neurons = 0, this one has 4"):
+        interpret(checkpoint, out, dataclasses.replace(ICFG, neurons=4), progress=False)
+
+
+def test_an_endpoint_without_a_key_is_refused_before_the_records(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(CratelabError, match="OpenAI's API needs a key"):
+        interpret(checkpoint, tmp_path / "run", dataclasses.replace(ICFG, method="openai:gpt-x"), progress=False)
+    assert not (tmp_path / "run" / "records").exists()
 
 
 def test_a_subset_of_the_folders_protocols_keeps_what_is_done(checkpoint, reference, tmp_path):

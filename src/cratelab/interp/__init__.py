@@ -64,13 +64,15 @@ def make_backend(method: str, backend: BackendConfig | None = None, **options: A
 
 def check_backend(method: str, backend: BackendConfig) -> None:
     """What make_backend would refuse, found without loading a model or asking a server: a local model's
-    files and packages (a run checks this before it builds any records)."""
+    files and packages, an endpoint's URL and key (a run checks this before it builds any records)."""
     kind, _, target = method.partition(":")
     if kind == "local":
         from .local_llm import check_model_path
 
         for path in {backend.explainer_model or target, backend.simulator_model or target}:
             check_model_path(path)
+    elif kind == "openai":
+        make_backend(method, backend)  # the endpoint's client checks its URL and key; it sends nothing
 
 
 def _options(method: str, config: type, options: dict[str, Any]) -> dict[str, Any]:
