@@ -2,6 +2,7 @@
 scripts, without Slurm), and the submitit-local launcher end to end in real job processes: it trains,
 a job killed mid-training leaves its run unfinished, and the rerun resumes it from its checkpoint."""
 
+import contextlib
 import csv
 import functools
 import json
@@ -147,7 +148,8 @@ def test_run_jobs_yields_each_result_and_one_line_per_failed_job(tmp_path):
 
 def ablate(out: Path, cache: Path, ready=None, then=None) -> tuple[int, str]:
     """`cratelab ablate` on the two runs with the submitit-local launcher, both jobs at once; then(proc) is
-    called once ready() holds (the test fails if the sweep ends first)."""
+    called once ready() holds (the test fails if the sweep ends first). The sweep leads a process group of
+    its own, which its jobs join."""
     args = [sys.executable, "-m", "cratelab", "ablate", SWEEP, *TWO_RUNS, "--launcher", "submitit-local",
             "--workers", "2", "--out", str(out)]
     env = {**os.environ, "CRATELAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
@@ -163,7 +165,7 @@ def ablate(out: Path, cache: Path, ready=None, then=None) -> tuple[int, str]:
             assert time.monotonic() < deadline, "timed out waiting for the moment of the fault"
             time.sleep(0.005)
         if then is not None:
-            then()
+            then(proc)
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
@@ -189,7 +191,7 @@ def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tm
     crate, gpt = out / "runs" / CRATE, out / "runs" / GPT
     killed = {}
 
-    def kill_crate_job():  # the job process itself, as the out-of-memory killer or a node failure would
+    def kill_crate_job(_):  # the job process itself, as the out-of-memory killer or a node failure would
         killed["pid"] = training_pid(crate)
         os.kill(killed["pid"], signal.SIGKILL)
 
@@ -220,6 +222,51 @@ def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tm
         assert sorted(row["name"] for row in csv.DictReader(f)) == sorted([CRATE, GPT])
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert training_pid(crate) != killed["pid"]  # the resumed run was trained by a new job process
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (one that has ended but is not yet reaped, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc (Linux)")
+def test_a_kill_9_of_the_sweep_takes_its_jobs_with_it_and_the_rerun_resumes_them(tmp_path):
+    """Issue 27: `kill -9` of the sweep process alone left its submitit-local jobs training, each holding
+    its run folder's lock; the rerun then failed those runs as "in use"."""
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    crate = out / "runs" / CRATE
+    job = {}
+
+    def kill_the_sweep_process(proc):  # alone, as `kill -9 PID` or the out-of-memory killer would
+        job.update(pid=training_pid(crate), group=proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+
+    code, _ = ablate(out, cache, ready=lambda: (crate / "ckpt.pt").is_file() and training_pid(crate),
+                     then=kill_the_sweep_process)
+    try:
+        assert code == -signal.SIGKILL
+        deadline = time.monotonic() + 300
+        while running(job["pid"]):  # the orphaned job: it used to go on to the end of its run
+            assert time.monotonic() < deadline, "the job of the killed sweep is still running"
+            time.sleep(0.05)
+        assert not (crate / "result.json").exists()  # it ended with the sweep, not by finishing its run
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # what the killed sweep left in its process group
+            os.killpg(job["group"], signal.SIGKILL)
+    steps_at_kill = metric_steps(crate)[-1]
+
+    code, err = ablate(out, cache)
+    assert code == 0 and "in use" not in err, err
+    resumed = [line for line in (crate / "log.txt").read_text().splitlines() if line.startswith("resuming")]
+    assert resumed and f"at step {steps_at_kill}" in resumed[-1]
+    assert metric_steps(crate) == list(range(10, 61, 10))  # each evaluation once: no step trained twice
+    with open(out / "results.csv") as f:
+        assert sorted(row["name"] for row in csv.DictReader(f)) == sorted([CRATE, GPT])
 
 
 @pytest.mark.e2e

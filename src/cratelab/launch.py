@@ -14,6 +14,7 @@ on a file system the compute nodes share (as must the sweep folder and data.cach
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 from .config import SlurmConfig
-from .runtime import keep_freed_memory
+from .runtime import end_with, keep_freed_memory
 
 POLL_S = 1.0  # how often job states are read (submitit's Slurm watcher calls sacct at most once a minute)
 
@@ -50,13 +51,17 @@ class JobOutcome:
 
 class RunJob(Checkpointable):
     """What a job runs: the task, under DDP when the job has several tasks. Checkpointable: on preemption
-    or timeout submitit requeues the job with this same object, and the run resumes from its checkpoint."""
+    or timeout submitit requeues the job with this same object, and the run resumes from its checkpoint.
+    ``launcher``: the PID of the sweep process that submitted a job of this machine (submitit-local),
+    which the job ends with (killed, it would leave the job running, its run folder locked)."""
 
-    def __init__(self, task: Callable[[], Any]) -> None:
-        self.task = task
+    def __init__(self, task: Callable[[], Any], launcher: int | None = None) -> None:
+        self.task, self.launcher = task, launcher
 
     def __call__(self) -> Any:
         keep_freed_memory()  # a job is a fresh interpreter, not the CLI
+        if self.launcher is not None:
+            end_with(self.launcher)
         if submitit.JobEnvironment().num_tasks > 1:
             # every GPU stays visible: train() picks cuda:LOCAL_RANK, as under torchrun
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -99,17 +104,19 @@ def run_jobs(tasks: list[JobTask], launcher: str, cfg: SlurmConfig, folder: Path
              at_once: int = 0) -> Iterator[JobOutcome]:
     """Submit a job per task (at most ``at_once`` in flight when > 0; Slurm queues the rest itself when 0)
     and yield each outcome as its job ends. If this process is interrupted, jobs of "submitit-local" are
-    cancelled (they run here); Slurm jobs carry on, and rerunning the sweep waits for none of them."""
+    cancelled (they run here), and if it is killed they kill themselves (RunJob); Slurm jobs carry on, and
+    rerunning the sweep waits for none of them."""
     if launcher == "slurm":
         require_slurm()
     job_folder = folder / "%j"
+    local_pid = None if launcher == "slurm" else os.getpid()  # local jobs end with this process
     waiting, running = list(tasks), {}
     try:
         while waiting or running:
             while waiting and (at_once <= 0 or len(running) < at_once):
                 task = waiting.pop(0)
                 try:
-                    job = _executor(launcher, cfg, job_folder, task.name).submit(RunJob(task.call))
+                    job = _executor(launcher, cfg, job_folder, task.name).submit(RunJob(task.call, local_pid))
                 except (FailedJobError, FailedSubmissionError) as err:  # sbatch refused it (a bad partition...)
                     yield JobOutcome(task.name, failure=f"{task.name}: not submitted ({_last_error_line(str(err))})")
                     continue
