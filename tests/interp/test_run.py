@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+from cratelab.checkpoint import load_checkpoint
 from cratelab.config import ConfigError, InterpConfig, RecordConfig, config_from_dict
 from cratelab.errors import CratelabError
 from cratelab.interp import PROTOCOLS
@@ -345,3 +346,34 @@ def test_a_subset_of_the_folders_protocols_keeps_what_is_done(checkpoint, refere
             "'top-and-random,random-only,anthropic': use another --out (or delete that folder) to start afresh "
             "(a subset of its protocols is accepted)")):
         interpret(checkpoint, narrow, ICFG, progress=False)
+
+
+def test_a_run_trained_under_another_cache_finds_its_data(tmp_path, monkeypatch):
+    """data.cache_dir = "" follows $CRATELAB_CACHE: interpret reads the data where the run's data.json says the run
+    was trained, not in the cache of the moment; when that cache is gone, the error names both and the fix."""
+    from cratelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from cratelab.train import train
+
+    trained_cache, now_cache = tmp_path / "trained-cache", tmp_path / "now-cache"
+    monkeypatch.setenv("CRATELAB_CACHE", str(trained_cache))
+    cfg = RunConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=32),
+                    data=DataConfig(corpus="fixture", bpe_vocab_size=300),
+                    train=TrainConfig(max_steps=2, batch_size=2, eval_interval=2, warmup_steps=1, device="cpu"))
+    cfg.eval.tokens = 256
+    train(cfg, tmp_path / "run", progress=False)
+    trained = json.loads((tmp_path / "run" / "data.json").read_text())
+
+    monkeypatch.setenv("CRATELAB_CACHE", str(now_cache))
+    icfg = dataclasses.replace(ICFG, tokens=1024, cards=False, protocols="anthropic")
+    interpret(tmp_path / "run", tmp_path / "interp", icfg, progress=False)
+    assert not now_cache.exists()  # nothing built again in the cache of the moment
+    meta = json.loads((tmp_path / "interp" / "records" / "layer0" / "meta.json").read_text())
+    assert meta["data_sha256"] == trained["val_sha256"]
+
+    trained_cache.rename(tmp_path / "moved")  # the cache the run was trained with is gone
+    ckpt = load_checkpoint(tmp_path / "run")
+    ckpt.config.data.corpus = "default"  # a corpus that lives in the cache (`cratelab prepare`)
+    with pytest.raises(CratelabError, match=re.escape(
+            f"(the run was trained with the data cache {trained_cache}, which is not there; this looked in "
+            f"{now_cache}: set CRATELAB_CACHE or --set data.cache_dir=PATH to the cache the run was trained with)")):
+        interpret(ckpt, tmp_path / "interp2", icfg, progress=False)

@@ -132,7 +132,8 @@ __all__ = [
     "NeuronFailure", "NeuronRecord", "NeuronScore", "PromptTemplates",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",
     "TokenPatternSimulator", "TokenPatterns", "Windows",
-    "build_records", "check_backend", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend", "neuron_deadline",
+    "build_records", "check_backend", "explainer_view", "fit_token_patterns", "get_protocol", "make_backend",
+    "neuron_deadline",
     "pooled_correlation", "random_only", "score_activations", "score_neuron", "score_records",
     "summarize_layer",
 ]

@@ -118,7 +118,8 @@ class LocalLLM:
 
 
 class LocalExplainer:
-    def __init__(self, llm: LocalLLM, max_new_tokens: int = BackendConfig.max_explanation_tokens, prompts: PromptTemplates = PromptTemplates(),
+    def __init__(self, llm: LocalLLM, max_new_tokens: int = BackendConfig.max_explanation_tokens,
+                 prompts: PromptTemplates = PromptTemplates(),
                  model: str = ""):
         self.llm, self.max_new_tokens, self.prompts, self.model = llm, max_new_tokens, prompts, model
 

@@ -36,17 +36,18 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
 from ..config import InterpConfig, RunConfig, dump_toml
+from ..data.corpus import default_cache_dir
 from ..errors import CratelabError
 from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, keep_jsonl, read_json_object,
                   read_jsonl, sha256_file, write_csv, write_json, write_text)
-from ..layout import CARDS, CONFIG, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
+from ..layout import CARDS, CONFIG, DATA, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
 from . import check_backend, make_backend
@@ -59,6 +60,9 @@ from .score import ROW_FIELDS, NeuronScore, ScoringProtocol, flag_degenerate, ge
 from .simulate import Simulator
 from .summary import summarize, summary_markdown
 from .source import ActivationSource, model_neurons
+
+if TYPE_CHECKING:
+    from ..data.shards import TokenDataset
 
 FSYNC_EVERY_S = 0.5
 PROGRESS_EVERY_S = 60.0  # a plain progress line at most this often (a local LLM takes minutes a neuron)
@@ -188,6 +192,31 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def run_dataset(ckpt: Checkpoint, progress: bool) -> TokenDataset:
+    """The dataset whose held-out text the records are read from: data.* as the run was trained on it (or as
+    overridden), in the data cache the run was trained with (its data.json names it) when data.cache_dir follows
+    $CRATELAB_CACHE, so a run trained under another CRATELAB_CACHE finds its data; where they are found nowhere,
+    the error says where they were and how to point at them."""
+    from ..data.shards import prepare_dataset, run_data_identity
+
+    cfg = ckpt.config.data
+    trained = run_data_identity(ckpt.path)
+    # data.json names <cache>/datasets/<key>
+    trained_cache = Path(trained["path"]).parents[1] if trained and trained.get("path") else None
+    if not cfg.cache_dir and trained_cache is not None and trained_cache.is_dir():
+        cfg = dataclasses.replace(cfg, cache_dir=str(trained_cache))
+    try:
+        return prepare_dataset(cfg, progress=progress)
+    except CratelabError as err:
+        if cfg.corpus != "default" and not cfg.corpus.startswith("hf:"):  # a corpus outside the cache
+            raise
+        where = (f"the run was trained with the data cache {trained_cache}, which is not there"
+                 if trained_cache is not None else
+                 f"{ckpt.path} does not record its data cache (trained before runs wrote {DATA})")
+        raise CratelabError(f"{err} ({where}; this looked in {default_cache_dir(cfg.cache_dir)}: set CRATELAB_CACHE "
+                            "or --set data.cache_dir=PATH to the cache the run was trained with)") from None
+
+
 def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpConfig, identity: dict[str, Any],
                    progress: bool, source: ActivationSource) -> tuple[dict[int, LayerRecords], bool]:
     """The records of the layers, collected in one pass for those whose folder is missing; and whether any was."""
@@ -195,11 +224,10 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
     missing = [layer for layer in layers if not (root / f"layer{layer}" / "meta.json").is_file()]
     fresh: dict[int, LayerRecords] = {}
     if missing:
-        from ..data.shards import prepare_dataset
         from ..runtime import resolve_device
 
         device = resolve_device(icfg.device, setting="interp.device")
-        dataset = prepare_dataset(ckpt.config.data, progress=progress)
+        dataset = run_dataset(ckpt, progress)
         check_tokenizer(ckpt, dataset.tokenizer)
         tok = ckpt.tokenizer
         vocab = [tok.token_str(i) for i in range(tok.vocab_size)]
