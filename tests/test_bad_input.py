@@ -32,6 +32,9 @@ TINY = str(ROOT / "configs" / "tiny.toml")
 SWEEP = str(ROOT / "configs" / "seed-ablation.toml")
 FIXTURE = ROOT / "src" / "cratelab" / "data" / "fixture" / "fixture.jsonl"
 QUICK = ["train.max_steps=4", "train.eval_interval=4", "eval.tokens=512"]
+# a one-seed sweep of configs/tiny.toml ({latesweep}) and the GPT arm, then the arm of each case: its last condition
+LATE = ["ablate", "{latesweep}", "--out"]
+ARMS = 'sweep.arms=[{ name = "gpt-relu", set = { "model.arch" = "gpt" } }, %s]'
 
 DRIVER = textwrap.dedent("""
     import contextlib, io, json, sys, traceback
@@ -98,6 +101,10 @@ def _world(root: Path) -> dict[str, Path]:
     w["emptycorpus"].mkdir()
     w["binary"].write_bytes(b"\xff\xfe[model]\n")
     w["invalid"].write_text("[model]\nn_layer = \n")
+    w["latesweep"] = root / "latesweep.toml"
+    w["latesweep"].write_text((ROOT / "configs" / "tiny.toml").read_text() + "\n[sweep]\nseeds = [0]\n")
+    w["dupfactor"] = root / "dupfactor.toml"
+    w["dupfactor"].write_text('[sweep.factors]\n"model.ista_lambda" = [0.1, 0.2]\nmodel.ista_lambda = [0.4]\n')
     w["badsweep"].mkdir()
     (w["badsweep"] / "sweep.toml").write_text("[sweep]\nseeds = [0, 0]\n")
     _damaged_caches(w)
@@ -351,6 +358,62 @@ CASES = [
     ("ablate/unknown-run", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--only", "nosuchrun"],
      "--only: no run named nosuchrun"),
     ("ablate/out-below-a-file", ["ablate", SWEEP, "--out", "{afile}/a", "--smoke"], "{afile}/a: Not a directory"),
+    # ---- issue 27: the sweep design; each late-* sweep's last condition is bad, found before anything trains
+    ("ablate/late-window", LATE + ["{cache}/late-window", "--set", ARMS % '{ name = "short", set = { "model.block_size" '
+                                   '= 16 } }'], "interp.records.window: must be <= model.block_size (16), got 64 "
+                                                "(condition short)"),
+    ("ablate/late-layers", LATE + ["{cache}/late-layers", "--set", ARMS % '{ name = "deep", set = { "interp.layers" '
+                                   '= "5" } }'], "interp.layers: layer 5 out of range (the model has 2 layers: 0 to 1) "
+                                                 "(condition deep)"),
+    ("ablate/late-layers-type", LATE + ["{cache}/late-layers-type", "--set", ARMS % '{ name = "third", set = { '
+                                        '"interp.layers" = 3 } }'],
+     "interp.layers: expected a string: 'all' or a comma list of layer indices such as '0,2', got int 3: write it in "
+     "quotes, layers = \"3\" (condition third)"),
+    ("ablate/late-corpus", LATE + ["{cache}/late-corpus", "--set", ARMS % '{ name = "elsewhere", set = { '
+                                   '"data.corpus" = "{cache}/nothing" } }'],
+     "data.corpus = '{cache}/nothing' is not 'default', 'fixture', 'hf:NAME[:CONFIG]' or an existing directory "
+     "(condition elsewhere)"),
+    ("ablate/late-block-size", LATE + ["{cache}/late-block-size", "--set", ARMS % '{ name = "long", set = { '
+                                       '"model.block_size" = 200000 } }'],
+     "corpus too small for the context length (model.block_size = 200000 needs at least 200001); use a larger corpus "
+     "or a smaller model.block_size (condition long)"),
+    ("ablate/late-name", LATE + ["{cache}/late-name", "--set", "sweep.arms=[]", "--set",
+                                 "sweep.factors.data.hf_split=['train', '" + "x" * 250 + "']"],
+     "sweep.factors.data.hf_split: makes the run name 'hf_split=" + "x" * 31 + "'... 262 bytes long, more than the 255 "
+     "of a file name: use shorter levels"),
+    ("ablate/late-device", LATE + ["{cache}/late-device", "--set", ARMS % '{ name = "gpu", set = { "train.device" = '
+                                   '"cuda:99" } }'], "train.device = 'cuda:99' but "),
+    ("ablate/late-interp-device", LATE + ["{cache}/late-interp-device", "--set", ARMS % '{ name = "gpu", set = { '
+                                          '"interp.device" = "cuda:99" } }'], "interp.device = 'cuda:99' but "),
+    ("ablate/late-sae-device", LATE + ["{cache}/late-sae-device", "--set", ARMS % '{ name = "gpt-sae", of = '
+                                       '"gpt-relu", sae = { device = "cuda:99" } }'],
+     "sweep.arms[1].sae.device = 'cuda:99' but "),
+    ("ablate/arm-sets-seed", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set",
+                              'sweep.arms=[{ name = "gpt-relu", set = { "model.arch" = "gpt", "train.seed" = 7 } }]'],
+     "sweep.arms[0].set.train.seed: arm 'gpt-relu' sets a seed, but seeds are set by sweep.seeds (every arm runs each)"),
+    ("ablate/levels-equal", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set",
+                             "sweep.factors.model.ista_lambda=[0.1, 1, 1.0]"],
+     "sweep.factors.model.ista_lambda: levels 1 and 1.0 are the same value for model.ista_lambda: two identical "
+     "conditions"),
+    ("ablate/arm-twice", LATE + ["{cache}/a", "--set", ARMS % '{ name = "again", set = { "model.arch" = "gpt" } }'],
+     "sweep.arms[1].set: condition again has the settings of condition gpt-relu: the same runs would be trained twice"),
+    ("ablate/reference-type", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set",
+                               "sweep.reference.model.ista_lambda='0.1'"],
+     "sweep.reference.model.ista_lambda: must be one of the factor's levels [0.05, 0.1, 0.2], got '0.1'"),
+    ("ablate/factor-twice", ["ablate", "{dupfactor}", "--out", "{cache}/a"],
+     "sweep.factors.model.ista_lambda: given twice: as a quoted \"section.key\" and as a dotted key or table; keep one"),
+    ("ablate/seed-2^32", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "sweep.seeds=[0, 4294967296]"],
+     "sweep.seeds: must be in [0, 4294967295] (2^32 - 1), got 4294967296: torch keeps the low 32 bits of a seed, so it "
+     "would train as seed 0"),
+    ("train/seed-2^32", ["train", TINY, "--out", "{cache}/r", "--set", "train.seed=4294967296"],
+     "train.seed: must be in [0, 4294967295] (2^32 - 1), got 4294967296"),
+    ("train/layers-type", ["train", TINY, "--out", "{cache}/r", "--set", "interp.layers=[0, 1]"],
+     "interp.layers: expected a string: 'all' or a comma list of layer indices such as '0,2', got list [0, 1]: write "
+     "it in quotes, layers = \"0,1\""),
+    ("ablate/slurm-newline", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--launcher", "slurm", "--dry-run",
+                              "--set", r'sweep.slurm.extra=["--qos=high\n#SBATCH --mem=1T"]'],
+     "sweep.slurm.extra[0]: must not hold control characters (a newline would add lines to the job's sbatch script), "
+     "got '--qos=high\\n#SBATCH --mem=1T'"),
     # ---- report
     ("report/missing-folder", ["report", "{cache}/nothing"], "{cache}/nothing is not a sweep folder"),
     ("report/run-folder", ["report", "{run}"], "{run} is not a sweep folder"),
@@ -488,6 +551,16 @@ def test_refused_resumes_and_sweeps_ran_nothing(results):
     _, world = results
     assert sorted(p.name for p in world["sweep"].iterdir()) == [".cratelab.lock", "sweep.toml"]
     assert "n_embd = 32" in (world["sweep"] / "sweep.toml").read_text()
+
+
+def test_a_sweep_whose_last_condition_is_bad_trains_nothing(results):
+    """Issue 27: these failed when their run started, after the runs before it had trained."""
+    by_id, world = results
+    late = [case_id for case_id, *_ in CASES if case_id.startswith("ablate/late-")]
+    assert len(late) == 9 and all(by_id[case_id]["code"] == 2 for case_id in late)
+    for case_id in late:
+        out = world["cache"] / case_id.removeprefix("ablate/")
+        assert not (out / "runs").exists() and not list(out.rglob("ckpt.pt")), case_id
 
 
 def test_failed_commands_leave_the_runs_they_point_at_as_they_were(results):

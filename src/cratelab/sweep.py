@@ -118,7 +118,7 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
     conditions = grid_conditions(sweep)
     configs = {c.name: _condition_config(shared, condition_settings(sweep, c), c.name) for c in conditions}
     arms = {arm.name: (i, arm) for i, arm in enumerate(sweep.arms)}
-    _check_conditions(sweep, conditions, configs, arms)
+    _check_conditions(conditions, configs, arms)
     reference = next(c.name for c in conditions if not c.arm and _is_reference(sweep, c))
     runs = []
     for seed in sweep.seeds:
@@ -153,7 +153,7 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
 NAME_MAX = 255  # bytes of a file name (a run's folder) on Linux, macOS and Windows file systems
 
 
-def _check_conditions(sweep: SweepConfig, conditions: list[Condition], configs: dict[str, RunConfig],
+def _check_conditions(conditions: list[Condition], configs: dict[str, RunConfig],
                       arms: dict[str, tuple[int, Arm]]) -> None:
     """What would fail only once a condition's runs are trained (their interp settings against their model),
     and trained conditions that are one another (the same runs twice under two names)."""
