@@ -165,6 +165,11 @@ def _damaged_files(w: dict[str, Path], official_sd: dict, official_args: dict) -
                        ("binary", b"\xff\xfe\x00garbage")):
         w["result" + name] = folder = _finished_sweep(w["run"].parent / f"result-{name}")
         (folder / "runs" / "gpt-relu-s0" / "result.json").write_bytes(data)
+    for name, field, value in (("valloss", "val_loss", "abc"), ("seed", "seed", "0"),
+                               ("layer", "layers", [{"l0": "x"}])):
+        w["wrongtype" + name] = folder = _finished_sweep(w["run"].parent / f"wrongtype-{name}")  # issue 27
+        path = folder / "runs" / "gpt-relu-s0" / "result.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {field: value}))
     for name, file, data in (("evaljson", "eval.json", "[1, 2]\n"),
                              ("metricsjsonl", "metrics.jsonl", '{"step": 1, "tokens": "many", "val_loss": 2}\n'),
                              ("scoresjsonl", "interp/scores.jsonl", '{"layer": 0, "neuron": 1}\n')):
@@ -336,6 +341,24 @@ CASES = [
      "sae takes sae.* overrides"),
     ("sae/hook", ["sae", "{run}", "--out", "{cache}/s", "--hook", "blocks.9.mlp.hook_post"],
      "unknown hook point 'blocks.9.mlp.hook_post'"),
+    # issue 27: --out of another kind (`sae RUN --out RUN` deleted the run's metrics.jsonl); extreme generate values
+    ("sae/out-training-run", ["sae", "{run}", "--out", "{run}"], "{run} holds a training run (ckpt.pt), not an SAE"),
+    ("sae/out-training-run-fresh", ["sae", "{run}", "--out", "{run}", "--fresh"],
+     "{run} holds a training run (ckpt.pt), not an SAE"),
+    ("sae/out-sweep-folder", ["sae", "{run}", "--out", "{sweep}"],
+     "{sweep} holds a sweep folder (sweep.toml), not an SAE"),
+    ("generate/tiny-temperature", ["generate", "{run}", "--prompt", "hi", "--temperature", "1e-300"],
+     "--temperature: must be 0 (greedy) or a finite number >= 1.18e-38, got 1e-300"),
+    ("generate/inf-temperature", ["generate", "{run}", "--prompt", "hi", "--temperature", "inf"], "--temperature"),
+    ("generate/negative-seed", ["generate", "{run}", "--prompt", "hi", "--seed", "-1"], "--seed: must be in [0, "),
+    ("generate/seed-2^64", ["generate", "{run}", "--prompt", "hi", "--seed", str(2**64)], "--seed: must be in [0, "),
+    ("generate/huge-seed", ["generate", "{run}", "--prompt", "hi", "--seed", "9" * 40], "--seed: must be in [0, "),
+    ("generate/set-neuron-beyond-float32", ["generate", "{run}", "--prompt", "hi", "--set-neuron", "0:1=1e39"],
+     "--set-neuron: expected LAYER:INDEX=VALUE with a finite VALUE of at most 3.403e+38"),
+    ("generate/set-neuron-nan-logits", ["generate", "{run}", "--prompt", "hi", "--set-neuron", "0:1=1e30"],
+     "the model's next-token logits are not finite (NaN or inf): the activations set by the hooks (--set-neuron)"),
+    ("generate/set-neuron-nan-logits-show-next", ["generate", "{run}", "--prompt", "hi", "--set-neuron", "0:1=-1e30",
+                                                  "--show-next", "3"], "the model's next-token logits are not finite"),
     # ---- ablate
     ("ablate/missing-config", ["ablate", "{cache}/nothing.toml", "--out", "{cache}/a"], "config file not found"),
     ("ablate/unknown-key", ["ablate", SWEEP, "--out", "{cache}/a", "--smoke", "--set", "sweep.nope=1"],
@@ -467,6 +490,12 @@ CASES = [
      "{metricsjsonl}/runs/gpt-relu-s0/metrics.jsonl: not a valid training log"),
     ("report/scores-jsonl", ["report", "{scoresjsonl}"],
      "{scoresjsonl}/runs/gpt-relu-s0/interp/scores.jsonl: not a valid score file"),
+    ("report/result-wrong-type", ["report", "{wrongtypevalloss}"],
+     "{wrongtypevalloss}/runs/gpt-relu-s0/result.json: damaged ('val_loss' is 'abc', not a number)"),
+    ("report/result-seed-type", ["report", "{wrongtypeseed}"],
+     "{wrongtypeseed}/runs/gpt-relu-s0/result.json: damaged ('seed' is '0', not an integer)"),
+    ("report/result-layer-type", ["report", "{wrongtypelayer}"],
+     "{wrongtypelayer}/runs/gpt-relu-s0/result.json: damaged ('layers[0].l0' is 'x', not a number)"),
     ("eval/checkpoint-without-model", ["eval", "{nomodel}"], "{nomodel}: damaged checkpoint (no 'model')"),
     ("eval/checkpoint-without-tokenizer", ["eval", "{notokenizer}"],
      "{notokenizer}: damaged checkpoint (no 'tokenizer')"),

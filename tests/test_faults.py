@@ -493,3 +493,32 @@ def test_train_eval_interpret_and_ablate_need_no_network(cache, tmp_path):
     offline("interpret", run, "--out", tmp_path / "interp", "--neurons", "4", "--tokens", "4096")
     offline(*ABLATE, "--out", tmp_path / "sweep", "--set", "sweep.arms=[]")
     assert not log.exists(), log.read_text()
+
+
+def test_a_second_sae_on_a_busy_folder_is_refused_and_a_kill_9_leaves_no_lock(cache, checkpoint, tmp_path):
+    """Issue 27: two `cratelab sae` processes on one --out both trained (metrics.jsonl: 131 lines for 128 steps)."""
+    pytest.importorskip("sae_lens")
+    out = tmp_path / "sae"
+    sae = ["sae", checkpoint, "--hook", "blocks.0.ista.hook_post", "--out", out, "--set", "sae.device=cpu",
+           "--set", "sae.threads=1", "--set", "sae.expansion_factor=2", "--set", "sae.batch_size=64",
+           "--set", "sae.buffer_tokens=256", "--set", "sae.eval_tokens=256"]
+    first = subprocess.Popen(command(*sae, "--set", "sae.tokens=100000000"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=environment(cache), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not steps(out):  # the first process holds the folder and has logged
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        # the same settings: without the lock it would train into the folder too (and not end for a long time)
+        second = subprocess.run(command(*sae, "--set", "sae.tokens=100000000"), capture_output=True, text=True,
+                                timeout=300, env=environment(cache))
+        assert second.returncode == 2 and second.stderr.strip() == (
+            f"error: {out} is in use by another cratelab process (PID {first.pid}): wait for it to end, or use "
+            "another output folder")
+    finally:
+        sigkill(first)
+        first.wait()
+    logged = steps(out)
+    assert logged == sorted(set(logged))  # one writer
+    done = cratelab(*sae, "--set", "sae.tokens=2048", "--fresh", cache=cache)  # the stale lock file blocks nothing
+    assert "CE loss recovered" in done.stdout and steps(out)[-1] == 2048 // 64

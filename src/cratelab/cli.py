@@ -89,20 +89,24 @@ _NEURON = re.compile(r"^(\d+):(\d+)=(\S+)$")
 
 
 def _parse_set_neuron(text: str) -> tuple[int, int, float]:
+    from .generate import MAX_SET_VALUE
+
     match = _NEURON.match(text.strip())
     try:
         value = float(match[3]) if match else math.nan
     except ValueError:
         value = math.nan
-    if not math.isfinite(value):
-        _fail(f"--set-neuron: expected LAYER:INDEX=VALUE with a finite VALUE (e.g. 1:42=5.0), got {text!r}")
+    if not abs(value) <= MAX_SET_VALUE:  # nan and inf included
+        _fail(f"--set-neuron: expected LAYER:INDEX=VALUE with a finite VALUE of at most {MAX_SET_VALUE:.4g} in size "
+              f"(e.g. 1:42=5.0), got {text!r}")
     return int(match[1]), int(match[2]), value
 
 
 def cmd_generate(args) -> None:
     import torch
 
-    from .generate import generate, next_token_distribution
+    from .config import require_seed
+    from .generate import MIN_TEMPERATURE, generate, next_token_distribution
     from .models import neuron_hook_name, set_neuron
     from .runtime import resolve_device
 
@@ -112,8 +116,9 @@ def cmd_generate(args) -> None:
                         ("--show-next", args.show_next)):
         if value < 0:
             _fail(f"{flag}: must be >= 0, got {value}")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        _fail(f"--temperature: must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (args.temperature == 0 or MIN_TEMPERATURE <= args.temperature < math.inf):
+        _fail(f"--temperature: must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:.3g}, got {args.temperature}")
+    require_seed(args.seed, "--seed")
     steering = [_parse_set_neuron(text) for text in args.set_neuron]
     ckpt = _load(args.checkpoint)
     model, tok, mcfg = ckpt.model, ckpt.tokenizer, ckpt.model.config

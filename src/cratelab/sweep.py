@@ -336,7 +336,34 @@ def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{path}: damaged (no {', '.join(map(repr, missing))})"
     if not isinstance(row["layers"], list) or not all(isinstance(layer, dict) for layer in row["layers"]):
         return None, f"{path}: damaged ('layers' is not a list of objects)"
+    if not isinstance(row.get("tracked", []), list) or not all(isinstance(p, dict) for p in row.get("tracked", [])):
+        return None, f"{path}: damaged ('tracked' is not a list of objects)"
+    if wrong := _wrong_type(row):
+        return None, f"{path}: damaged ({wrong})"
     return row, None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _wrong_type(row: dict[str, Any]) -> str | None:
+    """The first field of a result row whose value the tables cannot hold (a string where a number belongs,
+    say): "'field' is VALUE, not TYPE"; None when every field is right (metrics may be null)."""
+    if not isinstance(row["name"], str) or not isinstance(row["condition"], str):
+        key = "name" if not isinstance(row["name"], str) else "condition"
+        return f"{key!r} is {row[key]!r}, not a string"
+    if not isinstance(row["seed"], int) or isinstance(row["seed"], bool):
+        return f"'seed' is {row['seed']!r}, not an integer"
+    parts = [("", row, layout.RESULT_METRIC_COLUMNS)]
+    parts += [(f"layers[{i}].", layer, layout.LAYER_METRIC_COLUMNS) for i, layer in enumerate(row["layers"])]
+    parts += [(f"tracked[{i}].", point, ["track", "step", *layout.RESULT_METRIC_COLUMNS])
+              for i, point in enumerate(row.get("tracked", []))]
+    for prefix, values, columns in parts:
+        for key in columns:
+            if values.get(key) is not None and not _is_number(values[key]):
+                return f"{prefix + key!r} is {values[key]!r}, not a number"
+    return None
 
 
 def collect_results(out_dir: Path, sweep: SweepConfig, runs: list[PlannedRun]) -> list[dict[str, Any]]:

@@ -264,6 +264,7 @@ def test_an_sae_rerun_with_other_settings_names_each_changed_field(tiny_runs, ti
 
 STATE_DAMAGE = [("sae_weights.safetensors", b""), ("sae_weights.safetensors", b"garbage"),
                 ("trainer_state.pt", b""), ("trainer_state.pt", b"PK\x03\x04 not a zip"),
+                ("activation_scaler.json", b"{"),
                 ("position.json", b'{"refills_done": 1'), ("position.json", b"[1]"), ("position.json", b"{}")]
 
 
@@ -286,8 +287,9 @@ def test_a_damaged_resume_state_is_one_line(gpt_run, tmp_path, monkeypatch, caps
     assert (out / "state" / name).is_file()
     (out / "state" / name).write_bytes(data)
     cfg = [f"--set=sae.{k}={json.dumps(v)}" for k, v in CFG.to_dict().items()]
+    named = out / "state" / (name if name in ("sae_weights.safetensors", "position.json") else "")
     _refused(["sae", gpt_run.path, "--hook", HOOK, "--out", out, *cfg], capsys,
-             f"{out / 'state'}: damaged SAE resume state (")
+             f"{str(named).rstrip('/')}: damaged SAE resume state (")
 
 
 def test_every_sae_training_sets_its_own_threads(gpt_run, sae_dir):

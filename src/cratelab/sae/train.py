@@ -18,10 +18,12 @@ The output folder:
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -170,24 +172,32 @@ def _export(out: Path, sae) -> None:
 
 def _resume(out: Path, sae, train, data: ActivationBuffer, device: torch.device) -> float:
     """Load the resumable state (SAE weights, optimizer, schedules, data position); returns the seconds spent.
-    A damaged state is one error naming it."""
-    from safetensors import SafetensorError
+    A damaged state file is one error naming it."""
     from safetensors.torch import load_file
 
     state = out / STATE
-    try:
+    with _reading_state(state / SAELENS_FILES[0], state):
         sae.load_state_dict(load_file(state / SAELENS_FILES[0], device=str(device)))
+    with _reading_state(state, state):  # SAELens's trainer_state.pt and activation_scaler.json
         train.load_trainer_state(state)
-        position = read_json_object(state / "position.json", what="SAE resume position",
-                                    keys=("refills_done", "elapsed_s"))
+    with _reading_state(state / "position.json", state):
+        position = json.loads((state / "position.json").read_bytes())
         data.refills_done, elapsed = int(position["refills_done"]), float(position["elapsed_s"])
-    except pickle.UnpicklingError as err:
-        raise unpickling_error(state, err) from None
-    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, CratelabError, SafetensorError) as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise CratelabError(f"{state}: damaged SAE resume state ({reason}); delete it, or use --fresh, to train "
-                            "this SAE from the start") from None
     return elapsed
+
+
+@contextmanager
+def _reading_state(path: Path, state: Path) -> Iterator[None]:
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        raise unpickling_error(path, err) from None
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CratelabError(f"{path}: damaged SAE resume state ({reason}); delete {state}, or use --fresh, to train "
+                            "this SAE from the start") from None
 
 
 def fit_sae(train, cfg: SAEConfig, batches: Iterator[torch.Tensor], *, batches_per_refill: int = 1,
