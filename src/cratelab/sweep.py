@@ -242,6 +242,8 @@ def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     cfg = run.config
     if threads and not cfg.train.threads:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    if threads and not cfg.interp.threads:  # each stage sets its threads (0: torch's default, not the worker's)
+        cfg = dataclasses.replace(cfg, interp=dataclasses.replace(cfg.interp, threads=threads))
     track = tracked_steps(run.track, cfg.train.max_steps)
     final = train(cfg, run_dir, progress=False, keep_steps=track)
     if not is_main_process():  # under torchrun, rank 0 alone evaluates and scores

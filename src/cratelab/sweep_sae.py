@@ -102,7 +102,7 @@ def _run_locked(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: Ru
         # the features scored: interp.neurons of the d_sae, drawn as interpret draws neurons ((seed, layer));
         # the interpret folder sees only those (unit i = feature features[i], kept in each score line)
         features = neuron_subset(cfg.interp, layer, folder.sae.cfg.d_sae)
-        icfg = dataclasses.replace(cfg.interp, layers=str(layer), neurons=0)
+        icfg = dataclasses.replace(cfg.interp, layers=str(layer), neurons=0, threads=cfg.interp.threads or threads)
         interp_dir = run_dir / layout.RUN_INTERP / f"layer{layer}"
         summaries[layer] = interpret(ckpt, interp_dir, icfg, progress=False, source=sae_source(folder, features))
         scores += [row | {"feature": features[int(row["neuron"])]} for row in read_jsonl(interp_dir / layout.SCORES)]
