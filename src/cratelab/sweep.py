@@ -38,8 +38,8 @@ from .config import (REFERENCE_ARM, Arm, ConfigError, RunConfig, SweepConfig, ch
 from .errors import CratelabError
 from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, remove_tree, write_csv, write_json, write_text
-from .runtime import (check_threads, cpu_count, is_main_process, keep_freed_memory, set_threads, spread_over_gpus,
-                      visible_gpus)
+from .runtime import (check_threads, cpu_count, end_with, is_main_process, keep_freed_memory, set_threads,
+                      spread_over_gpus, visible_gpus)
 from .sae.config import SAEConfig
 from .schedule import cooldown_branches
 from .sweep_sae import arm_interp_neurons, arm_sae_config, run_sae_arm
@@ -651,19 +651,11 @@ def worker_pool(workers: int, gpus: Sequence[str] = ()) -> ProcessPoolExecutor:
 
 def _start_worker(parent: int, gpu_queue: Any = None) -> None:
     """In a worker (a fresh interpreter): its GPU (before CUDA starts in it), the CLI's allocator setting, and
-    an end when the sweep process ends, even by SIGKILL. An orphaned worker would finish its run while a
-    rerun of the sweep starts the same run again in the same folder."""
+    an end when the sweep process ends, even by SIGKILL (runtime.end_with)."""
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
     keep_freed_memory()
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
+    end_with(parent)
 
 
 def _prepare_data(runs: list[PlannedRun]) -> None:
