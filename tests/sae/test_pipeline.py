@@ -306,3 +306,21 @@ def test_every_sae_training_sets_its_own_threads(gpt_run, sae_dir):
         assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(DEFAULT_THREADS)
+
+
+def test_an_sae_arm_refuses_its_damaged_sae_by_name(gpt_run, sae_dir, tmp_path):
+    """Issue 27: `ablate` went on from a damaged SAE of an interrupted SAE arm (flipped bytes scored, a
+    truncated file a traceback); its run now fails with the line naming the file."""
+    import shutil
+
+    from cratelab.errors import CratelabError
+    from cratelab.sweep_sae import run_sae_arm
+
+    run_dir = tmp_path / "runs" / "gpt-sae-s0"
+    layer0 = run_dir / "sae" / "layer0"
+    shutil.copytree(sae_dir, layer0)
+    weights = layer0 / "sae_weights.safetensors"
+    weights.write_bytes(_flip(weights.read_bytes()))
+    with pytest.raises(CratelabError, match=f"^{weights}: damaged"):
+        run_sae_arm(run_dir, gpt_run.path, {}, gpt_run.config, CFG, {"name": "gpt-sae-s0"})
+    assert not (run_dir / "result.json").exists()
