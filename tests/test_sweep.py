@@ -203,6 +203,7 @@ GPT_SAE = ('sweep.arms=[{ name = "gpt-relu", set = { "model.arch" = "gpt" } }, '
      "train.threads: must be at most .* \\(condition busy\\)"),
     (['sweep.arms=[{ name = "huge", set = { "model.n_layer" = 999999999 } }]'],
      "model: n_layer 999999999, .* GiB for the weights alone.* \\(condition huge\\)"),
+    (['train.device="cuda:99"'], "^train.device = 'cuda:99' but [^(]*$"),  # every run's: no condition named
 ])
 def test_what_each_run_needs_of_the_machine_is_checked_before_any_run(overrides, message):
     """Every condition's devices, threads and memory, the last arm's too (they failed when that run started)."""

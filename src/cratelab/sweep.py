@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -547,20 +547,36 @@ def check_machine(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
 
     if sweep.launcher == "slurm":
         return
+    def device(setting: str, name: str) -> None:
+        resolve_device(name, setting=setting)
+
+    def threads(setting: str, count: int) -> None:
+        check_threads(count, setting)
+
+    def memory(_: str, model: Any) -> None:
+        model.check_fits_in_memory()
+
     arms = {arm.name: i for i, arm in enumerate(sweep.arms)}
-    for run in {run.condition.name: run for run in runs}.values():  # one run per condition: seeds share it
-        cfg = run.config
-        devices = [("train.device", cfg.train.device), ("interp.device", cfg.interp.device)]
-        threads = [("train.threads", cfg.train.threads), ("interp.threads", cfg.interp.threads)]
-        if run.sae:
-            devices = [(f"sweep.arms[{arms[run.condition.name]}].sae.device", run.sae.device), devices[1]]
-            threads = [(f"sweep.arms[{arms[run.condition.name]}].sae.threads", run.sae.threads), threads[1]]
-        with _in_condition(run.condition.name):
-            for setting, device in devices:
-                resolve_device(device, setting=setting)
-            for setting, count in threads:
-                check_threads(count, setting)
-            cfg.model.check_fits_in_memory()
+    needs = {}  # condition -> its (check, setting, value) list (seeds share their condition's settings)
+    for run in runs:
+        cfg, sae = run.config, f"sweep.arms[{arms.get(run.condition.name)}].sae."
+        needs[run.condition.name] = [
+            (device, *((sae + "device", run.sae.device) if run.sae else ("train.device", cfg.train.device))),
+            (device, "interp.device", cfg.interp.device),
+            (threads, *((sae + "threads", run.sae.threads) if run.sae else ("train.threads", cfg.train.threads))),
+            (threads, "interp.threads", cfg.interp.threads), (memory, "model", cfg.model)]
+    for i in range(len(next(iter(needs.values()), []))):
+        values = {repr(need[i][1:]) for need in needs.values()}
+        for name, need in needs.items():
+            check, setting, value = need[i]
+            with _named(name, values):
+                check(setting, value)
+
+
+def _named(condition: str, values: set[str]) -> AbstractContextManager[None]:
+    """_in_condition where the conditions differ in the values checked; a setting every run shares is the
+    sweep's, and naming the first condition would say otherwise."""
+    return _in_condition(condition) if len(values) > 1 else nullcontext()
 
 
 def print_job_scripts(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: list[str] = ()) -> None:
@@ -665,11 +681,14 @@ def _prepare_data(runs: list[PlannedRun]) -> None:
     from .data.shards import prepare_dataset
 
     datasets: dict[str, Any] = {}
+    data_values = {repr(run.config.data) for run in runs}
+    context_values = {repr((run.config.data, run.config.model.block_size)) for run in runs}
     for run in runs:
         data, block_size = run.config.data, run.config.model.block_size
-        with _in_condition(run.condition.name):
-            if repr(data) not in datasets:
+        if repr(data) not in datasets:
+            with _named(run.condition.name, data_values):
                 datasets[repr(data)] = prepare_dataset(data, progress=sys.stderr.isatty())
+        with _named(run.condition.name, context_values):
             check_split_length(datasets[repr(data)].train, block_size, "train")
             check_split_length(datasets[repr(data)].val, block_size, "validation")
 
