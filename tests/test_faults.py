@@ -433,9 +433,10 @@ def test_a_full_disk_names_the_file_the_user_asked_for_never_a_temporary(cache, 
     built in its temporary folder, whose name the message used to give."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    proc = subprocess.run(own_mounts(f'mount -t tmpfs -o size=8m,nr_inodes={inodes} tmpfs "$1" && shift && exec "$@"',
-                                     disk, *command("prepare", TINY, "--set", f"data.cache_dir={json.dumps(str(disk / 'cache'))}")),
-                          capture_output=True, text=True, timeout=600, env=environment(cache))
+    prepare = command("prepare", TINY, "--set", f"data.cache_dir={json.dumps(str(disk / 'cache'))}")
+    mount = f'mount -t tmpfs -o size=8m,nr_inodes={inodes} tmpfs "$1" && shift && exec "$@"'
+    proc = subprocess.run(own_mounts(mount, disk, *prepare), capture_output=True, text=True, timeout=600,
+                          env=environment(cache))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith(f"error: {disk}/") and message.endswith(": No space left on device"), message

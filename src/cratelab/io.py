@@ -189,8 +189,8 @@ def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterat
     except OSError as err:
         raise name_path(err, final, replace=[tmp])
     finally:
-        with suppress(OSError):  # only our temporary, which a later remove_stale_temporaries clears: the
-            remove_tree(tmp)     # error that stopped the build is the one to report
+        with suppress(OSError):  # only our own temporary: the error that stopped the build is the one to report
+            remove_tree(tmp)
 
 
 LOCK_FILE = ".cratelab.lock"
@@ -225,14 +225,6 @@ def folder_lock(folder: str | Path, *, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         f.close()  # releases the lock
-
-
-def remove_stale_temporaries(folder: str | Path) -> None:
-    """Delete the temporary files and folders a killed writer left in ``folder``."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            remove_tree(p)
 
 
 def sha256_file(path: str | Path) -> str:
