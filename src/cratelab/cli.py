@@ -235,6 +235,7 @@ def cmd_sae(args) -> None:
 def cmd_ablate(args) -> None:
     from .runtime import is_main_process
     from .report import write_report
+    from .report.decide import check_questions
     from .sweep import RunsFailed, ablate, expand, print_commands, print_job_scripts
 
     out = Path(args.out)
@@ -243,6 +244,7 @@ def cmd_ablate(args) -> None:
     if args.launcher is not None:
         args.overrides.append(f"sweep.launcher={json.dumps(args.launcher)}")
     base, sweep = load_sweep_config(args.config, args.overrides, smoke=args.smoke)
+    check_questions(sweep)  # the declared questions name effects of this design, before anything runs
     if args.print_commands:
         print_commands(args.config, out, args.overrides, args.smoke, expand(base, sweep))
         return
@@ -270,6 +272,7 @@ def cmd_ablate(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import write_report
+    from .report.decide import check_questions
     from .sweep import collect_results, expand
 
     out = Path(args.out)
@@ -280,6 +283,7 @@ def cmd_report(args) -> None:
         base, sweep = load_sweep_config(sweep_file)
     except ConfigError as err:
         raise ConfigError("", f"{sweep_file}: {err}") from None
+    check_questions(sweep)
     collect_results(out, sweep, expand(base, sweep))
     report = write_report(out, sweep)
     print(f"report: {report} (and {report.with_suffix('.html')})")

@@ -451,6 +451,79 @@ class SlurmConfig:
         return options
 
 
+QUESTION_TESTS = ("difference", "equivalence", "both")
+
+
+@dataclass
+class Question:
+    """One declared question: an effect of the design on one metric (docs/statistics.md). effect: "FACTOR = LEVEL"
+    (that level minus the reference level), "FACTOR per doubling", "FACTOR curvature", an arm's name (the arm
+    minus the reference condition) or "F1 = a × F2 = b" (an interaction); metric: a results.csv column."""
+
+    effect: str = ""
+    metric: str = ""
+    test: str = "difference"  # "difference" (is it not 0?) | "equivalence" (is it within ±margin?) | "both"
+    margin: float = 0.0  # the smallest effect that matters, in the metric's units; 0 = [sweep.questions.margins]'s
+
+
+@dataclass
+class QuestionsConfig:
+    """[sweep.questions]: what the sweep is run to answer, declared before it runs. Holm's step-down test within
+    the primary and within the secondary family at level alpha; every other effect and metric is exploratory
+    (intervals only, never a decision)."""
+
+    alpha: float = 0.05
+    primary: list[Question] = field(default_factory=list)
+    secondary: list[Question] = field(default_factory=list)
+    # per metric, the smallest effect that matters (its units; per doubling for slopes): the equivalence margin,
+    # and the band within which an answer counts as settled along training
+    margins: dict[str, float] = field(default_factory=dict)
+
+    def families(self) -> dict[str, list[Question]]:
+        return {"primary": self.primary, "secondary": self.secondary}
+
+    def margin(self, question: Question) -> float | None:
+        return question.margin or self.margins.get(question.metric)
+
+    def validate(self, prefix: str = "sweep.questions") -> None:
+        """The values alone; whether each effect and metric exists in the design: report.decide.check_questions."""
+        p = prefix + "."
+        require(0 < self.alpha < 0.5, p + "alpha", f"must be in (0, 0.5), got {self.alpha}")
+        for metric, margin in self.margins.items():
+            require(margin > 0, f"{p}margins.{metric}", f"must be > 0, got {margin}")
+        for family, questions in self.families().items():
+            seen = set()
+            for i, q in enumerate(questions):
+                name = f"{p}{family}[{i}]"
+                require(bool(q.effect), name + ".effect", "must name an effect, e.g. \"model.qkv = separate\"")
+                require(bool(q.metric), name + ".metric", "must name a results.csv column, e.g. \"val_loss\"")
+                choose(q.test, QUESTION_TESTS, name + ".test")
+                require(q.margin >= 0, name + ".margin", f"must be >= 0 (0: the metric's margin), got {q.margin}")
+                require(self.margin(q) is not None, name + ".margin",
+                        f"no margin for {q.metric}: set {p}margins.{q.metric} or this question's margin")
+                require((q.effect, q.metric) not in seen, name, f"asks about {q.effect} on {q.metric} twice")
+                seen.add((q.effect, q.metric))
+        both = {(q.effect, q.metric) for q in self.primary} & {(q.effect, q.metric) for q in self.secondary}
+        require(not both, p + "secondary", f"repeats a primary question: {sorted(both)[0] if both else ''}")
+
+
+def main_key(factor: str, level: Any) -> str:
+    """An effect's name in [sweep.questions] and answers.csv: a level against the reference level."""
+    return f"{factor} = {level_text(level)}"
+
+
+def slope_key(factor: str) -> str:
+    return f"{factor} per doubling"
+
+
+def curvature_key(factor: str) -> str:
+    return f"{factor} curvature"
+
+
+def interaction_key(first: str, a: Any, second: str, b: Any) -> str:
+    return f"{main_key(first, a)} × {main_key(second, b)}"
+
+
 @dataclass
 class SweepConfig:
     """The [sweep] section of a sweep config (`cratelab ablate`): a full grid over factors (any run-config
@@ -469,9 +542,11 @@ class SweepConfig:
     # fractions of train.max_steps at which each run also keeps its checkpoint, evaluated and scored like the
     # final one (the final point, 1.0, is the run itself); [] tracks nothing
     track: list[float] = field(default_factory=list)
+    questions: QuestionsConfig = field(default_factory=QuestionsConfig)
 
     def validate(self, prefix: str = "sweep") -> None:
         p = prefix + "."
+        self.questions.validate(p + "questions")
         require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), p + "seeds",
                 f"must list distinct seeds, got {self.seeds}")
         for seed in self.seeds:
@@ -574,13 +649,27 @@ def _dotted(values: Any, name: str) -> dict[str, Any]:
     return flat
 
 
+def questions_from_dict(values: Any) -> QuestionsConfig:
+    """[sweep.questions], type-checked: its margins are a table of metric -> number."""
+    name = "sweep.questions"
+    if not isinstance(values, dict):
+        raise ConfigError(name, f"must be a table, got {type(values).__name__}")
+    values = dict(values)
+    margins = values.pop("margins", {})
+    if not isinstance(margins, dict):
+        raise ConfigError(name + ".margins", f"must be a table of metric = margin, got {type(margins).__name__}")
+    margins = {metric: _coerce(value, float, f"{name}.margins.{metric}") for metric, value in margins.items()}
+    return dataclasses.replace(section_from_dict(QuestionsConfig, values, name), margins=margins)
+
+
 def sweep_from_dict(values: Any) -> SweepConfig:
     """The [sweep] section, type-checked and validated (its factor levels are checked by sweep.expand)."""
     if not isinstance(values, dict):
         raise ConfigError("sweep", f"must be a table, got {type(values).__name__}")
     values = dict(values)
     tables = {"factors": _dotted(values.pop("factors", {}), "sweep.factors"),
-              "reference": _dotted(values.pop("reference", {}), "sweep.reference")}
+              "reference": _dotted(values.pop("reference", {}), "sweep.reference"),
+              "questions": questions_from_dict(values.pop("questions", {}))}
     arms = values.pop("arms", [])
     if not isinstance(arms, list):
         raise ConfigError("sweep.arms", f"must be a list of tables ([[sweep.arms]]), got {type(arms).__name__}")

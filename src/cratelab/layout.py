@@ -61,6 +61,12 @@ RUN_RESULT = "result.json"  # written last: its presence means the run is finish
 RESULTS = "results.csv"
 RESULTS_LAYERS = "results_layers.csv"
 RESULTS_TRACK = "results_track.csv"
+# the decided answers of the sweep's declared questions, one row per (family, effect, metric, test): the contract
+# other tools read (docs/statistics.md); the first 13 columns are the contract's, the rest explain them
+ANSWERS = "answers.csv"
+ANSWER_COLUMNS = ["family", "effect", "metric", "test", "margin", "estimate", "ci_low", "ci_high", "p_adjusted",
+                  "decision", "seeds_needed", "n_seeds", "tokens", "seeds_needed_sd_upper", "margin_reachable",
+                  "ci_level", "p_value", "note"]
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOTS = "plots"

@@ -416,7 +416,8 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
     track = old.setdefault("sweep", {}).setdefault("track", [])  # a folder from before sweep.track tracked nothing
     if isinstance(track, list) and all(isinstance(f, (int, float)) for f in track):
         old["sweep"]["track"] = sorted(track)  # as sweep_from_dict orders it (older folders kept the file's order)
-    diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors", "sweep.slurm"))
+    diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors", "sweep.slurm",
+                                                                                  "sweep.questions"))
     if set(old.get("sweep", {}).get("factors", {})) != set(sweep.factors):  # another factor renames every run
         diffs.append(f"sweep.factors {sorted(old.get('sweep', {}).get('factors', {}))} -> {sorted(sweep.factors)}")
     if diffs:

@@ -5,9 +5,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cratelab.report.stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, holm_bonferroni,
-                                   mean_ci, percentile_interval, resample_run_scores, run_score, slope_weights,
-                                   t_cdf, t_critical, t_p_value)
+from scipy import stats as scipy_stats
+
+from cratelab.report.stats import (Interval, benjamini_hochberg, contrast_by_seed, curvature_weights,
+                                   difference_power, equivalence_p_value, equivalence_power, hierarchical_bootstrap,
+                                   holm_bonferroni, holm_levels, mean_ci, percentile_interval, resample_run_scores,
+                                   run_score, sd_upper_bound, seeds_needed, slope_weights, t_cdf, t_critical,
+                                   t_p_value)
 
 # two-sided critical values from the standard t table
 T_TABLE = {(0.95, 1): 12.706, (0.95, 2): 4.303, (0.95, 3): 3.182, (0.95, 4): 2.776, (0.95, 5): 2.571,
@@ -31,7 +35,7 @@ def test_t_quantile_closed_forms_for_df_1_and_2():
 
 
 def test_t_critical_tends_to_the_normal_quantile():
-    assert t_critical(0.95, 5000) == pytest.approx(1.959964, abs=1e-5)
+    assert t_critical(0.95, 10**7) == pytest.approx(1.959964, abs=1e-5)
     assert t_critical(0.95, 999) == pytest.approx(1.962341, abs=1e-5)
     with pytest.raises(ValueError):
         t_critical(0.95, 0)
@@ -143,13 +147,6 @@ def test_percentile_interval_is_numpy_quantile():
     assert percentile_interval(x, 0.9) == pytest.approx(tuple(np.quantile(x, [0.05, 0.95])))
 
 
-def test_envelope_is_the_union_and_says_when_seeds_are_missing():
-    t = Interval(1.0, 0.5, 1.5, 3, "t")
-    assert (envelope(t, 0.7, 1.8).low, envelope(t, 0.7, 1.8).high) == (0.5, 1.8)
-    one_seed = envelope(Interval(1.0, None, None, 1, "1 seed"), 0.9, 1.1)
-    assert (one_seed.low, one_seed.high) == (0.9, 1.1) and "neurons only" in one_seed.method
-
-
 # ---------------------------------------------------------------- p-values and Holm-Bonferroni
 
 @pytest.mark.parametrize("key", sorted(T_TABLE))
@@ -164,7 +161,17 @@ def test_t_p_value_closed_forms():
     for t in (0.3, 2.0, 9.0):  # df 2: P(|T| > t) = 1 - t / sqrt(2 + t^2)
         assert t_p_value(t, 1.0, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
     assert t_p_value(0.0, 1.0, 5) == pytest.approx(1.0)
-    assert (t_p_value(0.0, 0.0, 2), t_p_value(0.5, 0.0, 2)) == (1.0, 0.0)  # identical seeds
+
+
+@pytest.mark.parametrize("values", [[0.5, 0.5, 0.5], [0.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+def test_identical_seeds_are_no_test_never_significant(values):
+    iv = mean_ci(values)
+    assert iv.estimate == values[0] and iv.p_value is None and not iv.has_ci and iv.significant is None
+    assert "zero variance" in iv.method and iv.sd == 0.0
+
+
+def test_a_nan_interval_is_not_significant():
+    assert Interval(1.0, math.nan, math.nan, 3, "t").significant is None
 
 
 def test_mean_ci_p_value_is_the_paired_t_test_and_matches_its_interval():
@@ -179,8 +186,66 @@ def test_mean_ci_p_value_is_the_paired_t_test_and_matches_its_interval():
     assert mean_ci([4.0]).p_value is None and mean_ci([]).p_value is None
 
 
-def test_envelope_keeps_the_t_p_value():
-    assert envelope(Interval(1.0, 0.5, 1.5, 3, "t", 0.02), 0.7, 1.8).p_value == 0.02
+def test_equivalence_p_value_is_scipys_two_one_sided_tests_and_matches_the_90_interval():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        x = rng.normal(rng.normal(0, 0.5), 1.0, size=int(rng.integers(2, 9)))
+        n, mean, se, margin = x.size, x.mean(), x.std(ddof=1) / math.sqrt(x.size), float(rng.uniform(0.2, 2))
+        p = equivalence_p_value(mean, se, n - 1, margin)
+        lower = scipy_stats.ttest_1samp(x, -margin, alternative="greater").pvalue
+        upper = scipy_stats.ttest_1samp(x, margin, alternative="less").pvalue
+        assert p == pytest.approx(max(lower, upper), rel=1e-9, abs=1e-15)
+        low, high = mean_ci(list(x), 0.90).low, mean_ci(list(x), 0.90).high
+        assert (p <= 0.05) == (-margin < low and high < margin)
+
+
+def test_holm_levels_agree_with_the_adjusted_p_values_and_stop_at_the_first_failure():
+    rejected, levels = holm_levels([0.01, 0.04, 0.03, 0.005], 0.05)
+    assert rejected == [True, False, False, True] and levels == pytest.approx([0.05 / 3, 0.025, 0.025, 0.0125])
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        p = list(rng.uniform(0, 0.1, size=int(rng.integers(1, 10))) ** 2)
+        rejected, levels = holm_levels(p, 0.05)
+        assert rejected == [a <= 0.05 for a in holm_bonferroni(p)]
+        assert all((pi <= level) == r for pi, level, r in zip(p, levels, rejected))  # interval <-> decision
+
+
+def test_benjamini_hochberg_matches_the_definition():
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert benjamini_hochberg([0.5, 0.9]) == pytest.approx([0.9, 0.9]) and benjamini_hochberg([]) == []
+
+
+def test_power_matches_simulation():
+    rng = np.random.default_rng(0)
+    for n, effect, sd, alpha in [(4, 1.0, 1.0, 0.05), (6, 0.5, 0.4, 0.01), (3, 2.0, 1.0, 0.05 / 8)]:
+        x = rng.normal(effect, sd, size=(40_000, n))
+        p = 2 * scipy_stats.t.sf(np.abs(x.mean(1) / (x.std(1, ddof=1) / math.sqrt(n))), n - 1)
+        assert difference_power(n, effect, sd, alpha) == pytest.approx(np.mean(p <= alpha), abs=0.01)
+    for n, effect, sd, margin in [(8, 0.2, 0.5, 1.0), (5, 0.0, 0.3, 0.5)]:
+        x = rng.normal(effect, sd, size=(40_000, n))
+        se = x.std(1, ddof=1) / math.sqrt(n)
+        critical = scipy_stats.t.ppf(0.95, n - 1)
+        shown = ((x.mean(1) + margin) / se > critical) & ((x.mean(1) - margin) / se < -critical)
+        assert equivalence_power(n, effect, sd, margin, 0.05) == pytest.approx(np.mean(shown), abs=0.015)
+
+
+def test_seeds_needed_is_the_first_n_with_enough_power():
+    n = seeds_needed(lambda k: difference_power(k, 1.0, 1.0, 0.05))
+    assert difference_power(n, 1.0, 1.0, 0.05) >= 0.8 > difference_power(n - 1, 1.0, 1.0, 0.05)
+    assert n == 10  # the textbook paired-t sample size for d = 1 at 80% power, two-sided 5%
+    assert seeds_needed(lambda k: 0.0) is None
+
+
+def test_sd_upper_bound_is_the_chi_square_bound():
+    assert sd_upper_bound(1.0, 3) == pytest.approx(math.sqrt(2 / scipy_stats.chi2.ppf(0.2, 2)))
+    assert sd_upper_bound(2.0, 30) > 2.0
+
+
+def test_curvature_weights_find_the_quadratic_coefficient():
+    x = np.log2([0.05, 0.1, 0.2])
+    assert curvature_weights(x) @ (3 + 2 * x) == pytest.approx(0.0, abs=1e-12)  # a straight line: none
+    assert curvature_weights(x) @ (x - x.mean()) ** 2 == pytest.approx(1.0)
+    assert curvature_weights(x) == pytest.approx([0.5, -1.0, 0.5])  # the second difference over 2 doublings²
 
 
 def test_holm_bonferroni_hand_worked_example():

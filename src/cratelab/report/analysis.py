@@ -2,8 +2,9 @@
 
 A contrast maps conditions to weights ({c: 1} is c's mean, {c: 1, ref: -1} a paired difference); it is
 evaluated per seed on the seeds that have a run of every condition in it, then averaged over those seeds.
-Seed-level metrics get a t interval over seeds; interpretability metrics also get a hierarchical bootstrap
-over seeds and neurons (see stats.envelope for why both).
+Every metric gets a t interval over seeds (seeds are the unit of replication: decisions rest on it, decide.py);
+interpretability metrics also get a hierarchical bootstrap over seeds and neurons, as a diagnostic of how much
+of a contrast's spread comes from sampling neurons.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..layout import PROTOCOLS, interp_column
-from ..config import level_text
-from ..sweep import Condition, condition_settings
+from ..config import curvature_key, interaction_key, level_text, main_key, slope_key
+from ..config import SweepConfig
+from ..sweep import Condition, condition_settings, grid_conditions
 from .load import RunResult, Sweep
-from .stats import (Interval, contrast_by_seed, envelope, hierarchical_bootstrap, holm_bonferroni, mean_ci,
+from .stats import (Interval, contrast_by_seed, curvature_weights, hierarchical_bootstrap, mean_ci,
                     percentile_interval, resample_run_scores, run_score, slope_weights)
 
 Contrast = dict[Condition, float]
@@ -47,6 +49,10 @@ SEED_METRICS = (
 )
 INTERP_METRICS = tuple(Metric(interp_column(p), f"interp {p} (corr×100)", 2, 100.0, p) for p in PROTOCOLS)
 METRICS = SEED_METRICS + INTERP_METRICS
+# exact functions of another metric on the same runs (bpb = val loss x a constant of the fixed eval windows;
+# L0 = width x (1 - zero fraction)): reported, never tested, so no answer is counted twice
+DERIVED_METRICS = {"bpb": "val_loss", "l0": "zero_frac"}
+TESTED_METRICS = tuple(m for m in METRICS if m.column not in DERIVED_METRICS)
 
 
 def has_neuron_scores(run: RunResult, protocol: str) -> bool:
@@ -66,6 +72,15 @@ def _stable_seed(*parts: str) -> int:
     return zlib.crc32("\x1f".join(parts).encode("utf-8"))
 
 
+@dataclass(frozen=True)
+class Diagnostic:
+    """The hierarchical bootstrap of an interpretability contrast (Estimator.neuron_sampling)."""
+
+    low: float
+    high: float
+    neuron_share: float | None  # share of the seed-to-seed variance that neuron sampling alone produces
+
+
 class Estimator:
     """Intervals of contrasts over one sweep, with the neuron resamples of each run cached."""
 
@@ -75,8 +90,7 @@ class Estimator:
         self._n_draws = max(1, len(sweep.seeds))
         self._resampled: dict[tuple[str, str], np.ndarray] = {}
         self._estimates: dict[tuple, Interval] = {}
-        self._adjusted: dict[tuple, float] = {}  # Holm-adjusted p-values of the family (set_family)
-        self.family_size = 0
+        self._diagnostics: dict[tuple, Diagnostic | None] = {}
 
     def runs(self, condition: Condition) -> dict[int, RunResult]:
         return self._runs.get(condition, {})
@@ -95,50 +109,33 @@ class Estimator:
         return self._estimates[key]
 
     def _estimate(self, metric: Metric, contrast: Contrast) -> Interval:
+        return mean_ci(list(self.seed_values(metric, contrast).values()), self.confidence)
+
+    def neuron_sampling(self, metric: Metric, contrast: Contrast) -> Diagnostic | None:
+        """For an interpretability contrast with neuron scores in every run: the hierarchical bootstrap interval
+        (seeds, then neurons within each run) and the share of the seed-to-seed variance that neuron sampling
+        alone would produce (mean over seeds of the resampling variance of the seed's contrast, over the variance
+        of the contrast across seeds). A diagnostic: decisions use the t test over seeds, whose spread already
+        contains the neuron noise."""
+        key = (metric, tuple(contrast.items()))
+        if key in self._diagnostics:
+            return self._diagnostics[key]
         values = self.seed_values(metric, contrast)
-        t_interval = mean_ci(list(values.values()), self.confidence)
-        if metric.protocol is None or not values:
-            return t_interval
         units = [[self.runs(c)[seed] for c in contrast] for seed in values]
-        if not all(has_neuron_scores(r, metric.protocol) for unit in units for r in unit):
-            return Interval(t_interval.estimate, t_interval.low, t_interval.high, t_interval.n,
-                            t_interval.method + "; neuron-level scores missing, so no bootstrap over neurons",
-                            t_interval.p_value)
-        resampled = [[self._resample(r, metric.protocol) for r in unit] for unit in units]
-        key = "|".join(f"{c.name}:{w:g}" for c, w in contrast.items())
-        rng = np.random.default_rng([self.seed, _stable_seed("seeds", metric.column, key)])
-        replicates = hierarchical_bootstrap(resampled, list(contrast.values()), rng)
-        return envelope(t_interval, *percentile_interval(replicates, self.confidence))
-
-    def set_family(self, contrasts: list[Contrast], metrics: list[Metric]) -> None:
-        """Declare the report's family of tested contrasts: every (metric, contrast) with a p-value gets a
-        Holm-Bonferroni adjusted p-value over the whole family (those without one, 1 seed, stay out)."""
-        keys, p_values = [], []
-        for contrast in contrasts:
-            for metric in metrics:
-                p = self.estimate(metric, contrast).p_value
-                if p is not None:
-                    keys.append((metric, frozenset(contrast.items())))
-                    p_values.append(p)
-        self._adjusted = dict(zip(keys, holm_bonferroni(p_values)))
-        self.family_size = len(p_values)
-
-    def adjusted_p(self, metric: Metric, contrast: Contrast) -> float | None:
-        """The Holm-adjusted p-value of a family member (or of its negation: the same test), else None."""
-        for items in (contrast.items(), [(c, -w) for c, w in contrast.items()]):
-            p = self._adjusted.get((metric, frozenset(items)))
-            if p is not None:
-                return p
-        return None
-
-    def significant(self, metric: Metric, contrast: Contrast) -> bool | None:
-        """Significant after adjustment: the raw CI excludes 0 and the Holm-adjusted p <= 1 - confidence.
-        Outside the family (no p-value: 1 seed) only the raw CI decides; None without an interval."""
-        iv = self.estimate(metric, contrast)
-        p = self.adjusted_p(metric, contrast)
-        if not iv.has_ci or p is None:
-            return iv.significant
-        return bool(iv.significant and p <= 1.0 - self.confidence)
+        diagnostic = None
+        if metric.protocol and len(values) >= 2 and all(has_neuron_scores(r, metric.protocol)
+                                                        for unit in units for r in unit):
+            resampled = [[self._resample(r, metric.protocol) for r in unit] for unit in units]
+            name = "|".join(f"{c.name}:{w:g}" for c, w in contrast.items())
+            rng = np.random.default_rng([self.seed, _stable_seed("seeds", metric.column, name)])
+            low, high = percentile_interval(hierarchical_bootstrap(resampled, list(contrast.values()), rng),
+                                            self.confidence)
+            within = float(np.mean([np.var(sum(w * r[:, 0] for w, r in zip(contrast.values(), unit)), ddof=1)
+                                    for unit in resampled]))
+            between = float(np.var(list(values.values()), ddof=1))
+            diagnostic = Diagnostic(low, high, within / between if between > 0 else None)
+        self._diagnostics[key] = diagnostic
+        return diagnostic
 
     def _resample(self, run: RunResult, protocol: str) -> np.ndarray:
         key = (run.name, protocol)
@@ -163,22 +160,26 @@ def difference(condition: Condition, reference: Condition) -> Contrast:
 class Effect:
     """One contrast of the report's family: what it estimates and its weights."""
 
-    kind: str  # "main" (a level against the reference level), "slope" (per doubling), "interaction", "arm"
+    kind: str  # "main" (a level against the reference level), "slope" (per doubling), "curvature", "interaction", "arm"
     factors: tuple[str, ...]  # the factors it is about (none for an arm)
+    key: str  # how [sweep.questions] and answers.csv name it (config.main_key, ...): e.g. "model.qkv = separate"
     title: str  # e.g. "model.qkv: separate − shared"
     description: str  # how it is computed, in words
     contrast: Contrast
 
 
 class Design:
-    """The sweep's grid as the report reads it: factors, levels, reference and the cell of each combination."""
+    """The sweep's grid as the report reads it: factors, levels, reference and the cell of each combination (every
+    planned condition, whether or not it has runs yet: a contrast over missing runs has no estimate)."""
 
-    def __init__(self, sweep: Sweep):
-        self.factors = {key: list(levels) for key, levels in sweep.design.factors.items()}
-        self.reference = sweep.design.reference_levels()
-        self.arms = [c for c in sweep.conditions if c.arm]
-        self._cells = {self._key(c.levels): c for c in sweep.conditions if not c.arm}
-        self._sweep = sweep
+    def __init__(self, design: SweepConfig):
+        conditions = grid_conditions(design)
+        self.factors = {key: list(levels) for key, levels in design.factors.items()}
+        self.reference = design.reference_levels()
+        self.arms = [c for c in conditions if c.arm]
+        self._cells = {self._key(c.levels): c for c in conditions if not c.arm}
+        self.reference_condition = self._cells[self._key(self.reference)]
+        self._design = design
 
     @staticmethod
     def _key(levels: dict) -> tuple[tuple[str, str], ...]:
@@ -197,11 +198,11 @@ class Design:
         return [dict(c) for c in combos]
 
     def settings(self, condition: Condition) -> dict:
-        return condition_settings(self._sweep.design, condition)
+        return condition_settings(self._design, condition)
 
     def describe(self, arm: Condition) -> str:
         """An arm's settings in words; an SAE arm's say which condition's runs its SAEs are trained on."""
-        spec = next(a for a in self._sweep.design.arms if a.name == arm.name)
+        spec = next(a for a in self._design.arms if a.name == arm.name)
         if not spec.derived:
             return settings_text(self.settings(arm))
         sae = ", ".join(f"sae.{key} = {level_text(value)}" for key, value in spec.sae.items())
@@ -231,10 +232,11 @@ def averaged_over(design: Design, fixed: tuple[str, ...]) -> str:
     return f", averaged over {' × '.join(rest)}" if rest else ""
 
 
-def design_effects(sweep: Sweep) -> list[Effect]:
-    """The family of contrasts the report answers, in one list: for each factor its main effect (each level
-    against the reference level; for a numeric factor with >= 3 levels also the slope per doubling), each
-    two-factor interaction, each arm against the reference condition. Each is paired by seed."""
+def design_effects(sweep: SweepConfig) -> list[Effect]:
+    """Every contrast the report estimates, in one list: for each factor its main effect (each level against the
+    reference level; for a numeric factor with >= 3 positive levels also the slope per doubling and the
+    curvature), each two-factor interaction, each arm against the reference condition. Each is paired by seed.
+    Their keys are the names [sweep.questions] may use (config.main_key and friends)."""
     design = Design(sweep)
     ref = design.reference
     effects: list[Effect] = []
@@ -244,18 +246,26 @@ def design_effects(sweep: Sweep) -> list[Effect]:
                 continue
             contrast = _average(design, [({factor: level}, 1.0), ({factor: ref[factor]}, -1.0)], (factor,))
             if contrast:
-                effects.append(Effect("main", (factor,), f"{factor}: {level_text(level)} − {level_text(ref[factor])}",
+                effects.append(Effect("main", (factor,), main_key(factor, level),
+                                      f"{factor}: {level_text(level)} − {level_text(ref[factor])}",
                                       f"{factor} = {level_text(level)} minus {factor} = {level_text(ref[factor])}"
                                       f"{averaged_over(design, (factor,))}", contrast))
         positive = [v for v in levels if design.is_numeric(factor) and v > 0]
         if design.is_numeric(factor) and len(levels) >= 3 and len(positive) >= 2:
+            levels_text = f"{{{', '.join(map(level_text, positive))}}}{averaged_over(design, (factor,))}"
             weights = slope_weights([math.log2(v) for v in positive])
             contrast = _average(design, [({factor: v}, float(w)) for v, w in zip(positive, weights)], (factor,))
             if contrast:
-                effects.append(Effect("slope", (factor,), f"{factor}: per doubling",
-                                      f"least-squares slope over log2 {factor} for {factor} in "
-                                      f"{{{', '.join(map(level_text, positive))}}}{averaged_over(design, (factor,))}",
+                effects.append(Effect("slope", (factor,), slope_key(factor), f"{factor}: per doubling",
+                                      f"least-squares slope over log2 {factor} for {factor} in {levels_text}",
                                       contrast))
+            weights = curvature_weights([math.log2(v) for v in positive])
+            contrast = _average(design, [({factor: v}, float(w)) for v, w in zip(positive, weights)], (factor,))
+            if contrast and len(positive) >= 3:
+                effects.append(Effect("curvature", (factor,), curvature_key(factor), f"{factor}: curvature",
+                                      f"quadratic coefficient of a least-squares fit over log2 {factor} (the change "
+                                      f"of the slope per doubling; 0 for a straight line, a U or ∩ shape otherwise) "
+                                      f"for {factor} in {levels_text}", contrast))
     keys = list(design.factors)
     for i, first in enumerate(keys):
         for second in keys[i + 1:]:
@@ -269,15 +279,15 @@ def design_effects(sweep: Sweep) -> list[Effect]:
                     contrast = _average(design, terms, (first, second))
                     if contrast:
                         effects.append(Effect(
-                            "interaction", (first, second),
+                            "interaction", (first, second), interaction_key(first, a, second, b),
                             f"{first} × {second}: ({level_text(a)} − {level_text(ra)}) × "
                             f"({level_text(b)} − {level_text(rb)})",
                             f"how much the effect of {first} = {level_text(a)} (against {level_text(ra)}) changes "
                             f"when {second} is {level_text(b)} instead of {level_text(rb)}"
                             f"{averaged_over(design, (first, second))}", contrast))
-    reference = sweep.reference
+    reference = design.reference_condition
     for arm in design.arms:
-        effects.append(Effect("arm", (), f"{arm.name} − reference",
+        effects.append(Effect("arm", (), arm.name, f"{arm.name} − reference",
                               f"the arm {arm.name} ({design.describe(arm)}) minus the reference "
                               f"condition {reference.name}", difference(arm, reference)))
     return effects

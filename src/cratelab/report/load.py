@@ -27,8 +27,8 @@ import numpy as np
 from ..config import SweepConfig, level_text, read_toml
 from ..errors import CratelabError
 from ..io import read_json_object, read_jsonl
-from ..layout import (CARDS, CARDS_INDEX, CONFIG, EVAL, METRICS, RESULTS, RESULTS_LAYERS, RESULTS_TRACK, RUN_INTERP,
-                      SCORES, condition_columns, run_folder, track_folder)
+from ..layout import (CARDS, CARDS_INDEX, CONFIG, COOLDOWN_START, EVAL, METRICS, RESULTS, RESULTS_LAYERS,
+                      RESULTS_TRACK, RUN_INTERP, SCORES, condition_columns, run_folder, track_folder)
 from ..sweep import Condition, design_keys, grid_conditions
 
 
@@ -51,6 +51,7 @@ class RunResult:
     sparsity_curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     cards: Path | None = None
     model: dict[str, Any] | None = None  # config.toml's [model] section
+    train: dict[str, Any] | None = None  # config.toml's [train] section
 
 
 @dataclass
@@ -122,9 +123,14 @@ def _neuron_scores(rows: list[dict[str, Any]]) -> tuple[dict[str, list[np.ndarra
     return arrays, unscorable
 
 
+def _trunk_rows(path: Path) -> list[dict[str, Any]]:
+    """The run's own evaluations in metrics.jsonl (not those of the cooldown branches of tracked points)."""
+    return [row for row in read_jsonl(path) if COOLDOWN_START not in row]
+
+
 def _curve(path: Path) -> list[tuple[float, float]]:
     points = []
-    for row in read_jsonl(path):
+    for row in _trunk_rows(path):
         tokens, loss = row.get("tokens"), row.get("val_loss")
         if tokens is not None and loss is not None and math.isfinite(float(loss)):
             points.append((float(tokens), float(loss)))
@@ -136,7 +142,7 @@ SPARSITY_KEY = re.compile(r"^sparsity/layer(\d+)/(\w+)$")  # train.py's sparsity
 
 def _sparsity_curves(path: Path) -> dict[str, list[tuple[float, float]]]:
     curves: dict[str, list[tuple[float, float]]] = {}
-    for row in read_jsonl(path):
+    for row in _trunk_rows(path):
         per_stat: dict[str, list[float]] = {}
         for key, value in row.items():
             if (match := SPARSITY_KEY.match(key)) and isinstance(value, (int, float)) and math.isfinite(value):
@@ -167,7 +173,8 @@ def _attach_files(run: RunResult, folder: Path) -> None:
     cards = folder / RUN_INTERP / CARDS / CARDS_INDEX
     run.cards = cards if cards.is_file() else None
     if (folder / CONFIG).is_file():
-        run.model = read_toml(folder / CONFIG).get("model")
+        config = read_toml(folder / CONFIG)
+        run.model, run.train = config.get("model"), config.get("train")
 
 
 @contextmanager

@@ -66,7 +66,7 @@ def plot_vs_factor(est: Estimator, factor: str, metrics: Sequence[Metric], path:
     """One panel per metric: the metric against the factor's levels, one line per combination of the other
     factors' levels; each arm a horizontal band. Positive numeric levels on a log2 axis (doublings evenly)."""
     sweep = est.sweep
-    design = Design(sweep)
+    design = Design(sweep.design)
     levels = design.factors[factor]
     panels = [m for m in metrics if any(run_value(r, m) is not None for r in sweep.runs)]
     if not panels:
@@ -89,7 +89,7 @@ def plot_vs_factor(est: Estimator, factor: str, metrics: Sequence[Metric], path:
             ax.errorbar(xs, [iv.estimate * metric.scale for _, iv in points],
                         yerr=_errors([iv for _, iv in points], metric.scale), color=colormaps["tab10"](i % 10),
                         marker="o", capsize=4, label=label)
-        for arm in design.arms:
+        for arm in (a for a in design.arms if est.runs(a)):
             _arm_band(ax, est.estimate(metric, mean_of(arm)), metric.scale, condition_color(sweep, arm), arm.name)
         if log_axis:
             ax.set_xscale("log", base=2)
@@ -260,7 +260,7 @@ def plot_track(tokens: Sequence[float], metrics: Sequence[Metric], series: dict[
             xs, ivs = zip(*shown)
             ax.errorbar(xs, [iv.estimate * metric.scale for iv in ivs], yerr=_errors(ivs, metric.scale),
                         color=colors(j % 10), marker="o", ms=3, capsize=2, lw=1.2,
-                        label=f"{label} ({tracked[i].verdict})")
+                        label=f"{label} ({tracked[i].verdict})" if tracked[i].verdict else label)
         ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
         ax.set_xlabel("training tokens")
         ax.set_ylabel(metric.label)

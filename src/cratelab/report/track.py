@@ -1,28 +1,34 @@
 """Do the answers hold along training? Each effect of the report estimated at every tracked point (one
-Estimator per point, over that point's checkpoints), a verdict per (effect, metric) from the last two
-points, and how far each condition's val loss was still falling when training stopped.
+Estimator per point, over that point's checkpoints), a verdict per declared answer that is itself a test, and how
+far each condition's val loss was still falling when training stopped.
 
-Verdicts, from the last two tracked points (A before B), where "significant" is the report's own test at
-that point (raw CI excludes 0 and Holm-adjusted p <= 1 - confidence, over that point's family):
-- flipped: the estimate changed sign and is significant at A or at B;
-- stable: the same significance at A and B, and the same sign (or significant at neither: no effect at both);
-- still moving: anything else (the same sign but the significance changed), or fewer than two points with an
-  interval (a single tracked point, or one seed: no test, so no claim that the answer holds);
-- not tracked: no estimate at any tracked point (a condition with no checkpoints along training, such as an
-  SAE arm, whose SAEs are trained on the final model only).
+The verdict of a declared answer (effect, metric, with its margin), over the last two or three tracked points:
+each seed's change of the contrast per doubling of training tokens (the least-squares slope of its values against
+log2 tokens), and a t interval of those changes over seeds:
+- settled: the 90% interval lies within ±margin (the change per doubling is too small to matter: two one-sided
+  tests at 5%, as an equivalence test);
+- changing: otherwise, when the 95% interval excludes 0;
+- undetermined: anything else, including fewer than two seeds or points (no test, so no claim);
+- not tracked: no estimate at any tracked point (a condition without checkpoints along training, such as an SAE arm).
+Comparing significance at two points is not a test of change (significant at one and not at the other can be
+noise); the per-seed change is paired, so seed effects shared by the points cancel.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis import Contrast, Estimator, Metric
+from .analysis import Contrast, Estimator, Metric, run_value
 from .load import RunResult, Sweep, TrackPoint
-from .stats import Interval
+from .stats import Interval, mean_ci, slope_weights, t_interval
 
-STABLE, MOVING, FLIPPED, UNTRACKED = "stable", "still moving", "flipped", "not tracked"
+SETTLED, CHANGING, UNDETERMINED, UNTRACKED = "settled", "changing", "undetermined", "not tracked"
+VERDICTS = (SETTLED, CHANGING, UNDETERMINED, UNTRACKED)
+LAST_POINTS = 3  # the change is measured over at most this many of the last tracked points
+SETTLED_CONFIDENCE, CHANGING_CONFIDENCE = 0.90, 0.95
 # a condition is "still learning" when its val loss fell by more than this share over the last quarter of
 # training (a converged run's loss moves by evaluation noise only, well under 1% at the report's eval sizes)
 STILL_LEARNING = 0.01
@@ -30,48 +36,53 @@ STILL_LEARNING = 0.01
 
 @dataclass(frozen=True)
 class TrackedEstimate:
-    """One effect on one metric at each tracked point, with its verdict."""
+    """One effect on one metric at each tracked point, and (declared answers) the change over the last points."""
 
-    intervals: list[Interval]  # one per tracked point, in training order
-    significant: list[bool | None]  # the report's test at each point (None: no interval)
-    verdict: str
-
-
-def point_estimators(points: list[TrackPoint], contrasts: list[Contrast], metrics: list[Metric],
-                     confidence: float, seed: int, n_boot: int) -> list[Estimator]:
-    """An Estimator per tracked point, its Holm family the report's (every contrast, every metric)."""
-    estimators = []
-    for point in points:
-        est = Estimator(point.sweep, confidence=confidence, seed=seed, n_boot=n_boot)
-        est.set_family(contrasts, metrics)
-        estimators.append(est)
-    return estimators
+    intervals: list[Interval]  # one per tracked point, in training order (raw intervals)
+    change: Interval | None  # per doubling of training tokens over the last points: 95% t interval over seeds
+    settled_band: tuple[float, float] | None  # the change's 90% interval
+    verdict: str | None  # None: not a declared answer (no verdict is claimed)
 
 
-def sign(value: float | None) -> int:
-    return 0 if value is None else int(np.sign(value))
+def point_estimators(points: list[TrackPoint], confidence: float, seed: int, n_boot: int) -> list[Estimator]:
+    return [Estimator(point.sweep, confidence=confidence, seed=seed, n_boot=n_boot) for point in points]
 
 
-def track_verdict(intervals: list[Interval], significant: list[bool | None]) -> str:
-    """The verdict of the module docstring, from the last two points that have an interval."""
-    if all(iv.estimate is None for iv in intervals):
-        return UNTRACKED
-    known = [(iv, sig) for iv, sig in zip(intervals, significant) if iv.has_ci]
-    if len(known) < 2:
-        return MOVING
-    (a, sig_a), (b, sig_b) = known[-2:]
-    same_sign = sign(a.estimate) == sign(b.estimate)
-    if not same_sign and (sig_a or sig_b):
-        return FLIPPED
-    if bool(sig_a) == bool(sig_b) and (same_sign or not sig_a):
-        return STABLE
-    return MOVING
+def change_per_doubling(estimators: list[Estimator], tokens: list[float], metric: Metric,
+                        contrast: Contrast) -> dict[int, float]:
+    """Per seed with a value at each of the last LAST_POINTS points: the least-squares slope of the contrast against
+    log2 training tokens."""
+    last = list(range(len(estimators)))[-LAST_POINTS:]
+    values = [estimators[i].seed_values(metric, contrast) for i in last]
+    seeds = sorted(set.intersection(*(set(v) for v in values))) if values else []
+    weights = slope_weights([math.log2(tokens[i]) for i in last])
+    return {seed: float(sum(w * v[seed] for w, v in zip(weights, values))) for seed in seeds}
 
 
-def tracked_estimate(estimators: list[Estimator], metric: Metric, contrast: Contrast) -> TrackedEstimate:
+def track_verdict(changes: list[float], margin: float) -> tuple[str, Interval, tuple[float, float] | None]:
+    """The verdict of the module docstring from the per-seed changes per doubling."""
+    change = mean_ci(changes, CHANGING_CONFIDENCE)
+    if not change.has_ci:
+        return UNDETERMINED, change, None
+    low, high = t_interval(change.estimate, change.sd / math.sqrt(change.n), change.n - 1, SETTLED_CONFIDENCE)
+    if -margin < low and high < margin:
+        return SETTLED, change, (low, high)
+    if change.significant:
+        return CHANGING, change, (low, high)
+    return UNDETERMINED, change, (low, high)
+
+
+def tracked_estimate(estimators: list[Estimator], tokens: list[float], metric: Metric, contrast: Contrast,
+                     margin: float | None) -> TrackedEstimate:
+    """``margin``: the declared answer's (None for an exploratory effect: estimates only, no verdict)."""
     intervals = [est.estimate(metric, contrast) for est in estimators]
-    significant = [est.significant(metric, contrast) for est in estimators]
-    return TrackedEstimate(intervals, significant, track_verdict(intervals, significant))
+    if all(iv.estimate is None for iv in intervals):
+        return TrackedEstimate(intervals, None, None, UNTRACKED if margin is not None else None)
+    if margin is None or len(estimators) < 2:
+        return TrackedEstimate(intervals, None, None, UNDETERMINED if margin is not None else None)
+    verdict, change, band = track_verdict(list(change_per_doubling(estimators, tokens, metric, contrast).values()),
+                                          margin)
+    return TrackedEstimate(intervals, change, band, verdict)
 
 
 def last_quarter_drop(curve: list[tuple[float, float]]) -> float | None:
@@ -95,3 +106,38 @@ def condition_drops(sweep: Sweep) -> dict[str, tuple[float | None, int]]:
         values = [d for r in runs if (d := last_quarter_drop(r.curve)) is not None]
         drops[condition.name] = (float(np.mean(values)) if values else None, len(values))
     return drops
+
+
+def matched_loss(points: list[TrackPoint], arm, reference, metric: Metric, loss: Metric,
+                 confidence: float) -> tuple[Interval, Interval]:
+    """Descriptive: arm minus reference on ``metric`` at matched val loss, per seed, from the tracked points. First:
+    the arm's value interpolated (linearly in val loss) at the val loss the reference reaches at the end, minus the
+    reference's final value; second: the arm's final value minus the reference's interpolated at the arm's final
+    val loss. A seed counts where the loss to match lies within the other's tracked range (no extrapolation)."""
+    def curve(condition, seed):
+        pairs = []
+        for point in points:
+            run = point.sweep.by_seed(condition).get(seed)
+            values = (run_value(run, loss), run_value(run, metric)) if run else (None, None)
+            if None not in values:
+                pairs.append(values)
+        return pairs
+
+    def at(pairs, target):
+        losses = [p[0] for p in pairs]
+        if not pairs or not min(losses) <= target <= max(losses):
+            return None
+        order = np.argsort(losses)
+        return float(np.interp(target, np.asarray(losses)[order], np.asarray([p[1] for p in pairs])[order]))
+
+    at_reference_loss, at_arm_loss = [], []
+    seeds = sorted({r.seed for point in points for r in point.sweep.runs})
+    for seed in seeds:
+        a, r = curve(arm, seed), curve(reference, seed)
+        if not a or not r:
+            continue
+        if (value := at(a, r[-1][0])) is not None:
+            at_reference_loss.append(value - r[-1][1])
+        if (value := at(r, a[-1][0])) is not None:
+            at_arm_loss.append(a[-1][1] - value)
+    return mean_ci(at_reference_loss, confidence), mean_ci(at_arm_loss, confidence)

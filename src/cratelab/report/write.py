@@ -17,21 +17,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from ..config import QuestionsConfig, SweepConfig, level_text
 from ..io import write_text
-from ..config import SweepConfig, level_text
-from ..layout import PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, RESULTS_TRACK, SWEEP_CONFIG
-from ..sweep import Condition
-from .analysis import (INTERP_METRICS, METRICS, SEED_METRICS, Contrast, Design, Effect, Estimator, Metric,
+from ..layout import (ANSWERS, PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, RESULTS_TRACK,
+                      SWEEP_CONFIG)
+from ..sweep import Condition, grid_conditions
+from .analysis import (DERIVED_METRICS, INTERP_METRICS, METRICS, SEED_METRICS, Design, Effect, Estimator, Metric,
                        design_effects, difference, layer_intervals, mean_of, run_value, settings_text)
+from .decide import DIFFERS, EQUIVALENT, NO_TEST, Answer, answer_questions, write_answers
 from .document import Block, Bullets, Heading, Image, Link, Paragraph, Table, Text, to_html, to_markdown
 from .load import RunResult, Sweep, TrackPoint, read_sweep_results, read_track_points
 from .plots import (plot_curves, plot_density, plot_interp_vs_loss, plot_layer_sparsity, plot_sparsity_curves,
                     plot_track, plot_vs_factor)
 from .stats import Interval, t_critical
-from .track import (FLIPPED, MOVING, STABLE, STILL_LEARNING, UNTRACKED, condition_drops, point_estimators,
-                    tracked_estimate)
+from .track import (LAST_POINTS, STILL_LEARNING, VERDICTS, TrackedEstimate, condition_drops, matched_loss,
+                    point_estimators, tracked_estimate)
 
 TITLE = "CRATE ablation: report"
+STATS_DOC = "docs/statistics.md in the cratelab repository"
 # the paper's default-lambda results (paper-facts section 4): CRATE, GPT-2; correlations x 100
 PAPER = {
     1: {"val_loss": (4.06, 3.83), "top-and-random": (3.9, 8.8), "random-only": (4.8, 8.9), "anthropic": (10.1, 14.2)},
@@ -56,23 +59,14 @@ def fmt_interval(iv: Interval, metric: Metric, signed: bool = False) -> str:
     return f"{metric.fmt(iv.estimate, signed)} [{metric.fmt(iv.low, signed)}, {metric.fmt(iv.high, signed)}]"
 
 
-def verdict(est: Estimator, metric: Metric, contrast: Contrast) -> str:
-    """Plain words: is the difference distinguishable from 0, after the Holm adjustment?"""
-    iv, conf = est.estimate(metric, contrast), pct(est.confidence)
+def exploratory_words(iv: Interval, est: Estimator) -> str:
+    """An exploratory contrast in plain words: what its raw interval shows, never a decision."""
     if iv.estimate is None:
-        return "not tested: no seed has both runs"
+        return "no estimate: no seed has a run of every condition in it"
     if not iv.has_ci:
-        return f"not tested: {iv.method}"
-    p_adj = est.adjusted_p(metric, contrast)
-    if p_adj is None:  # one seed: a CI only from neurons, no t test, outside the family
-        return (f"significant at {conf}: the CI excludes 0 (over neurons only: 1 seed; not adjusted)" if iv.significant
-                else f"not significant at {conf}: the CI includes 0")
-    adjusted = f"Holm-adjusted p = {p_adj:.3g}"
-    if est.significant(metric, contrast):
-        return f"significant at {conf} after Holm adjustment: the CI excludes 0, {adjusted}"
-    if iv.significant:
-        return f"not significant at {conf} after Holm adjustment ({adjusted}), though the raw CI excludes 0"
-    return f"not significant at {conf}: the CI includes 0 ({adjusted})"
+        return f"no interval: {iv.method}"
+    side = "excludes 0" if iv.significant else "includes 0"
+    return f"raw {pct(est.confidence)} CI {side}, p = {iv.p_value:.3g} (unadjusted)"
 
 
 def direction(iv: Interval) -> str:
@@ -138,25 +132,26 @@ def parameter_counts(sweep: Sweep) -> str:
 
 
 def missing_runs(sweep: Sweep) -> list[str]:
-    return [f"{c.name} seed {seed}" for c in sweep.conditions for seed in sweep.seeds
+    """Every planned run (each condition of the design x each of its seeds) without a row in results.csv."""
+    return [f"{c.name} seed {seed}" for c in grid_conditions(sweep.design) for seed in sweep.design.seeds
             if seed not in sweep.by_seed(c)]
 
 
-def header(est: Estimator, reference: Condition, generated: datetime) -> list[Block]:
+def header(est: Estimator, reference: Condition) -> list[Block]:
     sweep = est.sweep
     runs = sweep.runs
     train_s = [r.values["train_s"] for r in runs if r.values.get("train_s") is not None]
     tokens = sorted({r.values["tokens"] for r in runs if r.values.get("tokens") is not None})
     methods = sorted({r.method for r in runs if r.method})
-    design = Design(sweep)
+    design = Design(sweep.design)
     files: list = ["Files: "]
-    for name in (RESULTS, RESULTS_LAYERS, RESULTS_TRACK, SWEEP_CONFIG):
+    for name in (ANSWERS, RESULTS, RESULTS_LAYERS, RESULTS_TRACK, SWEEP_CONFIG):
         if (sweep.out_dir / name).is_file():
             files += [Link(name, name), " "]
     missing = missing_runs(sweep)
     items: list[Text] = [
-        f"Runs: {len(runs)} finished, {len(sweep.conditions)} conditions, seeds "
-        f"{', '.join(map(str, sweep.seeds)) or 'none'}.",
+        f"Runs: {len(runs)} finished of {len(grid_conditions(sweep.design)) * len(sweep.design.seeds)} planned "
+        f"({len(grid_conditions(sweep.design))} conditions x seeds {', '.join(map(str, sweep.design.seeds))}).",
         "Factors (a full grid): " + ("; ".join(f"{key} in {{{', '.join(map(level_text, levels))}}}"
                                                for key, levels in design.factors.items()) or "none") + ".",
         "Arms: " + ("; ".join(f"{arm.name} ({design.describe(arm)})" for arm in design.arms)
@@ -171,42 +166,48 @@ def header(est: Estimator, reference: Condition, generated: datetime) -> list[Bl
         f"({settings_text(design.reference) or 'the shared config'}).",
         files,
     ]
-    return [Heading(1, TITLE), Paragraph(f"Generated {generated:%Y-%m-%d %H:%M} UTC from {sweep.out_dir}."),
-            Bullets(items)]
+    return [Heading(2, "What was run"), Bullets(items)]
 
 
-def methods(est: Estimator) -> list[Block]:
+def methods(est: Estimator, questions: QuestionsConfig, schedule: str | None) -> list[Block]:
     conf = pct(est.confidence)
     n = len(est.sweep.seeds)
-    t_note = (f"with the sweep's n = {n} seeds the t quantile is {t_critical(est.confidence, n - 1):.2f}, so only "
-              f"large effects can show" if n >= 2 else "with a single seed there is no interval at all")
-    return [Heading(2, "How the numbers are computed"), Bullets([
-        f"Loss and sparsity: mean over seeds and a {conf} t interval (df = n − 1; {t_note}). "
-        f"n is stated wherever fewer seeds contribute.",
+    t_note = (f"with n = {n} seeds the t quantile is {t_critical(est.confidence, n - 1):.2f}" if n >= 2
+              else "with a single seed there is no interval at all")
+    alpha = questions.alpha
+    return [Heading(2, "How the numbers are computed"), Paragraph(f"The rules and the reason for each: {STATS_DOC}."),
+            Bullets([
+        "Seeds are the unit of replication. Every contrast is computed per seed (condition minus reference, or a "
+        "slope's least-squares weights), then its mean and a t interval over the seeds that have every run of it "
+        f"(df = n − 1; {t_note}). Identical values across seeds (zero variance) or one seed: no test.",
+        f"Declared questions ([sweep.questions]) are decided by the paired t test over seeds, with Holm's step-down "
+        f"procedure at α = {alpha:g} within the primary family and within the secondary family. A difference test "
+        f"asks whether the effect is 0; an equivalence test (two one-sided tests) whether it lies within ±margin. "
+        f"Each answer's interval is at the level its test was made at (α/m for the first step of Holm, the "
+        f"simultaneous Bonferroni interval; larger levels at later steps), two-sided for a difference and "
+        f"1 − 2·level for an equivalence, so an interval excludes 0 (or lies within ±margin) exactly when its "
+        f"decision says so.",
+        "An inconclusive answer states the seeds needed for 80% power at the observed effect and SD, and at the "
+        "SD's upper 80% confidence bound (the SD of a few seeds is itself uncertain), tested at α/m. An "
+        "equivalence answer also states the smallest margin the present seeds establish.",
+        f"Everything else is exploratory: its raw {conf} interval, an unadjusted p-value and a Benjamini–Hochberg "
+        f"q-value over the exploratory rows; never a decision. Metrics that are exact functions of another (bits "
+        f"per byte of val loss, L0 of the zero fraction) are shown, never tested.",
         "Interpretability: pooled Pearson correlation × 100 (as in the paper); a run's score is the mean over "
-        "layers of the mean over its scored neurons. Its interval is the union of a hierarchical bootstrap "
-        f"({est.n_boot} resamples, seed {est.seed}: seeds with replacement, then neurons with replacement within "
-        "each layer of each drawn run) and the t interval over seeds. A bootstrap over a few seeds alone covers "
-        "too little, the t interval alone rests on normality; a difference is called significant only if both "
-        "exclude 0 (and the adjustment for multiple comparisons below keeps it).",
-        "Differences are paired by seed: per seed, condition minus reference; then mean and interval over the "
-        "seeds that have both runs.",
-        f"Multiple comparisons: the {conf} CIs shown are raw (unadjusted). \"Significant\" in this report means "
-        f"significant after a Holm–Bonferroni adjustment over the family of all {est.family_size} tested "
-        f"contrasts (every effect of the Effects section, for each metric): "
-        f"the raw CI excludes 0 and the Holm-adjusted p-value is at most {1 - est.confidence:g}. The p-values "
-        f"are the paired t test's on the same per-seed values as the t interval (for interpretability too, "
-        f"where the CI is the union with the bootstrap's); this keeps the chance of any false positive in the "
-        f"family at or below {1 - est.confidence:g}. Differences without a p-value (1 seed) are not adjusted.",
+        "layers of the mean over its scored neurons. A hierarchical bootstrap over seeds and then neurons "
+        f"({est.n_boot} resamples, seed {est.seed}) is shown as a diagnostic with the share of the seed-to-seed "
+        "variance that neuron sampling alone produces; decisions do not use it (the per-seed scores already carry "
+        "the neuron noise).",
         "Unscorable neurons (a constant real or simulated side) have no score: they are counted below and left "
         "out of the means, never hidden.",
         ("Along training (sweep.track): each tracked checkpoint is evaluated and scored with the same settings as "
-         "the final one, and every effect is estimated at each point by the same code, with the Holm family taken "
-         "within that point. The verdict compares the last two tracked points: flipped = the estimate changed "
-         "sign and is significant at either point; stable = the same significance at both, and the same sign (or "
-         "significant at neither); still moving = anything else (the same sign, but significant at one point "
-         "only), or fewer than two points with an interval (one seed gives loss and sparsity none); not tracked "
-         "= no estimate at any point (a condition without checkpoints along training, such as an SAE arm)."),
+         "the final one" + (" and, under train.schedule = \"wsd\", is an annealed model: a cooldown branched from "
+                            "the stable phase, the model a run of that budget gives" if schedule == "wsd" else
+                            "; under the cosine schedule the earlier points are mid-schedule models, not the "
+                            "models those budgets would give") +
+         f". For each declared answer, each seed's change of the contrast per doubling of training tokens over the "
+         f"last {LAST_POINTS} tracked points (at most) gets a t interval over seeds: settled when its 90% interval "
+         f"lies within ±margin, changing when its 95% interval excludes 0, undetermined otherwise."),
         (f"Convergence: a condition's val loss at 3/4 of its training tokens (interpolated between evaluations) "
          f"against its last value, as a share of the former, averaged over seeds; a drop above "
          f"{100 * STILL_LEARNING:g}% marks it as still learning."),
@@ -223,8 +224,18 @@ def fmt_tokens(tokens: float) -> str:
     return f"{tokens / 1e6:.2f}M tokens" if tokens >= 1e5 else f"{tokens:,.0f} tokens"
 
 
-def track_cell(iv: Interval, significant: bool | None, metric: Metric) -> str:
-    return fmt_interval(iv, metric, signed=True) + (" *" if significant else "")
+def track_cell(iv: Interval, metric: Metric) -> str:
+    return fmt_interval(iv, metric, signed=True)
+
+
+def change_cell(t: TrackedEstimate, metric: Metric) -> str:
+    """The change per doubling of training tokens: estimate, 95% and (in braces) 90% interval."""
+    if t.change is None or t.change.estimate is None:
+        return "n/a"
+    text = fmt_interval(t.change, metric, signed=True)
+    if t.settled_band:
+        text += f" {{90%: {metric.fmt(t.settled_band[0], True)}, {metric.fmt(t.settled_band[1], True)}}}"
+    return text
 
 
 def convergence_blocks(sweep: Sweep) -> tuple[list[Block], bool]:
@@ -251,123 +262,211 @@ def convergence_blocks(sweep: Sweep) -> tuple[list[Block], bool]:
     return blocks, bool(learning)
 
 
-def track_section(est: Estimator, effects: list[Effect], points: list[TrackPoint], plots_dir: Path
-                  ) -> tuple[list[Block], list[Block]]:
-    """The verdicts with the convergence lines (the top of the answers), and the plots (drawn later with
-    the others); the tracked estimates come from one Estimator per point."""
+def track_section(est: Estimator, effects: list[Effect], points: list[TrackPoint], plots_dir: Path,
+                  margins: dict[tuple[str, str], float]) -> tuple[list[Block], list[Block], dict]:
+    """The verdicts of the declared answers along training with the convergence lines, the plots (drawn later with
+    the others), and the tracked estimates by (effect key, metric column); ``margins``: the declared answers'."""
     blocks: list[Block] = [Heading(2, TRACK_HEADING)]
     convergence, learning = convergence_blocks(est.sweep)
     metrics = measured_metrics(est)
     if len(points) < 2 or not effects:
         why = ("the sweep kept no checkpoint along training (sweep.track is empty)" if len(points) < 2
                else "the sweep has a single condition")
-        blocks.append(Paragraph(f"Not measured: {why}, so whether the answers below hold with more (or less) "
-                                f"training is unknown." + (" This report is an early-training preview: the "
-                                                            "models are still learning." if learning else "")))
-        return blocks + convergence, []
-    estimators = point_estimators(points, [e.contrast for e in effects], metrics, est.confidence, est.seed,
-                                  est.n_boot)
-    tracked = {(e.title, m.column): tracked_estimate(estimators, m, e.contrast) for e in effects for m in metrics}
-    counts = Counter(t.verdict for t in tracked.values())
-    last = f"{fmt_tokens(points[-2].tokens)} and {fmt_tokens(points[-1].tokens)}"
-    summary = (f"Verdicts over the last two tracked points ({last} of training), for {len(tracked)} (effect, "
-               f"metric) pairs: {counts[STABLE]} {STABLE}, {counts[MOVING]} {MOVING}, {counts[FLIPPED]} {FLIPPED}"
-               + (f", {counts[UNTRACKED]} {UNTRACKED} (conditions without checkpoints along training, such as SAE "
-                  f"arms)" if counts[UNTRACKED] else "") + ".")
-    all_hold = counts[STABLE] == len(tracked) - counts[UNTRACKED]
-    if all_hold and not learning:
-        summary += " The answers below hold over the last two tracked points."
-    elif all_hold:
-        summary += (" The answers below hold over the last two tracked points, but the models are still learning "
-                    "(see Convergence): this report is an early-training preview; more training may change them.")
+        blocks.append(Paragraph(f"Not measured: {why}, so whether the answers hold with more (or less) training is "
+                                f"unknown." + (" The models are still learning." if learning else "")))
+        return blocks + convergence, [], {}
+    estimators = point_estimators(points, est.confidence, est.seed, est.n_boot)
+    tokens = [p.tokens for p in points]
+    tracked = {(e.key, m.column): tracked_estimate(estimators, tokens, m, e.contrast, margins.get((e.key, m.column)))
+               for e in effects for m in metrics}
+    declared = {key: t for key, t in tracked.items() if t.verdict is not None}
+    counts = Counter(t.verdict for t in declared.values())
+    last = ", ".join(fmt_tokens(t) for t in tokens[-LAST_POINTS:])
+    if declared:
+        blocks.append(Paragraph(
+            f"For {len(declared)} declared answers, the change of the contrast per doubling of training tokens over "
+            f"the last tracked points ({last}): " + ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v])
+            + ". Settled: the 90% interval of the change lies within ±margin; changing: its 95% interval excludes "
+              "0; undetermined: neither." + (" The models are still learning (see Convergence)." if learning else "")))
+        effect_title = {e.key: e.title for e in effects}
+        rows = [[effect_title[key], next(m.label for m in metrics if m.column == column),
+                 fmt_margin(margins[(key, column)], next(m for m in metrics if m.column == column)),
+                 change_cell(t, next(m for m in metrics if m.column == column)), t.verdict]
+                for (key, column), t in declared.items()]
+        blocks.append(Table(["answer", "metric", "margin", "change per doubling of tokens [95% CI] {90%}",
+                             "verdict"], rows, "Declared answers along training"))
     else:
-        summary += (" This report is an early-training preview: some of its answers are still changing with "
-                    "training" + (" and the models are still learning" if learning else "")
-                    + "; more training may change them.")
-    blocks.append(Paragraph(summary))
-    changing = [f"{title} on {next(m.label for m in metrics if m.column == column)} ({t.verdict})"
-                for (title, column), t in tracked.items() if t.verdict != STABLE and any(t.significant)]
-    if changing:
-        blocks.append(Paragraph("Not stable, and significant at some tracked point: " + "; ".join(changing) + "."))
+        blocks.append(Paragraph("The sweep declares no questions ([sweep.questions]), so no answer gets a verdict "
+                                "along training; the estimates at each point are below."))
     blocks += convergence
     columns = ["effect", "metric"] + [f"{fmt_tokens(p.tokens)} ({p.fraction:g})" for p in points] + ["verdict"]
-    rows = [[e.title, m.label] + [track_cell(iv, sig, m) for iv, sig in zip(t.intervals, t.significant)] + [t.verdict]
-            for e in effects for m in metrics for t in [tracked[(e.title, m.column)]]]
+    rows = [[e.title, m.label] + [track_cell(iv, m) for iv in t.intervals] + [t.verdict or "exploratory"]
+            for e in effects for m in metrics for t in [tracked[(e.key, m.column)]]]
     blocks.append(Table(columns, rows, f"Each effect at each tracked point (training tokens, fraction of "
-                                       f"train.max_steps): estimate [{pct(est.confidence)} CI]; * significant "
-                                       f"after the Holm adjustment at that point", numeric=set(range(2, 2 + len(points)))))
+                                       f"train.max_steps): estimate [raw {pct(est.confidence)} CI]",
+                        numeric=set(range(2, 2 + len(points)))))
     drawn = [e for e in effects if e.kind in TRACKED_KINDS]
-    tokens = [p.tokens for p in points]
     groups = [("loss", [m for m in metrics if m.column in ("val_loss", "zero_frac")]),
               ("interp", [m for m in metrics if m.protocol])]
     figures_blocks: list[Block] = []
     for stem, chosen in groups:
         filename = f"track_{stem}.png"
-        series = {e.title: [tracked[(e.title, m.column)] for m in chosen] for e in drawn}
+        series = {e.title: [tracked[(e.key, m.column)] for m in chosen] for e in drawn}
         title = f"Effects against training tokens ({', '.join(m.label for m in chosen)})"
         if chosen and plot_track(tokens, chosen, series, plots_dir / filename, title):
             figures_blocks += [Heading(3, title), Image(f"{plots_dir.name}/{filename}", title)]
-    return blocks, figures_blocks
+    return blocks, figures_blocks, tracked
+
+
+def fmt_margin(margin: float | None, metric: Metric) -> str:
+    return "n/a" if margin is None else f"±{metric.fmt(margin)}"
 
 
 # ---------------------------------------------------------------- answers
 
-def effect_items(est: Estimator, contrast: Contrast, metrics: list[Metric]) -> tuple[list[Text], dict[str, list[str]]]:
-    """One line per metric, and the metrics sorted by outcome: a significant effect after adjustment
-    (worded), one significant only before it, a CI that includes 0, no interval at all."""
+def decision_words(a: Answer) -> str:
+    """An answer's decision in plain words."""
+    m = a.metric
+    if a.decision == DIFFERS:
+        return f"differs: {'higher' if a.estimate > 0 else 'lower'} by {m.fmt(abs(a.estimate))}"
+    if a.decision == EQUIVALENT:
+        return f"equivalent within ±{m.fmt(a.margin)}"
+    if a.decision == NO_TEST:
+        return f"no test: {a.note}"
+    words = "inconclusive"
+    if a.test == "equivalence" and a.margin_reachable is not None:
+        words += f" (these seeds establish ±{m.fmt(a.margin_reachable)} at most)"
+    if a.seeds_needed is None:
+        return words + ("; no number of seeds shows equivalence at this effect" if a.test == "equivalence"
+                        else "; no number of seeds decides it at an effect of 0")
+    upper = "no finite number" if a.seeds_needed_sd_upper is None else str(a.seeds_needed_sd_upper)
+    return words + f"; about {a.seeds_needed} seeds needed for 80% power ({upper} at the SD's upper 80% bound)"
+
+
+def answer_interval(a: Answer) -> str:
+    if a.estimate is None:
+        return "n/a"
+    if a.ci_low is None:
+        return f"{a.metric.fmt(a.estimate, True)} (n={a.n_seeds}, no CI)"
+    return (f"{a.metric.fmt(a.estimate, True)} [{a.metric.fmt(a.ci_low, True)}, {a.metric.fmt(a.ci_high, True)}] "
+            f"({100 * a.ci_level:.4g}%)")
+
+
+def question_text(a: Answer) -> str:
+    test = f"equivalent within ±{a.metric.fmt(a.margin)}?" if a.test == "equivalence" else "differs from 0?"
+    return f"{a.effect.title} on {a.metric.label}: {test}"
+
+
+def answers_section(answers: list[Answer], tracked: dict, questions: QuestionsConfig) -> list[Block]:
+    """The report's opening: each declared answer in a short table and in words, before any detail."""
+    declared = [a for a in answers if a.family != "exploratory"]
+    blocks: list[Block] = [Heading(2, "Answers")]
+    if not declared:
+        return blocks + [Paragraph(f"This sweep declares no questions ([sweep.questions]): every effect below is "
+                                   f"exploratory (raw intervals, no decision). See {STATS_DOC} for how to declare them "
+                                   f"before running a sweep, so that its answers are decided.")]
+    tokens = sorted({a.tokens for a in declared if a.tokens})
+    blocks.append(Paragraph(
+        f"The declared questions ({ANSWERS}), decided by the paired t test over seeds with Holm's procedure at α = "
+        f"{questions.alpha:g} within each family" + (f", after {span(tokens)} training tokens per run" if tokens else "")
+        + ". Each interval is at the level its test was made at, so it agrees with the decision."))
+    rows = []
+    for a in declared:
+        verdict = tracked.get((a.effect.key, a.metric.column))
+        rows.append([a.family, question_text(a), answer_interval(a), decision_words(a), str(a.n_seeds),
+                     verdict.verdict if verdict is not None and verdict.verdict else "not tracked"])
+    blocks.append(Table(["family", "question", "estimate [CI]", "decision", "seeds", "along training"], rows,
+                        "Declared answers"))
+    words = []
+    for family in ("primary", "secondary"):
+        chosen = [a for a in declared if a.family == family]
+        if not chosen:
+            continue
+        decided = [a for a in chosen if a.decided]
+        words.append(f"{family.capitalize()} family: {len(decided)} of {len(chosen)} tests decided"
+                     + (": " + "; ".join(f"{a.effect.title} {decision_words(a)} on {a.metric.label}" for a in decided)
+                        if decided else "") + ".")
+    return blocks + [Paragraph(" ".join(words))]
+
+
+def effect_items(est: Estimator, effect: Effect, metrics: list[Metric], answers: dict) -> list[Text]:
+    """One line per metric: the raw interval, the decision where the answer was declared (else exploratory), and
+    for interpretability the bootstrap diagnostic."""
     items: list[Text] = []
-    outcome: dict[str, list[str]] = {"shown": [], "unadjusted": [], "nothing": [], "untested": []}
     for metric in metrics:
-        iv = est.estimate(metric, contrast)
+        iv = est.estimate(metric, effect.contrast)
         n = f" (n={iv.n})" if iv.has_ci else ""
-        items.append(f"{metric.label}: {fmt_interval(iv, metric, signed=True)}{n}: {verdict(est, metric, contrast)}")
-        if est.significant(metric, contrast):
-            outcome["shown"].append(f"{metric.label} {direction(iv)}")
-        elif iv.significant:
-            outcome["unadjusted"].append(f"{metric.label} {direction(iv)}")
-        elif iv.has_ci:
-            outcome["nothing"].append(metric.label)
+        decided = [a for a in answers.get((effect.key, metric.column), []) if a.family != "exploratory"]
+        if decided:
+            words = "; ".join(f"{a.family} {a.test} test: {decision_words(a)}" for a in decided)
+        elif metric.column in DERIVED_METRICS:
+            words = f"not tested (an exact function of {DERIVED_METRICS[metric.column]})"
         else:
-            outcome["untested"].append(metric.label)
-    return items, outcome
+            words = "exploratory: " + exploratory_words(iv, est)
+        diagnostic = est.neuron_sampling(metric, effect.contrast)
+        if diagnostic is not None:
+            share = ("" if diagnostic.neuron_share is None else
+                     f", {100 * diagnostic.neuron_share:.0f}% of the seed-to-seed variance from neuron sampling")
+            words += (f"; hierarchical bootstrap [{metric.fmt(diagnostic.low, True)}, "
+                      f"{metric.fmt(diagnostic.high, True)}]{share}")
+        items.append(f"{metric.label}: {fmt_interval(iv, metric, signed=True)}{n}: {words}")
+    return items
 
 
-def summary_line(outcome: dict[str, list[str]]) -> str:
-    shown, nothing, untested = outcome["shown"], outcome["nothing"], outcome["untested"]
-    text = "The data show: " + ("; ".join(shown) if shown else "no significant effect on any tested metric") + "."
-    if outcome["unadjusted"]:
-        text += (" Significant before but not after the Holm adjustment (suggestive only): "
-                 + "; ".join(outcome["unadjusted"]) + ".")
-    if nothing:
-        text += " They show nothing (CI includes 0) for: " + ", ".join(nothing) + "."
-    if untested:
-        text += " Not tested (no interval, too few seeds): " + ", ".join(untested) + "."
-    return text
-
-
-EFFECT_SECTIONS = (("main", "Main effects"), ("slope", "Slopes per doubling"),
+EFFECT_SECTIONS = (("main", "Main effects"), ("slope", "Slopes per doubling"), ("curvature", "Curvatures"),
                    ("interaction", "Two-factor interactions"), ("arm", "Arms against the reference"))
 
 
-def effects_section(est: Estimator, effects: list[Effect]) -> list[Block]:
-    """Every contrast of the family, grouped by kind and, for main effects and slopes, by factor."""
+def effects_section(est: Estimator, effects: list[Effect], answers: list[Answer]) -> list[Block]:
+    """Every contrast, grouped by kind: raw intervals (declared answers with their decisions)."""
     metrics = measured_metrics(est)
-    blocks: list[Block] = [Heading(2, "Effects")]
+    by_key: dict[tuple[str, str], list[Answer]] = {}
+    for a in answers:
+        by_key.setdefault((a.effect.key, a.metric.column), []).append(a)
+    blocks: list[Block] = [Heading(2, "Effects"), Paragraph(
+        f"Every contrast of the design on every metric, with its raw {pct(est.confidence)} interval over seeds. "
+        f"Only the declared answers (above) are decisions; the rest is exploratory.")]
     if not effects:
         blocks.append(Paragraph("The sweep has a single condition: nothing to compare."))
+    estimable = [e for e in effects if any(est.estimate(m, e.contrast).estimate is not None for m in metrics)]
     for kind, title in EFFECT_SECTIONS:
-        chosen = [e for e in effects if e.kind == kind]
+        chosen = [e for e in estimable if e.kind == kind]
         if not chosen:
             continue
         blocks.append(Heading(3, title))
         for effect in chosen:
-            items, outcome = effect_items(est, effect.contrast, metrics)
-            blocks += [Heading(4, effect.title), Paragraph(f"{effect.description}, paired by seed:"),
-                       Bullets(items), Paragraph(summary_line(outcome))]
+            blocks += [Heading(4, effect.title), Paragraph(f"{effect.description}, paired by seed (`{effect.key}`):"),
+                       Bullets(effect_items(est, effect, metrics, by_key))]
+    if len(estimable) < len(effects):
+        blocks.append(Paragraph("No estimate yet (no seed has a run of every condition in it): "
+                                + "; ".join(e.title for e in effects if e not in estimable) + "."))
     if not est.runs(est.sweep.reference):
         blocks.append(Paragraph(f"The reference condition {est.sweep.reference.name} has no runs: no contrast with "
                                 f"it can be estimated."))
     return blocks
+
+
+def matched_loss_section(est: Estimator, points: list[TrackPoint]) -> list[Block]:
+    """GPT against CRATE at matched val loss (descriptive): only where a GPT arm meets a CRATE reference and the
+    sweep tracked points along training."""
+    gpt = gpt_condition(est.sweep)
+    interp = [m for m in measured_metrics(est) if m.protocol]
+    if gpt is None or len(points) < 2 or not interp:
+        return []
+    reference = est.sweep.reference
+    rows = []
+    for metric in interp:
+        at_ref, at_gpt = matched_loss(points, gpt, reference, metric, SEED_METRICS[0], est.confidence)
+        rows.append([metric.label, fmt_interval(at_ref, metric, signed=True) + (f" (n={at_ref.n})" if at_ref.n else ""),
+                     fmt_interval(at_gpt, metric, signed=True) + (f" (n={at_gpt.n})" if at_gpt.n else "")])
+    return [Heading(2, "GPT against CRATE at matched loss"), Paragraph(
+        f"Descriptive, not a test: {gpt.name} minus {reference.name} on interpretability where both have the same "
+        f"val loss, per seed, interpolated linearly in val loss between tracked points (no extrapolation: a seed "
+        f"counts only where the loss to match lies within the other's tracked range). Left: {gpt.name} at the val "
+        f"loss {reference.name} ends at, minus {reference.name} at its end. Right: {gpt.name} at its end, minus "
+        f"{reference.name} at that loss. Raw {pct(est.confidence)} t intervals over seeds."),
+        Table(["metric", f"at {reference.name}'s final loss", f"at {gpt.name}'s final loss"], rows,
+              "Interpretability difference at matched val loss")]
 
 
 # ---------------------------------------------------------------- per condition
@@ -434,8 +533,9 @@ def per_condition(est: Estimator) -> list[Block]:
 
 # ---------------------------------------------------------------- the paper
 
-def paper_section(est: Estimator, reference: Condition) -> list[Block]:
-    """Only where the sweep has a GPT arm against a CRATE reference (the paper's comparison)."""
+def paper_section(est: Estimator, reference: Condition, answers: list[Answer]) -> list[Block]:
+    """Only where the sweep has a GPT arm against a CRATE reference (the paper's comparison). A direction is
+    claimed only where the sweep declared the GPT arm's difference on that metric and decided it."""
     sweep = est.sweep
     depth = n_layers(sweep)
     row = depth if depth in PAPER else 2
@@ -458,26 +558,25 @@ def paper_section(est: Estimator, reference: Condition) -> list[Block]:
         paper_crate, paper_gpt = PAPER[row][metric.protocol or metric.column]
         ours = [est.estimate(metric, mean_of(c)) if c and est.runs(c) else None for c in (reference, gpt)]
         diff = est.estimate(metric, difference(reference, gpt)) if all(ours) else None
-        significant = est.significant(metric, difference(reference, gpt)) if diff else None
+        decided = next((a for a in answers if a.effect.key == gpt.name and a.metric.column == metric.column
+                        and a.test == "difference" and a.family != "exploratory"), None)
         rows.append([metric.label, f"{paper_crate:g}", f"{paper_gpt:g}", f"{paper_crate - paper_gpt:+.2f}",
                      fmt_interval(ours[0], metric) if ours[0] else "n/a",
                      fmt_interval(ours[1], metric) if ours[1] else "n/a",
                      fmt_interval(diff, metric, signed=True) if diff else "n/a",
-                     agreement(paper_crate - paper_gpt, diff, significant)])
+                     agreement(paper_crate - paper_gpt, decided)])
     return blocks + [Table(["quantity", "paper CRATE", "paper GPT", "paper CRATE − GPT", f"ours {reference.name}",
                             f"ours {gpt.name}", f"ours CRATE − GPT [{pct(est.confidence)} CI]", "direction"], rows,
                            numeric={1, 2, 3, 4, 5, 6})]
 
 
-def agreement(paper_difference: float, ours: Interval | None, significant: bool | None) -> str:
-    if ours is None or ours.estimate is None:
-        return "n/a"
-    if not significant:
-        if not ours.has_ci:
-            return "undecided: no CI"
-        return ("undecided: not significant after the Holm adjustment (the raw CI excludes 0)" if ours.significant
-                else "undecided: our CI includes 0")
-    same = (ours.estimate > 0) == (paper_difference > 0)
+def agreement(paper_difference: float, answer: Answer | None) -> str:
+    """Our decided direction against the paper's; the answer is GPT − CRATE, the paper's difference CRATE − GPT."""
+    if answer is None:
+        return "undecided: exploratory (not a declared question)"
+    if answer.decision != DIFFERS:
+        return f"undecided: {answer.decision}"
+    same = (-answer.estimate > 0) == (paper_difference > 0)
     return "same as the paper" if same else "opposite to the paper"
 
 
@@ -548,21 +647,30 @@ def runs_section(est: Estimator) -> list[Block]:
 
 # ---------------------------------------------------------------- entry point
 
-def build(est: Estimator, plots_dir: Path, generated: datetime, points: list[TrackPoint] = ()) -> list[Block]:
-    """The report's blocks; ``points``: the sweep at each tracked point of training (read_track_points)."""
+def build(est: Estimator, plots_dir: Path, generated: datetime, points: list[TrackPoint] = (),
+          ) -> tuple[list[Block], list[Answer]]:
+    """The report's blocks and the answers of answers.csv; ``points``: the sweep at each tracked point of training
+    (read_track_points)."""
     reference = est.sweep.reference
+    design = est.sweep.design
+    opening = [Heading(1, TITLE), Paragraph(f"Generated {generated:%Y-%m-%d %H:%M} UTC from {est.sweep.out_dir}.")]
     if not est.sweep.runs:
-        return header(est, reference, generated) + [Paragraph(f"{RESULTS} lists no finished run yet: nothing to "
-                                                              f"report.")]
+        return opening + header(est, reference) + [Paragraph(f"{RESULTS} lists no finished run yet: nothing to "
+                                                             f"report.")], []
     plots_dir.mkdir(parents=True, exist_ok=True)
     for stale in plots_dir.glob("*.png"):  # a figure from an earlier report (or design) must not survive
         stale.unlink()
-    effects = design_effects(est.sweep)
-    est.set_family([effect.contrast for effect in effects], measured_metrics(est))
-    along, along_plots = track_section(est, effects, list(points), plots_dir)
-    return (header(est, reference, generated) + methods(est) + along + effects_section(est, effects)
-            + per_condition(est) + paper_section(est, reference) + per_layer(est)
-            + figures(est, plots_dir, along_plots) + runs_section(est))
+    effects = design_effects(design)
+    answers = answer_questions(est, effects, design.questions, measured_metrics(est))
+    margins = {(a.effect.key, a.metric.column): a.margin for a in answers
+               if a.family != "exploratory" and a.margin is not None}
+    along, along_plots, tracked = track_section(est, effects, list(points), plots_dir, margins)
+    schedule = next((r.train.get("schedule", "cosine") for r in est.sweep.runs if r.train), None)
+    blocks = (opening + answers_section(answers, tracked, design.questions) + header(est, reference)
+              + methods(est, design.questions, schedule) + along + matched_loss_section(est, list(points))
+              + effects_section(est, effects, answers) + per_condition(est) + paper_section(est, reference, answers)
+              + per_layer(est) + figures(est, plots_dir, along_plots) + runs_section(est))
+    return blocks, answers
 
 
 def write_report(out_dir: Path, design: SweepConfig, confidence: float = 0.95, seed: int = 0,
@@ -573,8 +681,9 @@ def write_report(out_dir: Path, design: SweepConfig, confidence: float = 0.95, s
     out_dir = Path(out_dir)
     sweep = read_sweep_results(out_dir, design)
     est = Estimator(sweep, confidence=confidence, seed=seed, n_boot=n_boot)
-    blocks = build(est, out_dir / PLOTS, datetime.now(timezone.utc), read_track_points(out_dir, design))
+    blocks, answers = build(est, out_dir / PLOTS, datetime.now(timezone.utc), read_track_points(out_dir, design))
     # atomically: a full disk leaves the previous report whole
+    write_answers(out_dir, answers)
     write_text(out_dir / REPORT_MD, to_markdown(blocks))
     write_text(out_dir / REPORT_HTML, to_html(TITLE, blocks))
     return out_dir / REPORT_MD
