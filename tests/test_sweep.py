@@ -74,6 +74,28 @@ def test_a_sweep_folder_from_before_sweep_track_resumes_only_without_it(tmp_path
         check_sweep_unchanged(*load_sweep_config(CONFIG, smoke=True), tmp_path)
 
 
+def test_a_sweep_folder_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """model.bias and train.schedule were added after sweep folders existed: a sweep.toml without them means
+    their defaults (the behaviour then), so it resumes with them and refuses another value, naming it."""
+    base, sweep = load_sweep_config(CONFIG, ["sweep.track=[]", "train.schedule=\"cosine\""], smoke=True)
+    save_sweep(base, sweep, tmp_path)
+    text = (tmp_path / "sweep.toml").read_text()
+    older = text.replace("bias = true\n", "").replace('schedule = "cosine"\n', "").replace("cooldown = 0.2\n", "")
+    assert "bias" not in older and "schedule" not in older
+    (tmp_path / "sweep.toml").write_text(older)
+    check_sweep_unchanged(base, sweep, tmp_path)
+    with pytest.raises(CratelabError, match="train.schedule 'cosine' -> 'wsd'"):
+        check_sweep_unchanged(*load_sweep_config(CONFIG, ["sweep.track=[]"], smoke=True), tmp_path)
+
+
+def test_declared_questions_may_change_on_a_rerun(tmp_path):
+    """[sweep.questions] is read by the report alone: changing it computes nothing new."""
+    base, sweep = load_sweep_config(CONFIG, smoke=True)
+    save_sweep(base, sweep, tmp_path)
+    check_sweep_unchanged(*load_sweep_config(CONFIG, ["sweep.questions.alpha=0.01", "sweep.questions.secondary=[]"],
+                                             smoke=True), tmp_path)
+
+
 def test_smoke_shrinks_but_keeps_every_condition():
     base, sweep = load_sweep_config(CONFIG, smoke=True)
     runs = expand(base, sweep)

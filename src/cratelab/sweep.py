@@ -34,7 +34,7 @@ import tomli_w
 
 from . import layout
 from .config import (REFERENCE_ARM, Arm, ConfigError, RunConfig, SweepConfig, changed_settings, config_from_dict,
-                     level_text, read_toml)
+                     level_text, load_sweep_config, read_toml)
 from .errors import CratelabError
 from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, remove_tree, write_csv, write_json, write_text
@@ -413,9 +413,11 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
     if not path.is_file():
         return
     old, new = read_toml(path), sweep_values(base, sweep)
-    track = old.setdefault("sweep", {}).setdefault("track", [])  # a folder from before sweep.track tracked nothing
-    if isinstance(track, list) and all(isinstance(f, (int, float)) for f in track):
-        old["sweep"]["track"] = sorted(track)  # as sweep_from_dict orders it (older folders kept the file's order)
+    try:  # read as this version reads it: a setting added since then compares as its default (its old behaviour)
+        old_base, old_sweep = load_sweep_config(old)
+        old = sweep_values(old_base, old_sweep)
+    except ConfigError:
+        pass  # settings this version refuses: compared as written, so the changed ones are named
     diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors", "sweep.slurm",
                                                                                   "sweep.questions"))
     if set(old.get("sweep", {}).get("factors", {})) != set(sweep.factors):  # another factor renames every run
