@@ -252,6 +252,36 @@ def test_damaged_sae_weights_are_refused_by_name(tiny_runs, tiny_sae, tmp_path, 
     assert not (tmp_path / "interp").exists()
 
 
+def _edit_json(path, **changes):
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+FOLDER_DAMAGE = {  # another file of the SAE folder damaged: (how, the message)
+    "sae-json-garbage": (lambda f: (f / "sae.json").write_bytes(os.urandom(64)), "sae.json: not a valid JSON SAE"),
+    "sae-json-empty-object": (lambda f: (f / "sae.json").write_text("{}"), "sae.json: not a valid SAE description (no"),
+    "sae-json-layer": (lambda f: _edit_json(f / "sae.json", layer="x"), "('layer' is 'x', not an integer)"),
+    "sae-json-hook": (lambda f: _edit_json(f / "sae.json", hook=5), "('hook' is 5, not a string)"),
+    "cfg-json-garbage": (lambda f: (f / "cfg.json").write_bytes(os.urandom(64)), ": cannot load the SAE ("),
+    "cfg-json-empty-object": (lambda f: (f / "cfg.json").write_text("{}"), ": cannot load the SAE (KeyError"),
+    "cfg-json-list": (lambda f: (f / "cfg.json").write_text("[1]"), ": cannot load the SAE (TypeError"),
+}
+
+
+@pytest.mark.parametrize("damage", FOLDER_DAMAGE)
+@pytest.mark.parametrize("command", ["interpret", "sae"])
+def test_other_damaged_sae_files_are_one_line(tiny_runs, tiny_sae, tmp_path, capsys, damage, command):
+    """Issue 27: every file of an SAE folder damaged; a sae.json layer that is not a number was a traceback."""
+    import shutil
+
+    folder = tmp_path / "sae"
+    shutil.copytree(tiny_sae, folder)
+    how, message = FOLDER_DAMAGE[damage]
+    how(folder)
+    argv = (["interpret", folder, "--out", tmp_path / "interp", "--neurons", "2", "--tokens", "1024"]
+            if command == "interpret" else ["sae", tiny_runs["gpt"], "--hook", HOOK, "--out", folder, *SMALL])
+    _refused(argv, capsys, message)
+
+
 def test_an_sae_rerun_with_other_settings_names_each_changed_field(tiny_runs, tiny_sae, capsys):
     """Issue 27: the message printed the whole settings dict."""
     _refused(["sae", tiny_runs["gpt"], "--hook", HOOK, "--out", tiny_sae, *SMALL, "--set", "sae.lr=0.001",

@@ -10,8 +10,8 @@ import torch
 
 from ..errors import CratelabError
 from ..interp.source import ActivationSource
-from ..io import read_json_object, sha256_file
-from .train import SAE_JSON, SAELENS_FILES, WEIGHTS_SHA256, is_sae_folder, require_sae_lens
+from ..io import sha256_file
+from .train import SAE_JSON, SAELENS_FILES, WEIGHTS_SHA256, is_sae_folder, read_sae_json, require_sae_lens
 
 
 @dataclass
@@ -34,7 +34,7 @@ def load_sae_folder(path: str | Path) -> SAEFolder:
     if not is_sae_folder(path):
         what = "unfinished (rerun `cratelab sae` to resume it)" if (path / SAE_JSON).is_file() else "not an SAE folder"
         raise CratelabError(f"{path}: {what}: expected sae.json and cfg.json from `cratelab sae`")
-    meta = read_json_object(path / SAE_JSON, what="SAE description", keys=("run", "checkpoint_sha256", "hook", "layer"))
+    meta = read_sae_json(path)
     weights = path / SAELENS_FILES[0]
     if not weights.is_file():
         raise CratelabError(f"{weights}: missing; rerun `cratelab sae` with --fresh to train the SAE again")

@@ -141,8 +141,24 @@ def check_sae_out(out: Path) -> None:
                 raise CratelabError(f"{out} holds {name} but no {SAE_JSON}: not an SAE folder; use another --out")
 
 
+# sae.json's fields and their types (_identity writes them)
+SAE_JSON_FIELDS = {"run": (str, "a string"), "checkpoint_sha256": (str, "a string"), "hook": (str, "a string"),
+                   "layer": (int, "an integer"), "sae": (dict, "an object")}
+
+
+def read_sae_json(folder: Path) -> dict[str, Any]:
+    """A folder's sae.json, checked to hold the fields _identity writes; a damaged one is one error naming it."""
+    path = folder / SAE_JSON
+    meta = read_json_object(path, what="SAE description", keys=tuple(SAE_JSON_FIELDS))
+    for key, (kind, what) in SAE_JSON_FIELDS.items():
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise CratelabError(f"{path}: not a valid SAE description ({key!r} is {meta[key]!r}, not {what}); "
+                                "rerun `cratelab sae` with --fresh")
+    return meta
+
+
 def _check_identity(out: Path, identity: dict[str, Any]) -> None:
-    old = read_json_object(out / SAE_JSON, what="SAE description")
+    old = read_sae_json(out)
     keys = ("checkpoint_sha256", "hook", "sae")
     diffs = changed_settings({k: old.get(k) for k in keys}, {k: identity[k] for k in keys})
     if diffs:
@@ -165,7 +181,7 @@ def _export(out: Path, sae) -> None:
         sae.save_inference_model(tmp)
         weights, cfg = (Path(tmp) / name for name in SAELENS_FILES)
         write_bytes(out / SAELENS_FILES[0], weights.read_bytes())
-        meta = read_json_object(out / SAE_JSON, what="SAE description")
+        meta = read_sae_json(out)
         write_json(out / SAE_JSON, meta | {WEIGHTS_SHA256: sha256_file(weights)})
         write_bytes(out / SAELENS_FILES[1], cfg.read_bytes())
 
