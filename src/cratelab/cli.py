@@ -244,9 +244,10 @@ def cmd_ablate(args) -> None:
     if args.launcher is not None:
         args.overrides.append(f"sweep.launcher={json.dumps(args.launcher)}")
     base, sweep = load_sweep_config(args.config, args.overrides, smoke=args.smoke)
+    runs = expand(base, sweep)  # every condition's settings first: a bad level is named, not an effect it removes
     check_questions(sweep)  # the declared questions name effects of this design, before anything runs
     if args.print_commands:
-        print_commands(args.config, out, args.overrides, args.smoke, expand(base, sweep))
+        print_commands(args.config, out, args.overrides, args.smoke, runs)
         return
     if args.dry_run:
         if sweep.launcher != "slurm":
@@ -283,8 +284,9 @@ def cmd_report(args) -> None:
         base, sweep = load_sweep_config(sweep_file)
     except ConfigError as err:
         raise ConfigError("", f"{sweep_file}: {err}") from None
+    runs = expand(base, sweep)
     check_questions(sweep)
-    collect_results(out, sweep, expand(base, sweep))
+    collect_results(out, sweep, runs)
     report = write_report(out, sweep)
     print(f"report: {report} (and {report.with_suffix('.html')})")
 
