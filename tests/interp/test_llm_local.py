@@ -97,3 +97,17 @@ def test_smollm2_explains_simulates_and_scores_planted_neurons(smollm2):
 def test_local_settings_are_checked():
     with pytest.raises(CratelabError, match="interp.backend.dtype: must be one of"):
         make_backend("local:model.gguf", dtype="int4")
+
+
+@pytest.mark.e2e
+def test_smollm2_explanations_stop_at_the_end_of_their_first_line(smollm2):
+    """SmolLM2 goes on for 150 tokens of copied prompt lines after its first line; only that line is the
+    explanation, so generation stops there (and a cut at 40 tokens came mid-sentence: the default is 60)."""
+    explainer, _ = smollm2
+    tokens, acts = planted_stream(n_rows=8, length=64)
+    records = build_records(tokens, acts, eot_token=EOT, config=RecordConfig(window=10, short_window=8, snippet=3))
+    messages = explainer.prompts.explanation_messages(records.neuron(NEURONS.index("cat")).top[:3])
+    answer = explainer.llm.chat(messages, 150, first_line=True)
+    assert len(answer.strip().splitlines()) == 1, answer
+    assert len(explainer.llm.tokenizer.encode(answer, add_special_tokens=False)) < 150
+    assert BackendConfig().max_explanation_tokens == 60

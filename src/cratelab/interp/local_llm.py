@@ -93,7 +93,7 @@ class LocalLLM:
         start = inputs["input_ids"].shape[1]
 
         def line_done(input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-            done = "\n" in self.tokenizer.decode(input_ids[0, start:], skip_special_tokens=True).strip()
+            done = "\n" in self.tokenizer.decode(input_ids[0, start:], skip_special_tokens=True).lstrip()
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
         with self._lock, torch.inference_mode():
