@@ -443,6 +443,21 @@ def test_a_full_disk_names_the_file_the_user_asked_for_never_a_temporary(cache, 
     assert ".tmp" not in message
 
 
+def test_a_full_disk_while_sae_saves_its_state_is_one_line(cache, checkpoint, tmp_path, mountable):
+    """SAELens writes through safetensors, whose full-disk error is not an OSError: it was a traceback."""
+    pytest.importorskip("sae_lens")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    sae = command("sae", checkpoint, "--out", disk / "sae", "--set", "sae.device=cpu", "--set", "sae.threads=1",
+                  "--set", "sae.expansion_factor=2", "--set", "sae.batch_size=64", "--set", "sae.buffer_tokens=256",
+                  "--set", "sae.eval_tokens=256", "--set", "sae.tokens=2048")
+    # room for sae.json and the first lines of metrics.jsonl, not for the SAE's weights (1 MB at this size)
+    proc = subprocess.run(own_mounts('mount -t tmpfs -o size=24k tmpfs "$1" && shift && exec "$@"', disk, *sae),
+                          capture_output=True, text=True, timeout=600, env=environment(cache))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {disk / 'sae' / 'state'}: No space left on device"
+
+
 # ---------------------------------------------------------------- no network
 
 SITECUSTOMIZE = textwrap.dedent('''

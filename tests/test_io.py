@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cratelab.errors import CratelabError
@@ -162,9 +163,18 @@ def _build_a_folder_with_a_file_that_cannot_be_created(tmp_path):
         (tmp / "records" / "tokens.bin").write_bytes(b"x")
 
 
+def _save_safetensors_onto_a_folder(tmp_path):
+    from safetensors.numpy import save_file
+
+    with building_folder(tmp_path / "state") as tmp:  # as SAELens saves an SAE's state
+        (tmp / "sae_weights.safetensors").mkdir()
+        save_file({"w": np.zeros(2, dtype=np.float32)}, tmp / "sae_weights.safetensors")  # a SafetensorError
+
+
 @pytest.mark.parametrize("write, path, reason", [
     (_write_onto_a_folder, "eval.json", "Is a directory"),
     (_build_a_folder_with_a_file_that_cannot_be_created, "layer0/records/tokens.bin", "Not a directory"),
+    (_save_safetensors_onto_a_folder, "state", "Is a directory"),  # the library names no file: the folder
 ])
 def test_a_failed_write_names_the_destination_never_a_temporary(tmp_path, write, path, reason):
     with pytest.raises(OSError) as err:

@@ -6,7 +6,8 @@ The rules every writer here follows:
   the same folder and renamed (rename is atomic on POSIX and Windows).
 - A JSON-lines file only ever gains whole lines; a line cut short by a crash is dropped when read.
 - Every OSError names the path the caller asked for (never a temporary file), so the CLI can report it
-  as "PATH: reason" in one line.
+  as "PATH: reason" in one line; an OS error that a library reports in an exception of its own (torch.save,
+  safetensors) is raised as an OSError too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -60,6 +62,16 @@ def describe_os_error(err: OSError, where: str | Path | None = None) -> str:
         path = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
         return f"{path}: {reason}"
     return f"{where}: {reason}" if where else reason
+
+
+# how libraries written in Rust (safetensors, tokenizers) report an OS error, in an exception of their own
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def reported_os_error(err: BaseException) -> OSError | None:
+    """The OS error (a full disk...) that a library reported as an exception of another type, else None."""
+    found = _RUST_OS_ERROR.search(str(err)) if not isinstance(err, OSError) else None
+    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else None
 
 
 class _WriteErrors:
@@ -188,6 +200,11 @@ def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterat
         _fsync_folder(final.parent)
     except OSError as err:
         raise name_path(err, final, replace=[tmp])
+    except Exception as err:
+        reported = reported_os_error(err)  # SAELens saves its files through safetensors: a full disk is one of these
+        if reported is None:
+            raise
+        raise name_path(reported, final) from None
     finally:
         with suppress(OSError):  # only our own temporary: the error that stopped the build is the one to report
             remove_tree(tmp)
