@@ -176,7 +176,8 @@ def cratelab(*args, cwd=None):
     # refused before the records are built, so nothing is left that blocks the corrected command
     (["--method", "local:model.gguf", "--set", "interp.backend.simulation=json"],
      "interp.backend.simulation: 'json' needs an endpoint (openai:MODEL); a local model (local:model.gguf)"),
-    (["--method", "local:nothing/model.gguf"], "no model directory or .gguf file at nothing/model.gguf"),
+    (["--method", "local:nothing/model.gguf", "--set", "interp.records.window=16"],
+     "no model directory or .gguf file at nothing/model.gguf"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(checkpoint, tmp_path, args, message):
     proc = cratelab("interpret", checkpoint, "--out", tmp_path / "out", *args)
@@ -377,3 +378,14 @@ def test_a_run_trained_under_another_cache_finds_its_data(tmp_path, monkeypatch)
             f"(the run was trained with the data cache {trained_cache}, which is not there; this looked in "
             f"{now_cache}: set CRATELAB_CACHE or --set data.cache_dir=PATH to the cache the run was trained with)")):
         interpret(ckpt, tmp_path / "interp2", icfg, progress=False)
+
+
+def test_a_finished_folder_reruns_without_its_backend(checkpoint, tmp_path):
+    """Rewriting the summary and cards of a finished LLM run needs neither its model nor its key."""
+    out = tmp_path / "run"
+    icfg = dataclasses.replace(ICFG, neurons=2, protocols="anthropic", cards=False)
+    interpret(checkpoint, out, icfg, progress=False)
+    identity = json.loads((out / "run.json").read_text())
+    identity["interp"]["method"] = "local:gone/model.gguf"  # as if it was scored by a model since moved
+    (out / "run.json").write_text(json.dumps(identity))
+    interpret(checkpoint, out, dataclasses.replace(icfg, method="local:gone/model.gguf"), progress=False)

@@ -363,7 +363,6 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     icfg = icfg if icfg is not None else ckpt.config.interp
     icfg.validate()
-    check_backend(icfg.method, icfg.backend)  # a missing local model is found before the records are built
     log_lines = progress is None and not sys.stderr.isatty()
     progress = sys.stderr.isatty() if progress is None else progress
     set_threads(icfg.threads, "interp.threads")
@@ -372,6 +371,10 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     layers = icfg.layer_list(mcfg.n_layer)
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)
+    if not (out / SCORES).is_file():
+        # nothing scored yet, so the backend must start: a missing local model or key is found before any folder or
+        # record is made (a folder with scores has its records, and a finished one needs no backend)
+        check_backend(icfg.method, icfg.backend)
     with folder_lock(out):  # a second process on the folder would score the same neurons into it
         return _interpret_in(out, ckpt, icfg, layers, protocols, progress, log_lines, source, retry_failed)
 
