@@ -354,3 +354,24 @@ def test_an_sae_arm_refuses_its_damaged_sae_by_name(gpt_run, sae_dir, tmp_path):
     with pytest.raises(CratelabError, match=f"^{weights}: damaged"):
         run_sae_arm(run_dir, gpt_run.path, {}, gpt_run.config, CFG, {"name": "gpt-sae-s0"})
     assert not (run_dir / "result.json").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("sae.expansion_factor=100000000", "sae.expansion_factor: SAE matrices of 64 x 6,400,000,000 need at least"),
+    ("sae.d_sae=1000000000000", "sae.d_sae: SAE matrices of 64 x 1,000,000,000,000 need at least"),
+    ("sae.buffer_tokens=1000000000000000", "sae.buffer_tokens: 1,000,000,000,000,000 buffered activations of 64 "),
+])
+def test_an_sae_larger_than_the_machine_is_refused_before_anything_is_written(gpt_run, tmp_path, capsys, setting,
+                                                                             message):
+    """Issue 27 (extreme arguments): a huge SAE failed with out of memory, blaming train.batch_size, after its
+    sae.json was written."""
+    out = tmp_path / "sae"
+    _refused(["sae", gpt_run.path, "--hook", HOOK, "--out", out, *SMALL, "--set", "sae.tokens=1000000000000000",
+              "--set", setting], capsys, message)
+    assert [p.name for p in out.iterdir()] == [".cratelab.lock"]
+
+
+def test_an_sae_seed_torch_would_take_for_another_is_refused(gpt_run, tmp_path, capsys):
+    """Issue 27: torch keeps 32 bits of a seed, so sae.seed 2^32 trained the SAE of seed 0."""
+    _refused(["sae", gpt_run.path, "--hook", HOOK, "--out", tmp_path / "sae", *SMALL, "--set", "sae.seed=4294967296"],
+             capsys, "sae.seed: must be in [0, 4294967295]")

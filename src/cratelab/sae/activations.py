@@ -56,7 +56,8 @@ def hook_activations(model: LanguageModel, hook: str, idx: torch.Tensor) -> torc
 
 def d_in(model: LanguageModel, hook: str) -> int:
     check_hook(model, hook)
-    return hook_activations(model, hook, torch.zeros(1, 1, dtype=torch.long)).shape[-1]
+    device = next(model.parameters()).device  # the model may be on a GPU already (an SAE arm's next layer)
+    return hook_activations(model, hook, torch.zeros(1, 1, dtype=torch.long, device=device)).shape[-1]
 
 
 class ActivationBuffer:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, apply_overrides, read_toml, section_from_dict
-from ..runtime import DEVICE_HELP, is_device_name
+from ..config import require_seed
+from ..runtime import DEVICE_HELP, is_device_name, require_memory
 
 ARCHITECTURES = ("relu", "topk")  # ReLU + L1 (the paper's), TopK (the current standard)
 
@@ -47,8 +48,9 @@ class SAEConfig:
                      "dead_feature_window", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(p + name, f"must be >= 1, got {getattr(self, name)}")
+        require_seed(self.seed, p + "seed")  # torch keeps 32 bits of it: 2^32 would train as 0
         for name in ("d_sae", "l1_warm_up_steps", "lr_warm_up_steps", "lr_decay_steps", "resample_every",
-                     "checkpoint_every", "seed", "threads"):
+                     "checkpoint_every", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(p + name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("l1_coefficient", "aux_loss_coefficient"):
@@ -67,6 +69,17 @@ class SAEConfig:
     def width(self, d_in: int) -> int:
         """d_sae for an input of d_in dimensions."""
         return self.d_sae or self.expansion_factor * d_in
+
+    def check_fits_in_memory(self, d_in: int, window: int, prefix: str = "sae") -> None:
+        """Refuse, before anything runs, an SAE whose training needs more than this machine's memory: its two
+        float32 matrices four times over (weights, gradients, Adam's two moments), and the activation buffer
+        (float32 activations, copied once when shuffled, and their int64 order)."""
+        width = self.width(d_in)
+        require_memory(4 * 4 * 2 * d_in * width, f"{prefix}.{'d_sae' if self.d_sae else 'expansion_factor'}",
+                       f"SAE matrices of {d_in:,} x {width:,}", "their weights, gradients and Adam moments")
+        activations = -(-self.buffer_tokens // window) * window
+        require_memory((2 * 4 * d_in + 8) * activations, f"{prefix}.buffer_tokens",
+                       f"{activations:,} buffered activations of {d_in:,} dimensions", "the shuffled buffer")
 
     @property
     def steps(self) -> int:

@@ -260,6 +260,8 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
     check_sae_out(out)
     progress = sys.stderr.isatty() if progress is None else progress
     check_hook(ckpt.model, hook)
+    width = d_in(ckpt.model, hook)
+    cfg.check_fits_in_memory(width, ckpt.config.model.block_size)
     # before anything runs, finished or not: what follows (the caller's evaluation too) runs on these threads,
     # never on those the process last set (an SAE arm after another run)
     set_threads(cfg.threads, "sae.threads")
@@ -279,7 +281,6 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
     device = resolve_device(cfg.device, setting="sae.device")
     model = ckpt.model.eval().to(device)
     dataset = prepare_dataset(ckpt.config.data, progress=progress)
-    width = d_in(model, hook)
     sae = training_sae(cfg, width, hook=hook, model_name=ckpt.path.name, context_size=ckpt.config.model.block_size,
                        device=device)
     data = ActivationBuffer(model, hook, dataset.train, batch_size=cfg.batch_size, buffer_tokens=cfg.buffer_tokens,
