@@ -443,16 +443,17 @@ def test_a_full_disk_names_the_file_the_user_asked_for_never_a_temporary(cache, 
     assert ".tmp" not in message
 
 
-def test_a_full_disk_while_sae_saves_its_state_is_one_line(cache, checkpoint, tmp_path, mountable):
-    """SAELens writes through safetensors, whose full-disk error is not an OSError: it was a traceback."""
+@pytest.mark.parametrize("size", ["24k", "2m"])
+def test_a_full_disk_while_sae_saves_its_state_is_one_line(cache, checkpoint, tmp_path, mountable, size):
+    """SAELens writes its state through safetensors (24k: the weights do not fit) and torch.save (2m: the
+    optimizer's state does not), whose full-disk errors are not OSErrors: both were tracebacks."""
     pytest.importorskip("sae_lens")
     disk = tmp_path / "disk"
     disk.mkdir()
     sae = command("sae", checkpoint, "--out", disk / "sae", "--set", "sae.device=cpu", "--set", "sae.threads=1",
                   "--set", "sae.expansion_factor=2", "--set", "sae.batch_size=64", "--set", "sae.buffer_tokens=256",
                   "--set", "sae.eval_tokens=256", "--set", "sae.tokens=2048")
-    # room for sae.json and the first lines of metrics.jsonl, not for the SAE's weights (1 MB at this size)
-    proc = subprocess.run(own_mounts('mount -t tmpfs -o size=24k tmpfs "$1" && shift && exec "$@"', disk, *sae),
+    proc = subprocess.run(own_mounts(f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"', disk, *sae),
                           capture_output=True, text=True, timeout=600, env=environment(cache))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {disk / 'sae' / 'state'}: No space left on device"
@@ -538,3 +539,24 @@ def test_a_second_sae_on_a_busy_folder_is_refused_and_a_kill_9_leaves_no_lock(ca
     assert logged == sorted(set(logged))  # one writer
     done = cratelab(*sae, "--set", "sae.tokens=2048", "--fresh", cache=cache)  # the stale lock file blocks nothing
     assert "CE loss recovered" in done.stdout and steps(out)[-1] == 2048 // 64
+
+
+def test_sigkill_during_sae_then_the_same_command_ends_as_an_uninterrupted_one(cache, checkpoint, tmp_path):
+    """Issue 27 (kill -9 at every stage): `cratelab sae` killed after a resumable checkpoint, then run again,
+    gives the uninterrupted run's SAE, log and evaluation."""
+    pytest.importorskip("sae_lens")
+    from safetensors.torch import load_file
+
+    sae = ["sae", checkpoint, "--hook", "blocks.0.ista.hook_post", "--set", "sae.device=cpu", "--set", "sae.threads=1",
+           "--set", "sae.expansion_factor=2", "--set", "sae.batch_size=64", "--set", "sae.buffer_tokens=256",
+           "--set", "sae.eval_tokens=256", "--set", f"sae.tokens={64 * 600}"]
+    cratelab(*sae, "--out", tmp_path / "whole", cache=cache)
+    out = tmp_path / "killed"
+    status, _ = run_until([*sae, "--out", out], cache, ready=lambda: len(steps(out)) >= 3, then=sigkill)
+    assert status == -signal.SIGKILL and not (out / "cfg.json").exists()
+    cratelab(*sae, "--out", out, cache=cache)
+    whole, resumed = (load_file(folder / "sae_weights.safetensors") for folder in (tmp_path / "whole", out))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert steps(out) == steps(tmp_path / "whole")
+    evaluation = [json.loads((folder / "eval.json").read_text()) for folder in (tmp_path / "whole", out)]
+    assert evaluation[0] == evaluation[1]

@@ -13,6 +13,7 @@ The rules every writer here follows:
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -68,10 +69,18 @@ def describe_os_error(err: OSError, where: str | Path | None = None) -> str:
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def reported_os_error(err: BaseException) -> OSError | None:
-    """The OS error (a full disk...) that a library reported as an exception of another type, else None."""
-    found = _RUST_OS_ERROR.search(str(err)) if not isinstance(err, OSError) else None
-    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else None
+def reported_os_error(err: BaseException, folder: Path) -> OSError | None:
+    """The OS error that a library writing into ``folder`` reported as an exception of another type, else
+    None. torch.save to a path loses the reason ("basic_ios::clear: iostream error"): a failure while the
+    folder's file system has no space left is taken for what it almost surely is."""
+    if isinstance(err, OSError):
+        return None
+    found = _RUST_OS_ERROR.search(str(err))
+    if found:
+        return OSError(int(found[1]), os.strerror(int(found[1])))
+    if folder.is_dir() and shutil.disk_usage(folder).free == 0:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
 
 
 class _WriteErrors:
@@ -201,7 +210,7 @@ def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterat
     except OSError as err:
         raise name_path(err, final, replace=[tmp])
     except Exception as err:
-        reported = reported_os_error(err)  # SAELens saves its files through safetensors: a full disk is one of these
+        reported = reported_os_error(err, tmp)  # SAELens saves through safetensors and torch.save(path)
         if reported is None:
             raise
         raise name_path(reported, final) from None
