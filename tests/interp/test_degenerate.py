@@ -20,7 +20,7 @@ from .synthetic import EOT, planted_stream
 @pytest.mark.parametrize("explanation,kind", [
     ("", "empty"),
     ("  . ", "empty"),
-    ("no token pattern", "empty"),
+    ("no token pattern", ""),  # the token-pattern method's finding for a dead neuron
     (EXAMPLE_EXPLANATION, "prompt"),  # the prompt's worked example, copied
     ("Days of the week.", "prompt"),
     ("cat\t10", "prompt"),  # a line of the prompt's token<TAB>activation format
@@ -53,6 +53,7 @@ def test_one_explanation_for_most_neurons_is_generic_per_protocol():
     assert flag_degenerate([row(h, "words") for h in range(3)] + [row(3, " .")])[3]["degenerate"] == "empty"
     assert flag_degenerate([row(0, "")])[0]["degenerate"] == ""  # no explanation asked for (or it failed)
     assert {r["degenerate"] for r in flag_degenerate([row(0, "words"), row(1, "words")])} == {""}  # two: too few
+    assert {r["degenerate"] for r in flag_degenerate([row(h, "no token pattern") for h in range(5)])} == {""}
 
 
 class PlantedExplainer:

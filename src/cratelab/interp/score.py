@@ -152,7 +152,7 @@ FAILURES = {
 
 # why an explanation says nothing about its neuron (the row's `degenerate`; "" for none of these)
 DEGENERATE = {
-    "empty": "no explanation (or no token pattern)",
+    "empty": "a blank explanation",
     "prompt": f"a copy of the prompt: its worked example ({EXAMPLE_EXPLANATION!r}) or its token<TAB>activation "
               "lines and headings",
     "repetition": "a phrase repeated three times or more in a row, or the prompt's own prefix repeated",
@@ -164,9 +164,12 @@ GENERIC_MIN_NEURONS = 3  # "most" of two neurons says little
 
 
 def degenerate_reason(explanation: str) -> str:
-    """The DEGENERATE kind of one explanation on its own ("generic" needs the run's rows: flag_degenerate)."""
+    """The DEGENERATE kind of one explanation on its own ("generic" needs the run's rows: flag_degenerate).
+    The token-pattern method's NO_PATTERN is a finding (a dead or patternless neuron), never degenerate."""
     text = " ".join(explanation.split()).strip(" .").lower()
-    if not text or text == NO_PATTERN:
+    if text == NO_PATTERN:
+        return ""
+    if not text:
         return "empty"
     if text == EXAMPLE_EXPLANATION or _PROMPT_TEXT.search(explanation):
         return "prompt"
@@ -187,7 +190,7 @@ def flag_degenerate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = [{**row, "degenerate": degenerate_reason(str(row["explanation"])) if row.get("explanation") else ""}
            for row in rows]
     for protocol in {row["protocol"] for row in out}:
-        explained = [row for row in out if row["protocol"] == protocol and norm(row)]
+        explained = [row for row in out if row["protocol"] == protocol and norm(row) not in ("", NO_PATTERN)]
         counts = Counter(map(norm, explained))
         text, n = counts.most_common(1)[0] if counts else ("", 0)
         if n >= GENERIC_MIN_NEURONS and 2 * n > len(explained):
