@@ -181,3 +181,11 @@ def test_a_failed_write_names_the_destination_never_a_temporary(tmp_path, write,
         write(tmp_path)
     assert describe_os_error(err.value) == f"{tmp_path / path}: {reason}"
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # and no temporary is left
+
+
+def test_our_own_errors_inside_a_building_folder_stay_ours(tmp_path):
+    """Only a library's exception is read for an OS error: ours already say what is wrong."""
+    with pytest.raises(CratelabError, match=r"^x: damaged, says a library: No space left \(os error 28\)$"):
+        with building_folder(tmp_path / "layer0"):
+            raise CratelabError("x: damaged, says a library: No space left (os error 28)")
+    assert list(tmp_path.iterdir()) == []

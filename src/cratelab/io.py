@@ -73,7 +73,7 @@ def reported_os_error(err: BaseException, folder: Path) -> OSError | None:
     """The OS error that a library writing into ``folder`` reported as an exception of another type, else
     None. torch.save to a path loses the reason ("basic_ios::clear: iostream error"): a failure while the
     folder's file system has no space left is taken for what it almost surely is."""
-    if isinstance(err, OSError):
+    if isinstance(err, (OSError, CratelabError)):  # ours say what is wrong themselves
         return None
     found = _RUST_OS_ERROR.search(str(err))
     if found:
