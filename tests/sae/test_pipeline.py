@@ -51,15 +51,19 @@ def test_spliced_loss_between_clean_and_zero_ablated(gpt_run, sae_dir):
     assert saved["l0"] == pytest.approx(result["l0"])
 
 
-def test_resume_after_interruption_matches_uninterrupted(gpt_run, sae_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("saved", [True, False], ids=["after-the-checkpoint", "between-log-and-checkpoint"])
+def test_resume_after_interruption_matches_uninterrupted(gpt_run, sae_dir, tmp_path, monkeypatch, saved):
+    """Killed right after the second checkpoint, or after the metrics row of that step and before its
+    checkpoint (issue 27: that step was logged twice)."""
     from cratelab.sae import train as train_module
 
     out = tmp_path / "resumed"
     real_save, calls = train_module._save_state, []
 
-    def save_then_stop(*args):  # a kill right after the second checkpoint
-        real_save(*args)
+    def save_then_stop(*args):
         calls.append(1)
+        if len(calls) < 2 or saved:
+            real_save(*args)
         if len(calls) == 2:
             raise KeyboardInterrupt
 

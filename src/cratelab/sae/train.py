@@ -34,8 +34,8 @@ from .. import layout
 from ..checkpoint import Checkpoint, checkpoint_file
 from ..config import changed_settings
 from ..errors import CratelabError, unpickling_error
-from ..io import (JsonlAppender, building_folder, read_json_object, read_jsonl, remove_tree, sha256_file,
-                  write_bytes, write_json)
+from ..io import (JsonlAppender, building_folder, keep_jsonl, read_json_object, remove_tree, sha256_file, write_bytes,
+                  write_json)
 from ..runtime import resolve_device, set_threads
 from .activations import ActivationBuffer, check_hook, d_in, hook_layer
 from .config import SAEConfig
@@ -289,9 +289,11 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
     elapsed = 0.0
     if (out / STATE / "position.json").is_file():  # resume
         elapsed = _resume(out, sae, train, data, device)
+        # a kill between a row's logging and its checkpoint logged steps that are trained again now
+        done = train.n_training_steps
+        keep_jsonl(out / METRICS, lambda row: isinstance(row.get("step"), int) and row["step"] <= done)
     else:
         (out / METRICS).unlink(missing_ok=True)
-    read_jsonl(out / METRICS, repair=True)
     log = JsonlAppender(out / METRICS)
     try:
         fit_sae(train, cfg, iter(data), batches_per_refill=data.batches_per_refill, elapsed=elapsed, log=log.write,
