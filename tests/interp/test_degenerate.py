@@ -23,6 +23,7 @@ from .synthetic import EOT, planted_stream
     ("no token pattern", ""),  # the token-pattern method's finding for a dead neuron
     (EXAMPLE_EXPLANATION, "prompt"),  # the prompt's worked example, copied
     ("Days of the week.", "prompt"),
+    ("the number of days of the week", "prompt"),  # SmolLM2, for a neuron of a tiny CRATE
     ("cat\t10", "prompt"),  # a line of the prompt's token<TAB>activation format
     ("Same behavior, non-zero only:", "prompt"),
     ("<start>", "prompt"),

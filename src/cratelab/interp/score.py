@@ -153,8 +153,8 @@ FAILURES = {
 # why an explanation says nothing about its neuron (the row's `degenerate`; "" for none of these)
 DEGENERATE = {
     "empty": "a blank explanation",
-    "prompt": f"a copy of the prompt: its worked example ({EXAMPLE_EXPLANATION!r}) or its token<TAB>activation "
-              "lines and headings",
+    "prompt": f"a copy of the prompt: its worked example ({EXAMPLE_EXPLANATION!r}, alone or within) or its "
+              "token<TAB>activation lines and headings",
     "repetition": "a phrase repeated three times or more in a row, or the prompt's own prefix repeated",
     "generic": "the same explanation as most of the run's neurons under this protocol",
 }
@@ -171,7 +171,7 @@ def degenerate_reason(explanation: str) -> str:
         return ""
     if not text:
         return "empty"
-    if text == EXAMPLE_EXPLANATION or _PROMPT_TEXT.search(explanation):
+    if EXAMPLE_EXPLANATION in text or _PROMPT_TEXT.search(explanation):  # "the number of days of the week" too
         return "prompt"
     words = re.findall(r"\w+", text)
     for n in range(1, len(words) // 3 + 1):  # an n-word phrase three times in a row
