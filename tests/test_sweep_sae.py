@@ -14,7 +14,8 @@ from cratelab.sweep import check_sweep_unchanged, expand, print_commands, save_s
 from cratelab.sweep_sae import SAE_EVAL_KEYS, SPARSITY_KEYS
 
 CONFIG = "configs/seed-ablation-sae.toml"
-SMALL = ["sweep.seeds=[0]", "sweep.factors.model.ista_lambda=[0.1]", 'sweep.factors.model.qkv=["shared"]']
+SMALL = ["sweep.seeds=[0]", "sweep.factors.model.ista_lambda=[0.1]", 'sweep.factors.model.qkv=["shared"]',
+         "sweep.questions={}"]  # the seed ablation's questions are about effects these runs do not have
 TINY_SAE = ('sweep.arms=[{ name = "gpt-relu", set = { "model.arch" = "gpt" } }, { name = "gpt+sae", of = "gpt-relu", '
             'sae = { expansion_factor = 4, tokens = 4096, batch_size = 256, buffer_tokens = 2048, '
             'l1_coefficient = 1.0 } }]')

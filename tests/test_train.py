@@ -67,22 +67,23 @@ def test_wsd_holds_lr_then_decays_linearly_to_min_lr_on_the_budgets_last_step():
     assert [lr_at(s, cfg, 50) for s in range(40)] == lrs[:40] and lr_at(49, cfg, 50) == pytest.approx(0.1)
 
 
-def test_wsd_branches_start_after_the_warm_up():
+def test_wsd_branches_start_a_cooldown_share_before_their_budget():
     cfg = TrainConfig(warmup_steps=10, max_steps=100, schedule="wsd", cooldown=0.2)
     assert cooldown_branches([25, 50, 100], cfg) == {20: [25], 40: [50]}  # the end is the run itself
-    with pytest.raises(CratelabError, match="step 8, inside the warm-up"):
-        cooldown_branches([10], cfg)
+    assert cooldown_branches([10, 11], cfg) == {8: [10], 9: [11]}  # inside the warm-up: still that budget's run
+    assert [lr_at(s, cfg, 10) for s in range(8)] == [lr_at(s, cfg) for s in range(8)]
 
 
 @pytest.mark.e2e
-def test_a_wsd_tracked_point_is_the_run_of_that_budget_and_leaves_the_run_untouched(tiny, tmp_path):
+@pytest.mark.parametrize("warmup", [1, 5])  # 5: the branch starts inside the warm-up
+def test_a_wsd_tracked_point_is_the_run_of_that_budget_and_leaves_the_run_untouched(tiny, tmp_path, warmup):
     """The model kept at step 6 under schedule = "wsd" is the one an 6-step WSD run ends with (its cooldown
     branched from the stable phase at step 4, on the batches the run takes next), and the 10-step run that
     kept it ends exactly as it does without it."""
-    cfg = tiny(max_steps=10, eval_interval=5, warmup_steps=1, schedule="wsd", cooldown=0.34)
+    cfg = tiny(max_steps=10, eval_interval=5, warmup_steps=warmup, schedule="wsd", cooldown=0.34)
     tracked = train(cfg, tmp_path / "tracked", progress=False, keep_steps=[6])
     plain = train(cfg, tmp_path / "plain", progress=False)
-    short = train(replace(cfg, train=replace(cfg.train, max_steps=6)), tmp_path / "short", progress=False)
+    train(replace(cfg, train=replace(cfg.train, max_steps=6)), tmp_path / "short", progress=False)
     assert tracked == {**plain, "elapsed_s": tracked["elapsed_s"], "tokens_per_s": tracked["tokens_per_s"]}
     models = {name: load_checkpoint(tmp_path / name).model.state_dict() for name in ("tracked", "plain", "short")}
     kept = load_checkpoint(tmp_path / "tracked" / "track" / "step6").model.state_dict()

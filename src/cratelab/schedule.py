@@ -1,5 +1,5 @@
 """The learning-rate schedule of a run, and (schedule "wsd") where its tracked points branch their cooldowns.
-Pure functions of the [train] settings, so the sweep checks every run's tracked points before anything trains."""
+Pure functions of the [train] settings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 from collections.abc import Collection
 
 from .config import TrainConfig
-from .errors import CratelabError
 
 
 def lr_at(step: int, cfg: TrainConfig, budget: int | None = None) -> float:
@@ -32,13 +31,9 @@ def cooldown_start(budget: int, cfg: TrainConfig) -> int:
 
 def cooldown_branches(keep_steps: Collection[int], cfg: TrainConfig) -> dict[int, list[int]]:
     """Schedule "wsd": the kept steps before the end, by the step of the stable phase their cooldown branches
-    from. A branch must start after the warm-up, or it would not be the run that budget gives."""
+    from. Until that step the run's learning rates are those of a run of the kept step's budget (both warm up
+    alike and then hold lr), so the branch is that run, also when it starts inside the warm-up."""
     branches: dict[int, list[int]] = {}
     for step in sorted(s for s in keep_steps if s < cfg.max_steps):
-        start = cooldown_start(step, cfg)
-        if start < cfg.warmup_steps:
-            raise CratelabError(f"train.schedule = 'wsd': the tracked point at step {step} would start its cooldown "
-                                f"at step {start}, inside the warm-up (train.warmup_steps = {cfg.warmup_steps}); "
-                                f"track a later point, or lower train.warmup_steps or train.cooldown")
-        branches.setdefault(start, []).append(step)
+        branches.setdefault(cooldown_start(step, cfg), []).append(step)
     return branches

@@ -41,7 +41,6 @@ from .io import folder_lock, read_json, remove_tree, write_csv, write_json, writ
 from .runtime import (check_threads, cpu_count, end_with, is_main_process, keep_freed_memory, set_threads,
                       spread_over_gpus, visible_gpus)
 from .sae.config import SAEConfig
-from .schedule import cooldown_branches
 from .sweep_sae import arm_interp_neurons, arm_sae_config, run_sae_arm
 
 
@@ -129,8 +128,6 @@ def expand(base: RunConfig, sweep: SweepConfig) -> list[PlannedRun]:
             name = f"{condition.name}-s{seed}"
             index, arm = arms.get(condition.name, (0, None))
             if arm is None or not arm.derived:
-                if cfg.train.schedule == "wsd":  # each tracked point's cooldown must start after the warm-up
-                    cooldown_branches(tracked_steps(sweep.track, cfg.train.max_steps), cfg.train)
                 runs.append(PlannedRun(name, condition, cfg, _condition_columns(name, condition, cfg, keys),
                                        tuple(sweep.track)))
                 continue

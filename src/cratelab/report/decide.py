@@ -77,7 +77,8 @@ def check_questions(design: SweepConfig) -> None:
             name = f"sweep.questions.{family}[{i}]"
             if q.effect not in keys:
                 raise ConfigError(name + ".effect", f"{q.effect!r} is not an effect of this sweep (its effects: "
-                                                    f"{'; '.join(keys) or 'none: a single condition'})")
+                                                    f"{'; '.join(keys) or 'none: a single condition'}); declare "
+                                                    f"questions it can answer, or none: --set 'sweep.questions={{}}'")
             if q.metric in DERIVED_METRICS:
                 raise ConfigError(name + ".metric", f"{q.metric} is an exact function of {DERIVED_METRICS[q.metric]} "
                                                     f"(reported, never tested): ask about {DERIVED_METRICS[q.metric]}")
