@@ -20,6 +20,7 @@ import pytest
 from cratelab.cli import main
 from cratelab.config import load_sweep_config
 from cratelab.io import LOCK_FILE
+from cratelab.layout import COOLDOWN_START
 from cratelab.sweep import check_sweep_unchanged, save_sweep
 
 pytest.importorskip("submitit")
@@ -27,10 +28,12 @@ pytest.importorskip("submitit")
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(ROOT / "configs" / "seed-ablation.toml")
 CRATE, GPT = "ista_lambda=0.1-qkv=shared-s0", "gpt-relu-s0"
-# two runs of the smoke sweep (CRATE and the GPT baseline), checkpointed every 10 of their 60 steps
+# two runs of the smoke sweep (CRATE and the GPT baseline), checkpointed every 10 of their 60 steps; without the
+# declared questions, about effects these two runs do not have
 TWO_RUNS = ["--smoke", "--set", "sweep.seeds=[0]", "--set", "sweep.factors.model.ista_lambda=[0.1]",
             "--set", 'sweep.factors.model.qkv=["shared"]', "--set", "train.max_steps=60",
-            "--set", "train.eval_interval=10"]
+            "--set", "train.eval_interval=10", "--set", "sweep.questions.primary=[]",
+            "--set", "sweep.questions.secondary=[]"]
 SLURM = ["--set", 'sweep.slurm.partition="gpu"', "--set", 'sweep.slurm.account="crate-lab"',
          "--set", "sweep.slurm.gpus_per_run=2", "--set", "sweep.slurm.cpus_per_task=6",
          "--set", "sweep.slurm.time_min=90", "--set", 'sweep.slurm.extra=["--qos=high", "--exclusive"]',
@@ -182,18 +185,53 @@ def training_pid(run: Path) -> int | None:
 
 
 def metric_steps(run: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    """The steps of the run's own evaluations (the lines of a wsd cooldown branch, which say where it
+    started, apart)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if COOLDOWN_START not in row]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """A process's fields in /proc/PID/stat after its name: state, parent PID, ... (None: no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (one that has ended but is not yet reaped, a zombie, does not)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def parent_pid(pid: int) -> int:
+    return int(_stat(pid)[1])
+
+
+def ended(pid: int) -> bool:
+    """Whether the process has ended, waiting for it a while (a killed process needs a moment to go)."""
+    deadline = time.monotonic() + 300
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not running(pid)
 
 
 @pytest.mark.e2e
-def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tmp_path):
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc (Linux)")
+@pytest.mark.parametrize("kill", ["task", "controller"])
+def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tmp_path, kill):
+    """kill: the job's task, the process that trains, as the out-of-memory killer or a node failure would; or
+    submitit's controller process above it (issue 27: the task went on training, its run folder locked,
+    while the sweep counted the job as ended)."""
     out, cache = tmp_path / "sweep", tmp_path / "cache"
     crate, gpt = out / "runs" / CRATE, out / "runs" / GPT
     killed = {}
 
-    def kill_crate_job(_):  # the job process itself, as the out-of-memory killer or a node failure would
+    def kill_crate_job(_):
         killed["pid"] = training_pid(crate)
-        os.kill(killed["pid"], signal.SIGKILL)
+        os.kill(killed["pid"] if kill == "task" else parent_pid(killed["pid"]), signal.SIGKILL)
 
     code, err = ablate(out, cache, ready=lambda: (crate / "ckpt.pt").is_file() and training_pid(crate),
                        then=kill_crate_job)
@@ -203,6 +241,7 @@ def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tm
     assert f"{crate / 'log.txt'}" in failed[0] and "_0_log.err" in failed[0]  # where to look
     assert err.strip().splitlines()[-1].startswith("error: 1 of 2 runs failed") and "Traceback" not in err
     assert (gpt / "result.json").is_file() and not (crate / "result.json").exists()
+    assert ended(killed["pid"])  # no task trains on behind the sweep's back
     with open(out / "results.csv") as f:
         assert [row["name"] for row in csv.DictReader(f)] == [GPT]  # what finished, reported
     assert (out / "report.md").is_file()
@@ -224,15 +263,6 @@ def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tm
     assert training_pid(crate) != killed["pid"]  # the resumed run was trained by a new job process
 
 
-def running(pid: int) -> bool:
-    """Whether a process runs (one that has ended but is not yet reaped, a zombie, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc (Linux)")
 def test_a_kill_9_of_the_sweep_takes_its_jobs_with_it_and_the_rerun_resumes_them(tmp_path):
@@ -250,10 +280,7 @@ def test_a_kill_9_of_the_sweep_takes_its_jobs_with_it_and_the_rerun_resumes_them
                      then=kill_the_sweep_process)
     try:
         assert code == -signal.SIGKILL
-        deadline = time.monotonic() + 300
-        while running(job["pid"]):  # the orphaned job: it used to go on to the end of its run
-            assert time.monotonic() < deadline, "the job of the killed sweep is still running"
-            time.sleep(0.05)
+        assert ended(job["pid"]), "the job of the killed sweep is still running"  # it used to finish its run
         assert not (crate / "result.json").exists()  # it ended with the sweep, not by finishing its run
     finally:
         with contextlib.suppress(ProcessLookupError):  # what the killed sweep left in its process group

@@ -52,8 +52,9 @@ class JobOutcome:
 class RunJob(Checkpointable):
     """What a job runs: the task, under DDP when the job has several tasks. Checkpointable: on preemption
     or timeout submitit requeues the job with this same object, and the run resumes from its checkpoint.
-    ``launcher``: the PID of the sweep process that submitted a job of this machine (submitit-local),
-    which the job ends with (killed, it would leave the job running, its run folder locked)."""
+    ``launcher``: the PID of the sweep process that submitted a job of this machine (submitit-local). Such a
+    job ends with it, and with submitit's controller process above the job's task, whose end the sweep
+    reads as the job's: either killed would leave the task training, its run folder locked."""
 
     def __init__(self, task: Callable[[], Any], launcher: int | None = None) -> None:
         self.task, self.launcher = task, launcher
@@ -62,6 +63,7 @@ class RunJob(Checkpointable):
         keep_freed_memory()  # a job is a fresh interpreter, not the CLI
         if self.launcher is not None:
             end_with(self.launcher)
+            end_with(os.getppid())  # the controller
         if submitit.JobEnvironment().num_tasks > 1:
             # every GPU stays visible: train() picks cuda:LOCAL_RANK, as under torchrun
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
