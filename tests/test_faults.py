@@ -10,6 +10,7 @@ checkpoints to every command.
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -393,6 +394,8 @@ def own_mounts(script: str, *args) -> list[str]:
 
 @pytest.fixture
 def mountable(tmp_path) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare (util-linux) here")
     probe = subprocess.run(own_mounts('mount -t tmpfs tmpfs "$1"', tmp_path), capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a namespace of its own here: {probe.stderr.strip()}")
