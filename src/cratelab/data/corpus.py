@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -39,7 +38,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cratelab.errors import CratelabError
-from cratelab.io import atomic_write, sha256_file, write_json, write_text
+from cratelab.io import atomic_write, remove_tree, sha256_file, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -372,7 +371,7 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
             return out
         except CratelabError as err:
             print(f"warning: {err}: building {out} again", file=sys.stderr)
-            shutil.rmtree(out)
+            remove_tree(out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for src in tqdm(SOURCES, desc="default corpus", unit="source", disable=not progress):
