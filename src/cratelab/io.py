@@ -69,11 +69,11 @@ def describe_os_error(err: OSError, where: str | Path | None = None) -> str:
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def reported_os_error(err: BaseException, folder: Path) -> OSError | None:
+def _reported_os_error(err: BaseException, folder: Path) -> OSError | None:
     """The OS error that a library writing into ``folder`` reported as an exception of another type, else
     None. torch.save to a path loses the reason ("basic_ios::clear: iostream error"): a failure while the
     folder's file system has no space left is taken for what it almost surely is."""
-    if isinstance(err, (OSError, CratelabError)):  # ours say what is wrong themselves
+    if isinstance(err, (OSError, CratelabError)):  # these say what is wrong themselves
         return None
     found = _RUST_OS_ERROR.search(str(err))
     if found:
@@ -210,7 +210,7 @@ def building_folder(final: str | Path, *, keep_existing: bool = False) -> Iterat
     except OSError as err:
         raise name_path(err, final, replace=[tmp])
     except Exception as err:
-        reported = reported_os_error(err, tmp)  # SAELens saves through safetensors and torch.save(path)
+        reported = _reported_os_error(err, tmp)  # SAELens saves through safetensors and torch.save(path)
         if reported is None:
             raise
         raise name_path(reported, final) from None
