@@ -40,4 +40,9 @@ def test_paper_seed_ablation_is_the_official_recipe_and_its_gpt_the_papers():
     assert all(tokens_per_step(run.config) == OFFICIAL_TOKENS_PER_STEP for run in runs)
     assert all(run.config.train.max_steps == 600_000 for run in runs)
     gpt = [run for run in runs if run.config.model.arch == "gpt"]
-    assert gpt and all(build_model(run.config.model).num_params() == PAPER["3L"][4] for run in gpt)
+    assert gpt and all(build_model(run.config.model).num_params() == PAPER["2L"][4] for run in gpt)
+    # the confirmatory design at the paper's 2L size (issue 26): its conditions and its declared questions
+    confirm = load_sweep_config(CONFIGS / "seed-ablation-confirm.toml")[1]
+    assert {r.condition.name for r in runs} == {r.condition.name for r in expand(*load_sweep_config(
+        CONFIGS / "seed-ablation-confirm.toml"))} and len(runs) == 40
+    assert sweep.questions == confirm.questions and base.train.schedule == "wsd"
