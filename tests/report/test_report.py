@@ -222,3 +222,13 @@ def test_the_papers_direction_is_claimed_only_from_a_decided_answer(full):
     paper = section(md, "Comparison with the paper (2-layer models)")
     assert "same as the paper" in line_of(paper, "| val loss")  # GPT's loss 0.2 lower, decided at 3 seeds
     assert "undecided: inconclusive" in line_of(paper, "| interp anthropic")  # no planted difference
+
+
+def test_the_report_names_the_training_data_each_run_was_measured_on(tmp_path):
+    out = make_sweep(tmp_path, [s for s in full_grid(seeds=(0, 1)) if s.arch == "crate"], interp=False)
+    for i, run in enumerate(sorted((out / "runs").iterdir())):
+        if i % 4:  # a few runs from before runs recorded their data
+            (run / "data.json").write_text('{"train_sha256": "ab12", "val_sha256": "cd34"}')
+    md = md_unescape(write_report(out, DESIGN, n_boot=N_BOOT).read_text())
+    assert ("Training data (sha256 of the tokenized training split, from each run's data.json): ab12 (9 runs); "
+            "not recorded (3 runs).") in md

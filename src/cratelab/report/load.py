@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..config import SweepConfig, level_text, read_toml
+from ..data.shards import run_data_identity
 from ..errors import CratelabError
 from ..io import read_json_object, read_jsonl
 from ..layout import (CARDS, CARDS_INDEX, CONFIG, COOLDOWN_START, EVAL, METRICS, RESULTS, RESULTS_LAYERS,
@@ -52,6 +53,7 @@ class RunResult:
     cards: Path | None = None
     model: dict[str, Any] | None = None  # config.toml's [model] section
     train: dict[str, Any] | None = None  # config.toml's [train] section
+    train_data_sha256: str | None = None  # data.json's: the tokenized training data it was trained on
 
 
 @dataclass
@@ -172,6 +174,8 @@ def _attach_files(run: RunResult, folder: Path) -> None:
         run.method = next((str(r["method"]) for r in scores if r.get("method")), None)
     cards = folder / RUN_INTERP / CARDS / CARDS_INDEX
     run.cards = cards if cards.is_file() else None
+    identity = run_data_identity(folder)
+    run.train_data_sha256 = str(identity["train_sha256"]) if identity else None
     if (folder / CONFIG).is_file():
         config = read_toml(folder / CONFIG)
         run.model, run.train = config.get("model"), config.get("train")

@@ -137,6 +137,13 @@ def missing_runs(sweep: Sweep) -> list[str]:
             if seed not in sweep.by_seed(c)]
 
 
+def data_line(runs: list[RunResult]) -> str:
+    """Which tokenized training data the runs were measured on (the sha256 their data.json names)."""
+    hashes = Counter(r.train_data_sha256 or "not recorded" for r in runs)
+    return "Training data (sha256 of the tokenized training split, from each run's data.json): " + "; ".join(
+        f"{sha} ({n} run{'s' if n != 1 else ''})" for sha, n in hashes.most_common()) + "."
+
+
 def header(est: Estimator, reference: Condition) -> list[Block]:
     sweep = est.sweep
     runs = sweep.runs
@@ -146,7 +153,7 @@ def header(est: Estimator, reference: Condition) -> list[Block]:
     design = Design(sweep.design)
     files: list = ["Files: "]
     for name in (ANSWERS, RESULTS, RESULTS_LAYERS, RESULTS_TRACK, SWEEP_CONFIG):
-        if (sweep.out_dir / name).is_file():
+        if name == ANSWERS or (sweep.out_dir / name).is_file():  # answers.csv is written with the report
             files += [Link(name, name), " "]
     missing = missing_runs(sweep)
     items: list[Text] = [
@@ -159,6 +166,7 @@ def header(est: Estimator, reference: Condition) -> list[Block]:
         "Missing runs (not in results.csv): " + ("; ".join(missing) + "." if missing else "none."),
         f"Model: {model_description(sweep)} (in the reference condition). Parameters: {parameter_counts(sweep)}.",
         f"Training tokens per run: {span(tokens)}.",
+        data_line(runs),
         f"Total training time: {duration(sum(train_s))} over {len(train_s)} runs"
         + (f" (mean {duration(sum(train_s) / len(train_s))} a run)." if train_s else "."),
         "Interpretability scored with: " + (", ".join(methods) if methods else "no neuron-level scores found") + ".",
@@ -298,7 +306,7 @@ def track_section(est: Estimator, effects: list[Effect], points: list[TrackPoint
     else:
         blocks.append(Paragraph("The sweep declares no questions ([sweep.questions]), so no answer gets a verdict "
                                 "along training; the estimates at each point are below."))
-    blocks += convergence
+    blocks += convergence + [Heading(3, "Each effect at each tracked point")]
     columns = ["effect", "metric"] + [f"{fmt_tokens(p.tokens)} ({p.fraction:g})" for p in points] + ["verdict"]
     rows = [[e.title, m.label] + [track_cell(iv, m) for iv in t.intervals] + [t.verdict or "exploratory"]
             for e in effects for m in metrics for t in [tracked[(e.key, m.column)]]]
@@ -523,7 +531,7 @@ def per_condition(est: Estimator) -> list[Block]:
     if not interp:
         return blocks + [Paragraph("No interpretability scores in this sweep (the interp columns are empty).")]
     blocks.append(condition_table(est, interp, f"Interpretability, correlation × 100: mean "
-                                               f"[{pct(est.confidence)} CI over seeds and neurons]"))
+                                               f"[{pct(est.confidence)} CI] over seeds"))
     table = unscorable_table(est)
     nan_total = sum(r.values.get("nan_neurons") or 0 for r in est.sweep.runs)
     blocks.append(table if table.rows else Paragraph(
