@@ -226,6 +226,8 @@ GPT_SAE = ('sweep.arms=[{ name = "gpt-relu", set = { "model.arch" = "gpt" } }, '
     (['sweep.arms=[{ name = "huge", set = { "model.n_layer" = 999999999 } }]'],
      "model: n_layer 999999999, .* GiB for the weights alone.* \\(condition huge\\)"),
     (['train.device="cuda:99"'], "^train.device = 'cuda:99' but [^(]*$"),  # every run's: no condition named
+    ([GPT_SAE % 'expansion_factor = 1000000'], "sweep.arms\\[1\\].sae.expansion_factor: .* \\(condition gpt-sae\\)"),
+    ([GPT_SAE % 'buffer_tokens = 100000000000'], "sweep.arms\\[1\\].sae.buffer_tokens: .* \\(condition gpt-sae\\)"),
 ])
 def test_what_each_run_needs_of_the_machine_is_checked_before_any_run(overrides, message):
     """Every condition's devices, threads and memory, the last arm's too (they failed when that run started)."""

@@ -556,6 +556,11 @@ def check_machine(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
     def memory(_: str, model: Any) -> None:
         model.check_fits_in_memory()
 
+    def sae_memory(setting: str, sae_and_model: Any) -> None:  # an SAE arm's SAE on each layer's neurons
+        if sae_and_model is not None:
+            sae, model = sae_and_model
+            sae.check_fits_in_memory(model.n_neurons, model.block_size, prefix=setting)
+
     arms = {arm.name: i for i, arm in enumerate(sweep.arms)}
     needs = {}  # condition -> its (check, setting, value) list (seeds share their condition's settings)
     for run in runs:
@@ -564,7 +569,8 @@ def check_machine(sweep: SweepConfig, runs: list[PlannedRun]) -> None:
             (device, *((sae + "device", run.sae.device) if run.sae else ("train.device", cfg.train.device))),
             (device, "interp.device", cfg.interp.device),
             (threads, *((sae + "threads", run.sae.threads) if run.sae else ("train.threads", cfg.train.threads))),
-            (threads, "interp.threads", cfg.interp.threads), (memory, "model", cfg.model)]
+            (threads, "interp.threads", cfg.interp.threads), (memory, "model", cfg.model),
+            (sae_memory, sae.rstrip("."), (run.sae, cfg.model) if run.sae else None)]
     for i in range(len(next(iter(needs.values()), []))):
         values = {repr(need[i][1:]) for need in needs.values()}
         for name, need in needs.items():
