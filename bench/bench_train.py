@@ -100,18 +100,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--compile", action="store_true", help="also CRATE and GPT under torch.compile (inductor), as "
+                                                           "train.compile runs them")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = dict(n_layer=args.layers, n_embd=args.d, n_head=args.heads, vocab_size=args.vocab, block_size=args.context)
-    variants = {
-        "crate-shared": (ModelConfig(arch="crate", qkv="shared", **shape), False),
-        "crate-separate": (ModelConfig(arch="crate", qkv="separate", **shape), False),
-        "gpt-relu": (ModelConfig(arch="gpt", **shape), False),
-        "crate-shared-plain-ista": (ModelConfig(arch="crate", qkv="shared", **shape), True),
+    variants = {  # name: (config, plain-autograd ISTA, torch.compile backend)
+        "crate-shared": (ModelConfig(arch="crate", qkv="shared", **shape), False, None),
+        "crate-separate": (ModelConfig(arch="crate", qkv="separate", **shape), False, None),
+        "gpt-relu": (ModelConfig(arch="gpt", **shape), False, None),
+        "crate-shared-plain-ista": (ModelConfig(arch="crate", qkv="shared", **shape), True, None),
     }
-    steps = {name: make_step(cfg, args.batch, plain) for name, (cfg, plain) in variants.items()}
+    if args.compile:
+        variants |= {"crate-shared-compiled": (ModelConfig(arch="crate", qkv="shared", **shape), False, "inductor"),
+                     "gpt-relu-compiled": (ModelConfig(arch="gpt", **shape), False, "inductor")}
+    steps = {name: make_step(cfg, args.batch, plain, compile_backend=backend)
+             for name, (cfg, plain, backend) in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
     peak_times = []
     for round_ in range(args.rounds + 1):  # round 0 warms up
@@ -123,7 +129,7 @@ def main() -> None:
     peak = 2 * 2048**3 / statistics.median(peak_times[1:])
     tokens = args.batch * args.context
     rows = []
-    for name, (cfg, _) in variants.items():
+    for name, (cfg, _, _) in variants.items():
         seconds = statistics.median(times[name])
         flops = training_flops_per_token(cfg) * tokens / seconds
         rows.append(dict(model=name, step_s=seconds, tokens_per_s=tokens / seconds, gflops=flops / 1e9,
