@@ -1,15 +1,15 @@
-"""Typed, validated configuration: TOML files with sections [model], [data], [train], [eval], [interp], and
-[sweep] in sweep configs.
+"""Run-level configuration: TOML files with sections [model], [data], [train], [eval], [interp], and [sweep] in
+sweep configs; reading them (files, --smoke, --set) and comparing two of them. The [interp] section is
+interp/config.py's, [sae] sae/config.py's.
 
 Every field has a type and a range; unknown keys and bad values raise ConfigError naming the field
-(``section.key``), which the CLI turns into a one-line message and exit code 2.
+(``section.key``; validate.py), which the CLI turns into a one-line message and exit code 2.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import tomllib
 import typing
 import unicodedata
@@ -18,21 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .runtime import DEVICE_HELP, is_device_name, require_memory
-
-
-def require(ok: bool, name: str, message: str) -> None:
-    """The validators every config section uses: ``ok`` or a ConfigError naming the field."""
-    if not ok:
-        raise ConfigError(name, message)
-
-
-def choose(value: str, choices: tuple[str, ...], name: str) -> None:
-    require(value in choices, name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def require_device(value: str, name: str) -> None:
-    require(is_device_name(value), name, f"must be {DEVICE_HELP}, got {value!r}")
+from .interp.config import InterpConfig
+from .runtime import require_memory
+from .validate import choose, coerce, require, require_device, section_from_dict
 
 
 # Upper bounds that catch typos before a run starts: each unrolled ISTA step is a layer of the network,
@@ -193,174 +181,6 @@ class EvalConfig:
         require(self.tokens >= 1, prefix + ".tokens", f"must be >= 1, got {self.tokens}")
         require(0 < self.dense_threshold < 1, prefix + ".dense_threshold",
                 f"must be in (0, 1), got {self.dense_threshold}")
-
-
-LAYERS_FORMAT = "'all' or a comma list of layer indices such as '0,2'"  # InterpConfig.layers
-# string settings that hold a list or a number, and how they are written (a type error says so)
-STRING_FORMATS = {"interp.layers": f": {LAYERS_FORMAT}",
-                  "interp.protocols": ": a comma list of protocols such as 'top-and-random,anthropic'"}
-TOP_MODES = ("distinct", "paper")  # RecordConfig.top
-QUANTILE_MODES = ("exact", "sample")  # RecordConfig.quantiles
-
-
-@dataclass(frozen=True)
-class RecordConfig:
-    """`[interp.records]`: tokens per record, and how many records of each kind a neuron keeps."""
-
-    window: int = 64  # tokens per record in the OpenAI protocols
-    short_window: int = 8  # tokens per record in the Anthropic-style protocol
-    snippet: int = 3  # tokens per out-of-context snippet
-    n_top: int = 50
-    n_random: int = 50
-    n_bins: int = 11
-    per_bin: int = 4  # quantile samples per bin: 2 to explain + 2 to score
-    top: str = "distinct"  # "distinct": non-overlapping top windows; "paper": the top tokens, overlaps allowed
-    # "exact": a second pass over the stream counts every activation, so that quantile records come from their
-    # true bins; "sample": one pass, the bins' ranks estimated from a sample of 4,096 positions (faster)
-    quantiles: str = "exact"
-
-    def __post_init__(self) -> None:  # checked however it is built: TOML, --set, or Python
-        self.validate()
-
-    def validate(self, prefix: str = "interp.records") -> None:
-        p = prefix + "."
-        for name in ("window", "short_window", "snippet", "n_top", "n_bins", "per_bin"):
-            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
-        require(self.n_random >= 0, p + "n_random", f"must be >= 0, got {self.n_random}")
-        require(self.window >= self.short_window, p + "short_window",
-                f"must be <= {p}window ({self.window}), got {self.short_window}")
-        choose(self.top, TOP_MODES, p + "top")
-        choose(self.quantiles, QUANTILE_MODES, p + "quantiles")
-        require(self.short_window >= self.snippet, p + "snippet",
-                f"must be <= {p}short_window ({self.short_window}), got {self.snippet}")
-
-
-SIMULATIONS = ("auto", "logprobs", "json")
-LOCAL_DTYPES = ("float32", "bfloat16", "float16")  # BackendConfig.dtype
-
-
-@dataclass
-class BackendConfig:
-    """`[interp.backend]`: the LLM explainer and simulator of the methods local:PATH and openai:MODEL."""
-
-    explainer_model: str = ""  # "": the model of interp.method
-    simulator_model: str = ""  # "": the model of interp.method (the paper simulated with another model)
-    explainer_prompt: str = ""  # a prompt template file (docs/interpretability.md); "": the built-in prompt
-    simulator_prompt: str = ""  # a prompt template file for logprob simulation; "": the built-in prompt
-    simulation: str = "auto"  # "auto" (decided once per run by a probe) | "logprobs" | "json"
-    base_url: str = ""  # openai: "" = $OPENAI_BASE_URL, else OpenAI's API
-    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key: keys stay out of configs
-    concurrency: int = 8  # requests in flight at once
-    timeout_s: float = 120.0  # socket timeout of one request
-    retries: int = 3  # further attempts after a timeout, connection error, 408, 429, 5xx or malformed answer
-    # openai: seconds a neuron's requests may take in all (every protocol, waits for a free slot included);
-    # then it fails with a transport reason and the run goes on. 0 = no deadline
-    neuron_deadline_s: float = 600.0
-    # the explainer's answer is cut at this many tokens; only its first line is used (at 40, SmolLM2's
-    # explanations were cut mid-sentence)
-    max_explanation_tokens: int = 60
-    # local: where the model runs ("auto": cuda when available, else cpu) and the precision its weights are
-    # expanded to (a .gguf file is dequantised: float32 takes 4 bytes a weight, whatever the file's size)
-    device: str = "auto"
-    dtype: str = "float32"  # float32 on CPU (no fast half precision there); bfloat16 halves GPU memory
-
-    def validate(self, prefix: str = "interp.backend") -> None:
-        p = prefix + "."
-        choose(self.simulation, SIMULATIONS, p + "simulation")
-        choose(self.dtype, LOCAL_DTYPES, p + "dtype")
-        require_device(self.device, p + "device")
-        require(self.max_explanation_tokens >= 1, p + "max_explanation_tokens",
-                f"must be >= 1, got {self.max_explanation_tokens}")
-        require(self.concurrency >= 1, p + "concurrency", f"must be >= 1, got {self.concurrency}")
-        require(self.retries >= 0, p + "retries", f"must be >= 0, got {self.retries}")
-        require(self.timeout_s > 0, p + "timeout_s", f"must be > 0, got {self.timeout_s}")
-        require(self.neuron_deadline_s >= 0, p + "neuron_deadline_s",
-                f"must be >= 0 (0 = no deadline), got {self.neuron_deadline_s}")
-        require(bool(self.api_key_env), p + "api_key_env", "must name an environment variable")
-        require(not self.base_url or self.base_url.startswith(("http://", "https://")), p + "base_url",
-                f"must be http(s)://..., got {self.base_url!r}")
-        for name in ("explainer_prompt", "simulator_prompt"):
-            path = getattr(self, name)
-            require(not path or Path(path).is_file(), p + name, f"no prompt template file at {path}")
-
-
-@dataclass
-class InterpConfig:
-    """`cratelab interpret`: which neurons to explain and score, how, and the records they are scored on."""
-
-    tokens: int = 262_144  # held-out (validation split) tokens the model reads to build the records
-    layers: str = "all"  # "all" or a comma list of layer indices, e.g. "0,2"
-    neurons: int = 0  # neurons scored per layer: 0 = all, else a random subset drawn with `seed`
-    protocols: str = "top-and-random,random-only,anthropic"  # comma list of scoring protocols
-    method: str = "token-pattern"  # explainer and simulator (see cratelab.interp.METHODS)
-    seed: int = 0  # record sampling and the neuron subset
-    batch_size: int = 16  # windows of model.block_size tokens per forward pass
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
-    workers: int = 1  # neurons explained and scored at once (threads: worth it for LLM backends)
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (1 is steadier on a busy machine)
-    bootstrap: int = 1000  # resamples of the bootstrap confidence interval over neurons
-    confidence: float = 0.95
-    cards: bool = True  # write HTML neuron cards (cards/index.html)
-    max_cards: int = 0  # cards per layer: 0 = one per scored neuron, else the best-scoring ones
-    records: RecordConfig = field(default_factory=RecordConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
-
-    def layer_list(self, n_layer: int | None = None) -> list[int]:
-        """The layers to interpret, given the model's number of layers (checked); without it, only the
-        syntax is checked ("all" gives [])."""
-        name = "interp.layers"
-        if self.layers.strip() == "all":
-            return list(range(n_layer or 0))
-        parts = [part.strip() for part in self.layers.split(",")]
-        require(all(part.isdigit() for part in parts), name,
-                f"must be {LAYERS_FORMAT}, got {self.layers!r}")
-        layers = [int(part) for part in parts]
-        require(len(set(layers)) == len(layers), name, f"lists a layer twice: {self.layers!r}")
-        if n_layer is not None:
-            for layer in layers:
-                require(layer < n_layer, name, f"layer {layer} out of range (the model has {n_layer} layers: "
-                                              f"0 to {n_layer - 1})")
-        return sorted(layers)
-
-    def check_model(self, model: ModelConfig) -> None:
-        """The model has the layers to interpret, and its context holds a record (a sweep checks this before it
-        trains the model)."""
-        if self.layers.strip() != "all":  # (a list of every layer of a typo'd n_layer could fill the memory)
-            self.layer_list(model.n_layer)
-        require(self.records.window <= model.block_size, "interp.records.window",  # a record lies in one context
-                f"must be <= model.block_size ({model.block_size}), got {self.records.window}")
-
-    def protocol_list(self) -> list[str]:
-        return [part.strip() for part in self.protocols.split(",")]
-
-    def validate(self, prefix: str = "interp") -> None:
-        from .interp import METHODS, PROTOCOLS  # lazily: the names live with their implementations
-
-        p = prefix + "."
-        for name in ("tokens", "batch_size", "workers", "bootstrap"):
-            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("neurons", "seed", "max_cards", "threads"):
-            require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
-        self.layer_list()
-        protocols = self.protocol_list()
-        for protocol in protocols:
-            choose(protocol, tuple(PROTOCOLS), p + "protocols")
-        require(len(set(protocols)) == len(protocols), p + "protocols", f"lists a protocol twice: {self.protocols!r}")
-        # METHODS lists names ("token-pattern") and patterns ("openai:MODEL": any non-empty MODEL)
-        require(any(self.method == m or (":" in m and self.method.startswith(m.split(":")[0] + ":")
-                                         and len(self.method) > len(m.split(":")[0]) + 1) for m in METHODS),
-                p + "method", f"must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
-        require(not (self.method.startswith("local:") and self.backend.simulation == "json"), p + "backend.simulation",
-                f"'json' needs an endpoint (openai:MODEL); a local model ({self.method}) is always simulated "
-                "from its digit probabilities: use 'auto' or 'logprobs'")
-        require_device(self.device, p + "device")
-        require(0 < self.confidence < 1, p + "confidence", f"must be in (0, 1), got {self.confidence}")
-        self.records.validate(p + "records")
-        self.backend.validate(p + "backend")
-        for protocol in protocols:  # every chosen protocol must find the records it reads
-            for name, need in PROTOCOLS[protocol].required_records().items():
-                require(getattr(self.records, name) >= need, f"{p}records.{name}",
-                        f"protocol {protocol!r} needs at least {need}, got {getattr(self.records, name)}")
 
 
 @dataclass
@@ -627,7 +447,7 @@ def _level_key(key: str, level: Any) -> tuple[str, str]:
     typ = typing.get_type_hints(typ).get(leaf) if typ else None
     if typ in (bool, int, float, str):
         try:
-            level = _coerce(level, typ, key)
+            level = coerce(level, typ, key)
         except ConfigError:
             pass
     return type(level).__name__, level_text(level)
@@ -658,7 +478,7 @@ def questions_from_dict(values: Any) -> QuestionsConfig:
     margins = values.pop("margins", {})
     if not isinstance(margins, dict):
         raise ConfigError(name + ".margins", f"must be a table of metric = margin, got {type(margins).__name__}")
-    margins = {metric: _coerce(value, float, f"{name}.margins.{metric}") for metric, value in margins.items()}
+    margins = {metric: coerce(value, float, f"{name}.margins.{metric}") for metric, value in margins.items()}
     return dataclasses.replace(section_from_dict(QuestionsConfig, values, name), margins=margins)
 
 
@@ -682,9 +502,9 @@ def sweep_from_dict(values: Any) -> SweepConfig:
         require(not unknown, f"{name}.{unknown[0] if unknown else ''}", "unknown key (known: name, of, sae, set)")
         sae = arm.get("sae", {})
         require(isinstance(sae, dict), name + ".sae", f"must be a table of [sae] settings, got {type(sae).__name__}")
-        tables["arms"].append(Arm(_coerce(arm.get("name", ""), str, name + ".name"),
+        tables["arms"].append(Arm(coerce(arm.get("name", ""), str, name + ".name"),
                                   _dotted(arm.get("set", {}), name + ".set"),
-                                  _coerce(arm.get("of", ""), str, name + ".of"), dict(sae)))
+                                  coerce(arm.get("of", ""), str, name + ".of"), dict(sae)))
     plain = {f.name for f in dataclasses.fields(SweepConfig)} - set(tables)
     unknown = sorted(set(values) - plain)
     require(not unknown, f"sweep.{unknown[0] if unknown else ''}",
@@ -702,57 +522,6 @@ SMOKE_OVERRIDES = [
     "eval.tokens=4096", "interp.tokens=16384", "interp.neurons=16",
     "interp.bootstrap=200", "interp.max_cards=4", "sweep.seeds=[0, 1]",
 ]
-
-
-def _coerce(value: Any, typ: Any, name: str) -> Any:
-    """Check a TOML value against a field type; ints are accepted where floats are expected."""
-    if dataclasses.is_dataclass(typ):  # a nested table such as [interp.records]
-        return section_from_dict(typ, value, name)
-    if typing.get_origin(typ) is list:
-        if not isinstance(value, list):
-            raise ConfigError(name, f"expected a list, got {type(value).__name__} {value!r}")
-        (item_type,) = typing.get_args(typ)
-        return [_coerce(item, item_type, f"{name}[{i}]") for i, item in enumerate(value)]
-    if typ is bool:
-        ok = isinstance(value, bool)
-    elif typ is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok and not -2**63 <= value < 2**63:  # TOML integers are 64-bit; Python's are not
-            raise ConfigError(name, f"{value} is out of the 64-bit integer range")
-    elif typ is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:  # TOML has inf and nan, and integers too large for a float; no setting means any of them
-            if not (abs(value) < 2**1023 if isinstance(value, int) else math.isfinite(value)):
-                raise ConfigError(name, f"must be a finite number, got {value}")
-            value = float(value)
-    elif typ is str:
-        ok = isinstance(value, str)
-        # a list or a number where a string is expected (interp.layers = 3): say what to write instead
-        parts = value if isinstance(value, list) else [value]
-        if not ok and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in parts):
-            written = ",".join(map(str, parts))
-            raise ConfigError(name, f"expected a string{STRING_FORMATS.get(name, '')}, got {type(value).__name__} "
-                                    f"{value!r}: write it in quotes, {name.rsplit('.', 1)[-1]} = \"{written}\"")
-    else:  # pragma: no cover - every config field is one of the four types above
-        raise TypeError(f"unsupported config type {typ!r} for {name}")
-    if not ok:
-        raise ConfigError(name, f"expected {typ.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def section_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Build one config dataclass from a mapping, rejecting unknown keys and wrong types."""
-    if not isinstance(values, dict):
-        raise ConfigError(prefix, f"must be a table, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        name = f"{prefix}.{key}"
-        if key not in known:
-            raise ConfigError(name, f"unknown key (known: {', '.join(sorted(known))})")
-        kwargs[key] = _coerce(value, hints[key], name)
-    return cls(**kwargs)
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:

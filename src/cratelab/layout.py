@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .interp.score import PROTOCOLS as SCORING_PROTOCOLS
-
 # ---- a training run folder
 CHECKPOINT = "ckpt.pt"
 CONFIG = "config.toml"  # also in an interpret folder: the run config with the [interp] section used
@@ -83,7 +81,8 @@ def track_folder(run_dir: str | Path, step: int) -> Path:
 
 
 # ---- the result columns
-PROTOCOLS = tuple(SCORING_PROTOCOLS)  # the scoring protocols, in the order of the columns
+# the scoring protocols' names (interp/protocols.py defines each), in the order of the columns
+PROTOCOLS = ("top-and-random", "random-only", "anthropic")
 
 
 def interp_column(protocol: str) -> str:

@@ -158,7 +158,7 @@ def _check_conditions(conditions: list[Condition], configs: dict[str, RunConfig]
     for condition in conditions:
         cfg = configs[condition.name]
         with _in_condition(condition.name):
-            cfg.interp.check_model(cfg.model)
+            cfg.interp.check_model(cfg.model.n_layer, cfg.model.block_size)
         index, arm = arms.get(condition.name, (0, None))
         if arm is not None and arm.derived:
             continue

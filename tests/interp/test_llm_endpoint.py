@@ -254,7 +254,7 @@ def test_a_probe_that_gets_no_answer_stops_the_run_with_one_line(records, serve,
 
 
 def test_explainer_and_simulator_models_are_set_separately_from_the_backend_section(records, serve, tmp_path):
-    from cratelab.config import BackendConfig
+    from cratelab.interp.config import BackendConfig
 
     server = serve()
     settings = BackendConfig(explainer_model="mistral-7b-instruct", simulator_model="llama-2-7b", base_url=server.url,
@@ -270,7 +270,7 @@ def test_explainer_and_simulator_models_are_set_separately_from_the_backend_sect
 
 
 def test_prompt_templates_from_files_are_what_the_server_gets(records, serve, tmp_path):
-    from cratelab.config import BackendConfig
+    from cratelab.interp.config import BackendConfig
 
     explainer_file, simulator_file = tmp_path / "explain.json", tmp_path / "simulate.txt"
     explainer_file.write_text(json.dumps([
@@ -300,7 +300,7 @@ def test_prompt_templates_from_files_are_what_the_server_gets(records, serve, tm
     ("simulator_prompt", "$explanation $records $tokens", "unknown placeholder"),
 ])
 def test_bad_prompt_templates_name_the_setting(tmp_path, name, content, message):
-    from cratelab.config import BackendConfig
+    from cratelab.interp.config import BackendConfig
 
     path = tmp_path / "template"
     path.write_text(content)

@@ -143,7 +143,8 @@ def test_a_bad_endpoint_flag_is_one_line(env, checkpoint, tmp_path):
     ("timeout_s", 0.0, "must be > 0, got 0.0"), ("retries", -1, "must be >= 0, got -1"),
     ("neuron_deadline_s", -1.0, "must be >= 0 (0 = no deadline), got -1.0")])
 def test_bad_backend_values_name_the_field(name, value, message):
-    from cratelab.config import BackendConfig, ConfigError
+    from cratelab.errors import ConfigError
+    from cratelab.interp.config import BackendConfig
 
     with pytest.raises(ConfigError, match=re.escape(f"interp.backend.{name}: {message}")):
         BackendConfig(**{name: value}).validate()

@@ -13,7 +13,8 @@ import textwrap
 import pytest
 
 from cratelab.checkpoint import load_checkpoint
-from cratelab.config import ConfigError, InterpConfig, RecordConfig, config_from_dict
+from cratelab.config import ConfigError, config_from_dict
+from cratelab.interp.config import InterpConfig, RecordConfig
 from cratelab.errors import CratelabError
 from cratelab.interp import PROTOCOLS
 from cratelab.interp.run import interpret, neuron_subset
@@ -212,7 +213,7 @@ def test_cli_interpret_end_to_end(checkpoint, tmp_path):
 
 
 def test_an_llm_run_records_how_each_row_was_simulated_and_by_which_models(checkpoint, tmp_path, monkeypatch):
-    from cratelab.config import BackendConfig
+    from cratelab.interp.config import BackendConfig
 
     from .llm_server import FakeLLM
 

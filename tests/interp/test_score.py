@@ -93,6 +93,12 @@ def test_layer_summary_counts_unscorable_and_bootstraps_a_seeded_interval():
         summarize_layer(scores([0.1]) + scores([0.2], layer=1))
 
 
+def test_the_result_columns_name_every_protocol_in_its_order():
+    from cratelab import layout
+
+    assert tuple(PROTOCOLS) == layout.PROTOCOLS
+
+
 def test_one_count_of_the_records_a_protocol_needs_for_config_scoring_and_interpret():
     from cratelab.config import ConfigError, config_from_dict
     from cratelab.interp import TokenPatternExplainer, TokenPatternSimulator, score_activations, score_neuron

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("sae_lens")  # the optional extra cratelab[sae]
 
 from cratelab.interp.run import interpret  # noqa: E402
-from cratelab.config import InterpConfig, RecordConfig  # noqa: E402
+from cratelab.interp.config import InterpConfig, RecordConfig  # noqa: E402
 from cratelab.io import read_jsonl  # noqa: E402
 from cratelab.sae import SAEConfig, evaluate_sae, load_sae_folder, sae_source, train_sae  # noqa: E402
 

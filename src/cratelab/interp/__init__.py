@@ -15,19 +15,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..config import TOP_MODES, BackendConfig, InterpConfig, RecordConfig
 from ..errors import CratelabError
+from .config import METHODS, TOP_MODES, BackendConfig, InterpConfig, RecordConfig
 from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
                       fit_token_patterns, neuron_deadline)
 from .llm import EndpointConfig, endpoint_backend
 from .local_llm import local_backend
 from .prompts import PromptTemplates
+from .protocols import ANTHROPIC, PROTOCOLS, TOP_AND_RANDOM, ScoringProtocol, get_protocol, random_only
 from .records import ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, Windows
-from .score import (ANTHROPIC, PROTOCOLS, ROW_FIELDS, TOP_AND_RANDOM, LayerSummary, NeuronScore, ScoringProtocol,
-                    get_protocol, pooled_correlation, random_only, score_neuron, summarize_layer)
+from .score import ROW_FIELDS, LayerSummary, NeuronScore, pooled_correlation, score_neuron, summarize_layer
 from .simulate import Simulator, TokenPatternSimulator
-
-METHODS = ("token-pattern", "local:PATH", "openai:MODEL")
 
 
 def make_backend(method: str, backend: BackendConfig | None = None, **options: Any) -> tuple[Explainer, Simulator]:

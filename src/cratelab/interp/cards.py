@@ -23,7 +23,8 @@ from ..io import iter_jsonl, read_jsonl, write_text
 from ..layout import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON
 from .files import decode_simulation
 from .records import ActivationRecord, LayerRecords, NeuronRecord
-from .score import DEGENERATE, flag_degenerate, get_protocol
+from .protocols import get_protocol
+from .score import DEGENERATE, flag_degenerate
 
 SHOWN = 10  # top records shown open; MORE_TOP more sit in a closed <details>
 MORE_TOP = 10

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import RecordConfig
 from ..data.batches import spread_offsets
 from ..errors import CratelabError
 from ..models import LanguageModel
+from .config import RecordConfig
 from .records import LayerRecords, RecordBuilder
 from .source import ActivationSource, model_neurons
 

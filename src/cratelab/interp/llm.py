@@ -50,7 +50,7 @@ import numpy as np
 
 from ..errors import CratelabError
 from ..io import write_json
-from ..config import SIMULATIONS, BackendConfig
+from .config import SIMULATION_METHODS, BackendConfig
 from .explain import Deadline, NeuronFailure, current_deadline
 from .prompts import (EXAMPLE_EXPLANATION, EXAMPLE_RECORDS, MAX_ACTIVATION, PromptTemplates, digit_probabilities,
                       expected_activation, json_simulation_messages, parse_explanation, parse_json_activations,
@@ -134,8 +134,8 @@ class EndpointConfig:
     def __post_init__(self) -> None:
         if not self.explainer_model or not self.simulator_model:
             raise CratelabError("the endpoint needs a model name (method 'openai:MODEL')")
-        if self.simulation not in SIMULATIONS:
-            raise CratelabError(f"simulation must be one of {', '.join(SIMULATIONS)}, got {self.simulation!r}")
+        if self.simulation not in SIMULATION_METHODS:
+            raise CratelabError(f"simulation must be one of {', '.join(SIMULATION_METHODS)}, got {self.simulation!r}")
         for name in ("top_logprobs", "max_explanation_tokens", "max_concurrency", "max_attempts"):
             if getattr(self, name) < 1:
                 raise CratelabError(f"{name} must be >= 1, got {getattr(self, name)}")

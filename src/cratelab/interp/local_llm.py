@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import BackendConfig
 from ..errors import CratelabError
+from .config import BackendConfig
 from .explain import NeuronFailure
 from .prompts import (MAX_ACTIVATION, Message, PromptTemplates, SimulationPrompt, expected_activation,
                       parse_explanation, slot_positions)

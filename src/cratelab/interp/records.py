@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file, save
 
-from ..config import RecordConfig  # the config layer owns it: [interp.records]
 from ..errors import CratelabError
 from ..io import name_path, sha256_file
+from .config import RecordConfig
 
 FORMAT = "cratelab-neuron-records-1"
 VALUE_SAMPLE = 4096  # positions whose activations place each neuron's quantile grid

@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
-from ..config import InterpConfig, RunConfig, dump_toml
+from ..config import RunConfig, dump_toml
 from ..data.corpus import default_cache_dir
 from ..errors import CratelabError
 from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, keep_jsonl, read_json_object,
@@ -52,11 +52,13 @@ from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
 from . import check_backend, make_backend
 from .collect import collect_records
+from .config import InterpConfig
 from .explain import Explainer, NeuronFailure, neuron_deadline
 from .files import FORMAT, encode_simulation
 from .llm import is_old_transport_reason
 from .records import LayerRecords, NeuronRecord
-from .score import ROW_FIELDS, NeuronScore, ScoringProtocol, flag_degenerate, get_protocol, score_neuron
+from .protocols import ScoringProtocol, get_protocol
+from .score import ROW_FIELDS, NeuronScore, flag_degenerate, score_neuron
 from .simulate import Simulator
 from .summary import summarize, summary_markdown
 from .source import ActivationSource, model_neurons
@@ -367,7 +369,7 @@ def interpret(checkpoint: Checkpoint | str | Path, out_dir: str | Path, icfg: In
     progress = sys.stderr.isatty() if progress is None else progress
     set_threads(icfg.threads, "interp.threads")
     mcfg = ckpt.model.config
-    icfg.check_model(mcfg)
+    icfg.check_model(mcfg.n_layer, mcfg.block_size)
     layers = icfg.layer_list(mcfg.n_layer)
     protocols = [get_protocol(name) for name in icfg.protocol_list()]
     out = Path(out_dir)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import InterpConfig
+from .config import InterpConfig
 from .score import DEGENERATE, NeuronScore, summarize_layer
 
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, apply_overrides, read_toml, section_from_dict
-from ..config import require_seed
-from ..runtime import DEVICE_HELP, is_device_name, require_memory
+from ..config import apply_overrides, read_toml, require_seed
+from ..errors import ConfigError
+from ..runtime import require_memory
+from ..validate import choose, require, require_device, section_from_dict
 
 ARCHITECTURES = ("relu", "topk")  # ReLU + L1 (the paper's), TopK (the current standard)
 
@@ -41,30 +42,20 @@ class SAEConfig:
 
     def validate(self, prefix: str = "sae") -> None:
         p = prefix + "."
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(p + "architecture", f"must be one of {', '.join(map(repr, ARCHITECTURES))}, "
-                                                 f"got {self.architecture!r}")
+        choose(self.architecture, ARCHITECTURES, p + "architecture")
         for name in ("expansion_factor", "k", "tokens", "batch_size", "buffer_tokens", "model_batch_size",
                      "dead_feature_window", "eval_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(p + name, f"must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, p + name, f"must be >= 1, got {getattr(self, name)}")
         require_seed(self.seed, p + "seed")  # torch keeps 32 bits of it: 2^32 would train as 0
         for name in ("d_sae", "l1_warm_up_steps", "lr_warm_up_steps", "lr_decay_steps", "resample_every",
-                     "checkpoint_every", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(p + name, f"must be >= 0, got {getattr(self, name)}")
-        for name in ("l1_coefficient", "aux_loss_coefficient"):
-            if getattr(self, name) < 0:
-                raise ConfigError(p + name, f"must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(p + "lr", f"must be > 0, got {self.lr}")
-        if self.batch_size > self.buffer_tokens:
-            raise ConfigError(p + "buffer_tokens", f"must be >= sae.batch_size ({self.batch_size}), "
-                                                   f"got {self.buffer_tokens}")
-        if self.tokens < self.batch_size:
-            raise ConfigError(p + "tokens", f"must be >= sae.batch_size ({self.batch_size}), got {self.tokens}")
-        if not is_device_name(self.device):
-            raise ConfigError(p + "device", f"must be {DEVICE_HELP}, got {self.device!r}")
+                     "checkpoint_every", "threads", "l1_coefficient", "aux_loss_coefficient"):
+            require(getattr(self, name) >= 0, p + name, f"must be >= 0, got {getattr(self, name)}")
+        require(self.lr > 0, p + "lr", f"must be > 0, got {self.lr}")
+        require(self.batch_size <= self.buffer_tokens, p + "buffer_tokens",
+                f"must be >= sae.batch_size ({self.batch_size}), got {self.buffer_tokens}")
+        require(self.tokens >= self.batch_size, p + "tokens",
+                f"must be >= sae.batch_size ({self.batch_size}), got {self.tokens}")
+        require_device(self.device, p + "device")
 
     def width(self, d_in: int) -> int:
         """d_sae for an input of d_in dimensions."""
