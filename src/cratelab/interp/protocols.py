@@ -1,9 +1,9 @@
 """The paper's scoring protocols as data: which records of a neuron explain it and which score the explanation,
 and how many records of each kind a protocol reads (what InterpConfig.validate checks [interp.records] against).
 
-Imports nothing of interp but its names: interp/config.py validates against these protocols, and records.py
-(whose NeuronRecord and ActivationRecord the methods below take) builds on that config, so importing records
-here would make a loop; the annotations name those classes without importing them.
+It imports no other interp module: interp/config.py validates [interp.records] against these protocols and
+records.py builds on that config, so importing records here would close a loop. The methods take records.py's
+NeuronRecord (and return its ActivationRecords); their annotations name those classes without importing them.
 """
 
 from __future__ import annotations
