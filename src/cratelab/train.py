@@ -2,7 +2,8 @@
 
 Read `train` top to bottom, as nanoGPT's train.py: processes and device, output folder, data, model,
 optimizer, resume, then the loop (lr schedule, micro-steps with gradient accumulation, clip, step,
-and every ``eval_interval`` steps: evaluate, log, checkpoint). Small helpers come first.
+and every ``eval_interval`` steps: evaluate, log, checkpoint). Small helpers come first; after `_train`, the steps
+it names, in the order it takes them.
 
 Run folder (names in layout.py): ``config.toml``, ``ckpt.pt`` (see checkpoint.py), ``metrics.jsonl`` (one JSON
 line per evaluation: step, tokens, train_loss, val_loss, lr, tokens_per_s, elapsed_s, and per interpreted layer
@@ -20,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from .checkpoint import config_of, read_checkpoint, save_checkpoint, write_config
 from .config import RunConfig, changed_settings
 from .data.batches import TrainBatches, eval_windows
-from .data.shards import prepare_dataset, run_data_identity
+from .data.shards import TokenDataset, prepare_dataset, run_data_identity
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError
 from .evaluate import evaluate, training_sparsity_metrics, write_evaluation
@@ -169,165 +170,125 @@ def train(cfg: RunConfig, out_dir: Path, fresh: bool = False, progress: bool | N
             dist.destroy_process_group()
 
 
-def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress: bool | None, ddp: bool,
+def _train(cfg: RunConfig, out_dir: Path, fresh: bool, progress_bar: bool | None, ddp: bool,
            device: torch.device, keep_steps: set[int]) -> dict[str, Any]:
     tc = cfg.train
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     master = rank == 0  # the one process that writes files and logs
-    show_bar = master and (sys.stderr.isatty() if progress is None else progress)
-
-    def log(message: str) -> None:
-        if master:
-            tqdm.write(message, file=sys.stderr)
-
-    def barrier() -> None:
-        if ddp:
-            dist.barrier()
-
+    show_bar = master and (sys.stderr.isatty() if progress_bar is None else progress_bar)
     set_threads(tc.threads)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: several times faster on Ampere+, ample precision
     torch.backends.cudnn.allow_tf32 = True
     amp_dtype = autocast_dtype(tc.dtype, device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
-    # ---- output folder: start over if asked
-    ckpt_path, metrics_path = out_dir / CHECKPOINT, out_dir / METRICS
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT, METRICS, CONFIG, EVAL):  # temporary files of a save cut short by a kill
-            for stale in [*out_dir.glob(f".{name}.*.tmp"), *out_dir.glob(f"{TRACK}/*/.{name}.*.tmp")]:
-                stale.unlink(missing_ok=True)
-        if fresh:
-            ckpt_path.unlink(missing_ok=True)
-            metrics_path.unlink(missing_ok=True)
-            remove_tree(out_dir / TENSORBOARD)
-            remove_tree(out_dir / TRACK)
-    external_log = open_external_log(cfg, out_dir) if master else None  # a missing package fails before any work
-    barrier()
-
-    # ---- data: rank 0 builds the token cache first, the other processes then read it
-    if not master:
-        barrier()
-    dataset = prepare_dataset(cfg.data, progress=show_bar)
-    if master:
-        barrier()
+    # ---- output folder, data, and the checkpoint to resume (of the same run only)
+    external_log = start_folder(cfg, out_dir, fresh) if master else None
+    barrier(ddp)  # the folder is ready before any process goes on
+    dataset = load_dataset(cfg, master, ddp, show_bar)
     cfg = resolve_vocab_size(cfg, dataset.tokenizer)
-    block_size = cfg.model.block_size
-    batches = TrainBatches(dataset.train, block_size, tc.batch_size, tc.grad_accum, tc.seed, rank, world_size, device)
-    val_windows = eval_windows(dataset.val, block_size, cfg.eval.tokens)[rank::world_size]
-    token_bytes = dataset.tokenizer.token_byte_lengths()
-
-    # ---- an existing checkpoint in out_dir is resumed, if it is of the same run
-    resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    data = dataset.identity()
-    if resume is not None:
-        check_same_run(resume, cfg, dataset.tokenizer, ckpt_path)
-        trained_on = run_data_identity(out_dir) or data  # a run folder from before data.json: not checked
-        if (trained_on["train_sha256"], trained_on["val_sha256"]) != (data["train_sha256"], data["val_sha256"]):
-            raise CratelabError(f"{out_dir} was trained on other token data (train.bin sha256 "
-                                f"{trained_on['train_sha256']}, now {data['train_sha256']}): the data cache was built "
-                                "again, by other code or from another corpus; pass --fresh to start over, or choose "
-                                "another output folder")
+    batches = TrainBatches(dataset.train, cfg.model.block_size, tc.batch_size, tc.grad_accum, tc.seed, rank,
+                           world_size, device)
+    val_windows = eval_windows(dataset.val, cfg.model.block_size, cfg.eval.tokens)[rank::world_size]
+    resume = read_resume(out_dir, cfg, dataset)
     if master:
         write_config(cfg, out_dir)
-        write_json(out_dir / DATA, data)  # every run folder names the data it is measured on
+        write_json(out_dir / DATA, dataset.identity())  # every run folder names the data it is measured on
 
-    # ---- model and optimizer. Seeds differ per process so that dropout masks do; DDP copies rank 0's
-    # initial weights to every process, so the start is the single-process one.
+    # ---- model and optimizer, restored from the checkpoint when resuming. Seeds differ per process so that
+    # dropout masks do; DDP copies rank 0's initial weights to every process, so the start is the single-process one.
     torch.manual_seed(tc.seed + rank)
-    cfg.model.check_fits_in_memory()
-    model = build_model(cfg.model).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
-                                  fused=True if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only: bf16 has fp32's range
-
-    step, tokens, elapsed, metrics = 0, 0, 0.0, {}
+    loop = build_loop(cfg, batches, val_windows, dataset.tokenizer, out_dir, master, device, amp_dtype, ddp, world_size)
+    progress = Progress()
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["train"]["optimizer"])
-        if resume["train"]["scaler"]:  # empty if saved without fp16 (scaler off): then fp16 starts a fresh scale
-            scaler.load_state_dict(resume["train"]["scaler"])
-        batches.load_state_dict(resume["train"]["batches"])
-        restore_rng_states(resume["train"]["rng"], rank, world_size, device, tc.seed)
-        step, tokens, metrics = resume["step"], resume["tokens"], resume["metrics"]
-        elapsed = resume["train"]["elapsed_s"]
-        log(f"resuming {out_dir} at step {step:,}")
+        progress = restore(loop, resume, rank)
+        log(master, f"resuming {out_dir} at step {progress.step:,}")
         del resume  # the optimizer state can be large
     if master:
-        truncate_metrics(metrics_path, step)
+        truncate_metrics(out_dir / METRICS, progress.step)
+    loop.model = parallel_model(loop)
+    log(master, f"training {loop.raw_model.num_params() / 1e6:.2f}M parameters on {device} x {world_size}, "
+        f"{loop.tokens_per_step:,} tokens per step, steps {progress.step:,} -> {tc.max_steps:,}")
 
-    raw_model = model  # the plain module: its state dict is what checkpoints hold
-    if tc.compile:
-        model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    tokens_per_step = tc.batch_size * tc.grad_accum * world_size * block_size
-    loop = Loop(cfg, model, raw_model, optimizer, scaler, batches, autocast, amp_dtype, device, ddp, world_size, tokens_per_step,
-                val_windows, token_bytes)
-    log(f"training {raw_model.num_params() / 1e6:.2f}M parameters on {device} x {world_size}, "
-        f"{tokens_per_step:,} tokens per step, steps {step:,} -> {tc.max_steps:,}")
-    # kept steps: a snapshot of the run itself (cosine), or a cooldown branched from the stable phase (wsd)
+    # ---- the loop. Kept steps: snapshots of the run itself (cosine), or cooldowns branched from it (wsd)
     branches = cooldown_branches(keep_steps, tc) if tc.schedule == "wsd" else {}
     snapshots = set() if tc.schedule == "wsd" else keep_steps
-
-    # ---- the loop
-    model.train()
-    loss_sum, loss_steps, train_time = 0.0, 0, 0.0  # since the last evaluation
-    start = time.perf_counter() - elapsed
-    with tqdm(total=tc.max_steps, initial=step, disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
-        while step < tc.max_steps:
-            for budget in branches.get(step, []):  # also on resuming at this step: a branch cut short runs again
-                cooldown_branch(loop, step, budget, out_dir, dataset.tokenizer, master)
-                log(f"step {budget:,} (cooldown from step {step:,}): kept in {track_folder(out_dir, budget)}")
+    loop.model.train()
+    start = time.perf_counter() - progress.elapsed_s
+    with tqdm(total=tc.max_steps, initial=progress.step, disable=not show_bar, unit="step", dynamic_ncols=True) as bar:
+        while progress.step < tc.max_steps:
+            for budget in branches.get(progress.step, []):  # on resuming here too: a branch cut short runs again
+                cooldown_branch(loop, progress.step, budget)
             t0 = time.perf_counter()
-            lr = lr_at(step, tc)
+            lr = lr_at(progress.step, tc)
             train_loss = train_step(loop, lr)
             if not math.isfinite(train_loss):
-                raise CratelabError(nan_message("loss", train_loss, step + 1, ckpt_path))
-            step, tokens = step + 1, tokens + tokens_per_step
-            loss_sum, loss_steps = loss_sum + train_loss, loss_steps + 1
-            train_time += time.perf_counter() - t0
+                raise CratelabError(nan_message("loss", train_loss, progress.step + 1, out_dir / CHECKPOINT))
+            progress.count_step(train_loss, loop.tokens_per_step, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             bar.update()
-
+            step = progress.step
             if step % tc.eval_interval == 0 or step == tc.max_steps or step in snapshots:
-                evaluation = evaluate_now(loop)
-                val_loss = evaluation.val_loss
-                if not math.isfinite(val_loss):
-                    raise CratelabError(nan_message("validation loss", val_loss, step, ckpt_path))
-                metrics = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_steps, "val_loss": val_loss,
-                           "lr": lr, "tokens_per_s": loss_steps * tokens_per_step / train_time,
-                           "elapsed_s": time.perf_counter() - start, **training_sparsity_metrics(evaluation.layers)}
-                rng = [rng_states(device)]
-                if ddp:
-                    rng = [None] * world_size
-                    dist.all_gather_object(rng, rng_states(device))
-                if master:
-                    append_line(metrics_path, json.dumps(metrics))
-                    if step in snapshots and step < tc.max_steps:
-                        # before ckpt.pt: a kill in between resumes from the previous checkpoint and passes
-                        # this step again, so a kept model is never missing, and rewritten identically
-                        keep_model(loop, evaluation, track_folder(out_dir, step), dataset.tokenizer, metrics)
-                    if loop.amp_dtype is None:
-                        # eval.json of the checkpoint about to be saved, in float32 as `cratelab eval` computes it;
-                        # written first: a kill in between leaves one of a later step, which no reader takes for
-                        # the checkpoint's (read_evaluation checks the step)
-                        write_evaluation(evaluation, out_dir, step, cfg.eval.tokens)
-                    train_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                   "batches": batches.state_dict(), "rng": rng, "elapsed_s": metrics["elapsed_s"]}
-                    save_checkpoint(raw_model, cfg, dataset.tokenizer, out_dir, step=step, tokens=tokens,
-                                    metrics=metrics, train_state=train_state)
-                    if external_log is not None:
-                        external_log(metrics)
-                log(f"step {step:,}/{tc.max_steps:,} | train_loss {metrics['train_loss']:.4f} | "
-                    f"val_loss {val_loss:.4f} | lr {lr:.2e} | {metrics['tokens_per_s']:,.0f} tokens/s")
-                loss_sum, loss_steps, train_time = 0.0, 0, 0.0
-    return metrics
+                evaluate_and_save(loop, progress, lr, start, step in snapshots, external_log)
+    return progress.metrics
+
+
+def log(master: bool, message: str) -> None:
+    if master:  # one process logs; tqdm.write keeps a progress bar below the line
+        tqdm.write(message, file=sys.stderr)
+
+
+def barrier(ddp: bool) -> None:
+    if ddp:
+        dist.barrier()
+
+
+def start_folder(cfg: RunConfig, out_dir: Path, fresh: bool) -> Callable[[dict[str, Any]], None] | None:
+    """The run folder, without the temporary files of a save cut short by a kill, and emptied of the run's
+    checkpoint, metrics, logs and kept models when ``fresh``; returns the external log it opens there, if any."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (CHECKPOINT, METRICS, CONFIG, EVAL):
+        for stale in [*out_dir.glob(f".{name}.*.tmp"), *out_dir.glob(f"{TRACK}/*/.{name}.*.tmp")]:
+            stale.unlink(missing_ok=True)
+    if fresh:
+        (out_dir / CHECKPOINT).unlink(missing_ok=True)
+        (out_dir / METRICS).unlink(missing_ok=True)
+        remove_tree(out_dir / TENSORBOARD)
+        remove_tree(out_dir / TRACK)
+    return open_external_log(cfg, out_dir)  # here: a missing package fails before any work
+
+
+def load_dataset(cfg: RunConfig, master: bool, ddp: bool, show_bar: bool) -> TokenDataset:
+    """Rank 0 builds the token cache first, the other processes then read it."""
+    if not master:
+        barrier(ddp)
+    dataset = prepare_dataset(cfg.data, progress=show_bar)
+    if master:
+        barrier(ddp)
+    return dataset
+
+
+def read_resume(out_dir: Path, cfg: RunConfig, dataset: TokenDataset) -> dict[str, Any] | None:
+    """The checkpoint in ``out_dir`` to resume, if there is one: refused unless it is of the same run, trained on
+    the same token data."""
+    ckpt_path = out_dir / CHECKPOINT
+    if not ckpt_path.exists():
+        return None
+    resume = read_checkpoint(ckpt_path)
+    check_same_run(resume, cfg, dataset.tokenizer, ckpt_path)
+    data = dataset.identity()
+    trained_on = run_data_identity(out_dir) or data  # a run folder from before data.json: not checked
+    if (trained_on["train_sha256"], trained_on["val_sha256"]) != (data["train_sha256"], data["val_sha256"]):
+        raise CratelabError(f"{out_dir} was trained on other token data (train.bin sha256 "
+                            f"{trained_on['train_sha256']}, now {data['train_sha256']}): the data cache was built "
+                            "again, by other code or from another corpus; pass --fresh to start over, or choose "
+                            "another output folder")
+    return resume
 
 
 @dataclass
 class Loop:
-    """What an optimizer step and an evaluation need, for the run and for its cooldown branches."""
+    """The run being trained: what an optimizer step, an evaluation and a save need, for the run and for its
+    cooldown branches."""
 
     cfg: RunConfig
     model: torch.nn.Module  # what the steps run: the model, compiled and/or DDP-wrapped
@@ -343,6 +304,63 @@ class Loop:
     tokens_per_step: int
     val_windows: torch.Tensor
     token_bytes: torch.Tensor
+    tokenizer: Tokenizer
+    out_dir: Path
+    master: bool  # the one process that writes files and logs
+
+
+def build_loop(cfg: RunConfig, batches: TrainBatches, val_windows: torch.Tensor, tokenizer: Tokenizer, out_dir: Path,
+               master: bool, device: torch.device, amp_dtype: torch.dtype | None, ddp: bool, world_size: int) -> Loop:
+    """A new model and its optimizer; the steps run the plain model until parallel_model compiles or wraps it."""
+    tc = cfg.train
+    cfg.model.check_fits_in_memory()
+    model = build_model(cfg.model).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+                                  fused=True if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # fp16 only: bf16 has fp32's range
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    tokens_per_step = tc.batch_size * tc.grad_accum * world_size * cfg.model.block_size
+    return Loop(cfg, model, model, optimizer, scaler, batches, autocast, amp_dtype, device, ddp, world_size,
+                tokens_per_step, val_windows, tokenizer.token_byte_lengths(), tokenizer, out_dir, master)
+
+
+def parallel_model(loop: Loop) -> torch.nn.Module:
+    """The model the steps run: compiled if train.compile, DDP-wrapped under torchrun."""
+    model = torch.compile(loop.raw_model) if loop.cfg.train.compile else loop.raw_model
+    if loop.ddp:
+        model = DDP(model, device_ids=[loop.device.index] if loop.device.type == "cuda" else None)
+    return model
+
+
+@dataclass
+class Progress:
+    """How far the run is (restored from its checkpoint, advanced by each step), and its train loss, steps and
+    training time since the last evaluation (that evaluation's train_loss and tokens_per_s)."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0  # wall time of the run before this process took it up
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation's
+    loss_sum: float = 0.0
+    loss_steps: int = 0
+    train_time: float = 0.0
+
+    def count_step(self, train_loss: float, tokens: int, seconds: float) -> None:
+        self.step, self.tokens = self.step + 1, self.tokens + tokens
+        self.loss_sum, self.loss_steps = self.loss_sum + train_loss, self.loss_steps + 1
+        self.train_time += seconds
+
+
+def restore(loop: Loop, state: dict[str, Any], rank: int) -> Progress:
+    """Put the run back where its checkpoint left it: weights, optimizer, grad scaler, batches and RNG."""
+    loop.raw_model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["train"]["optimizer"])
+    if state["train"]["scaler"]:  # empty if saved without fp16 (scaler off): then fp16 starts a fresh scale
+        loop.scaler.load_state_dict(state["train"]["scaler"])
+    loop.batches.load_state_dict(state["train"]["batches"])
+    restore_rng_states(state["train"]["rng"], rank, loop.world_size, loop.device, loop.cfg.train.seed)
+    return Progress(step=state["step"], tokens=state["tokens"], elapsed_s=state["train"]["elapsed_s"],
+                    metrics=state["metrics"])
 
 
 def train_step(loop: Loop, lr: float) -> float:
@@ -383,15 +401,54 @@ def evaluate_now(loop: Loop):
                     loop.cfg.train.batch_size, loop.device, forward=eval_model, autocast=loop.autocast, ddp=loop.ddp)
 
 
-def keep_model(loop: Loop, evaluation, folder: Path, tokenizer: Tokenizer, metrics: dict[str, Any]) -> None:
+def evaluate_and_save(loop: Loop, progress: Progress, lr: float, start: float, snapshot: bool,
+                      external_log: Callable[[dict[str, Any]], None] | None) -> None:
+    """Evaluate, then (rank 0) log the metrics line, keep the model of a snapshot step, save the checkpoint with
+    every process's RNG state; the loss, steps and time since the evaluation start again."""
+    step, tokens, out_dir = progress.step, progress.tokens, loop.out_dir
+    evaluation = evaluate_now(loop)
+    val_loss = evaluation.val_loss
+    if not math.isfinite(val_loss):
+        raise CratelabError(nan_message("validation loss", val_loss, step, out_dir / CHECKPOINT))
+    progress.metrics = metrics = {
+        "step": step, "tokens": tokens, "train_loss": progress.loss_sum / progress.loss_steps, "val_loss": val_loss,
+        "lr": lr, "tokens_per_s": progress.loss_steps * loop.tokens_per_step / progress.train_time,
+        "elapsed_s": time.perf_counter() - start, **training_sparsity_metrics(evaluation.layers)}
+    rng = [rng_states(loop.device)]
+    if loop.ddp:
+        rng = [None] * loop.world_size
+        dist.all_gather_object(rng, rng_states(loop.device))
+    if loop.master:
+        append_line(out_dir / METRICS, json.dumps(metrics))
+        if snapshot and step < loop.cfg.train.max_steps:
+            # before ckpt.pt: a kill in between resumes from the previous checkpoint and passes
+            # this step again, so a kept model is never missing, and rewritten identically
+            keep_model(loop, evaluation, track_folder(out_dir, step), metrics)
+        if loop.amp_dtype is None:
+            # eval.json of the checkpoint about to be saved, in float32 as `cratelab eval` computes it;
+            # written first: a kill in between leaves one of a later step, which no reader takes for
+            # the checkpoint's (read_evaluation checks the step)
+            write_evaluation(evaluation, out_dir, step, loop.cfg.eval.tokens)
+        train_state = {"optimizer": loop.optimizer.state_dict(), "scaler": loop.scaler.state_dict(),
+                       "batches": loop.batches.state_dict(), "rng": rng, "elapsed_s": metrics["elapsed_s"]}
+        save_checkpoint(loop.raw_model, loop.cfg, loop.tokenizer, out_dir, step=step, tokens=tokens, metrics=metrics,
+                        train_state=train_state)
+        if external_log is not None:
+            external_log(metrics)
+    log(loop.master, f"step {step:,}/{loop.cfg.train.max_steps:,} | train_loss {metrics['train_loss']:.4f} | "
+                     f"val_loss {val_loss:.4f} | lr {lr:.2e} | {metrics['tokens_per_s']:,.0f} tokens/s")
+    progress.loss_sum, progress.loss_steps, progress.train_time = 0.0, 0, 0.0
+
+
+def keep_model(loop: Loop, evaluation, folder: Path, metrics: dict[str, Any]) -> None:
     """A kept model (track/step{N}/): its checkpoint without training state, and its eval.json."""
-    save_checkpoint(loop.raw_model, loop.cfg, tokenizer, folder, step=metrics["step"], tokens=metrics["tokens"],
+    save_checkpoint(loop.raw_model, loop.cfg, loop.tokenizer, folder, step=metrics["step"], tokens=metrics["tokens"],
                     metrics=metrics)
     if loop.amp_dtype is None:
         write_evaluation(evaluation, folder, metrics["step"], loop.cfg.eval.tokens)
 
 
-def cooldown_branch(loop: Loop, start: int, budget: int, out_dir: Path, tokenizer: Tokenizer, master: bool) -> None:
+def cooldown_branch(loop: Loop, start: int, budget: int) -> None:
     """Schedule "wsd": train from the stable phase at ``start`` through the cooldown of a ``budget``-step run, on
     the batches the run itself takes next, keep that model in track/step{budget}/ with a metrics line marked with
     its start, then put the run back exactly as it was (weights, optimizer, batches, RNG). The kept model is the
@@ -403,7 +460,7 @@ def cooldown_branch(loop: Loop, start: int, budget: int, out_dir: Path, tokenize
     for step in range(start, budget):
         losses.append(train_step(loop, lr_at(step, loop.cfg.train, budget)))
         if not math.isfinite(losses[-1]):
-            raise CratelabError(nan_message("loss", losses[-1], step + 1, out_dir / CHECKPOINT))
+            raise CratelabError(nan_message("loss", losses[-1], step + 1, loop.out_dir / CHECKPOINT))
     train_time = time.perf_counter() - t0
     evaluation = evaluate_now(loop)
     metrics = {"step": budget, "tokens": budget * loop.tokens_per_step, "train_loss": sum(losses) / len(losses),
@@ -411,10 +468,11 @@ def cooldown_branch(loop: Loop, start: int, budget: int, out_dir: Path, tokenize
                "tokens_per_s": len(losses) * loop.tokens_per_step / train_time, COOLDOWN_START: start,
                **training_sparsity_metrics(evaluation.layers)}
     if not math.isfinite(evaluation.val_loss):
-        raise CratelabError(nan_message("validation loss", evaluation.val_loss, budget, out_dir / CHECKPOINT))
-    if master:
-        keep_model(loop, evaluation, track_folder(out_dir, budget), tokenizer, metrics)
-        append_line(out_dir / METRICS, json.dumps(metrics))  # after the model: a line always has its model
+        raise CratelabError(nan_message("validation loss", evaluation.val_loss, budget, loop.out_dir / CHECKPOINT))
+    folder = track_folder(loop.out_dir, budget)
+    if loop.master:
+        keep_model(loop, evaluation, folder, metrics)
+        append_line(loop.out_dir / METRICS, json.dumps(metrics))  # after the model: a line always has its model
     loop.raw_model.load_state_dict(saved["model"])
     loop.optimizer.load_state_dict(saved["optimizer"])
     loop.scaler.load_state_dict(saved["scaler"])
@@ -422,3 +480,4 @@ def cooldown_branch(loop: Loop, start: int, budget: int, out_dir: Path, tokenize
     torch.set_rng_state(saved["rng"]["torch"])
     if saved["rng"]["cuda"] is not None:
         torch.cuda.set_rng_state(saved["rng"]["cuda"], loop.device)
+    log(loop.master, f"step {budget:,} (cooldown from step {start:,}): kept in {folder}")
