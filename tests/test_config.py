@@ -1,6 +1,20 @@
+import copy
+import dataclasses
+import functools
+import re
+import typing
+from typing import Any
+
 import pytest
 
-from cratelab.config import ConfigError, RunConfig, apply_overrides, config_from_dict, dump_toml, load_config
+from cratelab.config import (ConfigError, RunConfig, SweepConfig, apply_overrides, changed_settings, config_from_dict,
+                             dump_toml, execution_settings, flat_settings, load_config)
+from cratelab.errors import CratelabError
+from cratelab.interp.config import InterpConfig
+from cratelab.sae.config import SAEConfig
+from cratelab.sae.train import SAE_RESUMABLE_CHANGES
+from cratelab.sweep import check_sweep_unchanged, save_sweep
+from cratelab.train import check_same_run
 
 
 def test_defaults_are_valid():
@@ -210,3 +224,97 @@ def test_a_wrong_typed_string_setting_says_what_to_write(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert message in str(err.value)
+
+
+
+# ---------------------------------------------------------------- one run identity: what each command may resume with
+
+# the execution settings as the commands listed them before the field metadata did: each command accepts exactly
+# these (and its own few, below) and refuses a change of any other field
+INTERP_EXECUTION = {"device", "batch_size", "workers", "threads", "bootstrap", "confidence", "cards", "max_cards",
+                    "backend.base_url", "backend.api_key_env", "backend.concurrency", "backend.timeout_s",
+                    "backend.retries", "backend.neuron_deadline_s", "backend.device"}
+RUN_EXECUTION = {"train.device", "train.threads", "train.compile", "train.log", "train.wandb_project",
+                 "data.cache_dir", "eval.dense_threshold", *("interp." + name for name in INTERP_EXECUTION)}
+TRAIN_ACCEPTS = RUN_EXECUTION | {"train.max_steps", "train.eval_interval", "interp"}
+SWEEP_ACCEPTS = RUN_EXECUTION | {"sweep.workers", "sweep.launcher", "sweep.slurm", "sweep.seeds", "sweep.factors",
+                                 "sweep.questions"}
+SAE_ACCEPTS = {"device", "threads", "eval_tokens"}
+
+
+def test_the_field_metadata_marks_the_execution_settings_each_command_accepted():
+    assert execution_settings(InterpConfig) == INTERP_EXECUTION
+    assert execution_settings(RunConfig) == RUN_EXECUTION
+    assert execution_settings(SweepConfig, "sweep.") == {"sweep.workers", "sweep.launcher", "sweep.slurm"}
+    assert SAE_RESUMABLE_CHANGES == SAE_ACCEPTS
+
+
+def _changed(values: dict[str, Any], name: str) -> dict[str, Any]:
+    """A copy of nested config values with the dotted field `name` given another value of its type."""
+    values = copy.deepcopy(values)
+    *sections, leaf = name.split(".")
+    target = functools.reduce(dict.__getitem__, sections, values)
+    value = target[leaf]
+    if isinstance(value, bool):
+        target[leaf] = not value
+    elif isinstance(value, (int, float, str)):
+        target[leaf] = value + (1 if not isinstance(value, str) else "x")
+    elif leaf == "arms":
+        target[leaf] = [*value, {"name": "gpt", "set": {"model.arch": "gpt"}}]
+    else:
+        target[leaf] = [*value, value[-1] + 1 if value else "x"]
+    return values
+
+
+def _unchecked(cls: type, values: dict[str, Any]) -> Any:
+    """A config dataclass holding these values, not validated (a changed value need not be valid to compare)."""
+    built = object.__new__(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = values[f.name]
+        object.__setattr__(built, f.name, _unchecked(hints[f.name], value)
+                           if dataclasses.is_dataclass(hints[f.name]) else value)
+    return built
+
+
+def _accepted(name: str, accepted: set[str]) -> bool:
+    return any(name == ok or name.startswith(ok + ".") for ok in accepted)
+
+
+class _Tokenizer:
+    def to_dict(self) -> dict[str, str]:
+        return {"name": "bpe"}
+
+
+@pytest.mark.parametrize("name", sorted(flat_settings(RunConfig().to_dict())))
+def test_a_resumed_run_refuses_every_field_but_the_execution_settings_max_steps_eval_interval_and_interp(
+        name, tmp_path):
+    state = {"train": {}, "config": RunConfig().to_dict(), "tokenizer": _Tokenizer().to_dict()}
+    resumed = _unchecked(RunConfig, _changed(RunConfig().to_dict(), name))
+    if _accepted(name, TRAIN_ACCEPTS):
+        check_same_run(state, resumed, _Tokenizer(), tmp_path / "ckpt.pt")
+    else:
+        with pytest.raises(CratelabError, match=f"different run \\({re.escape(name)} "):
+            check_same_run(state, resumed, _Tokenizer(), tmp_path / "ckpt.pt")
+
+
+SWEEP_VALUES = RunConfig().to_dict() | {"sweep": SweepConfig().to_dict()}
+
+
+@pytest.mark.parametrize("name", sorted(flat_settings(SWEEP_VALUES)))
+def test_a_rerun_sweep_refuses_every_field_but_the_execution_settings_seeds_levels_and_questions(name, tmp_path):
+    save_sweep(RunConfig(), SweepConfig(), tmp_path)
+    values = _changed(SWEEP_VALUES, name)
+    sweep = _unchecked(SweepConfig, values.pop("sweep"))
+    if _accepted(name, SWEEP_ACCEPTS):
+        check_sweep_unchanged(_unchecked(RunConfig, values), sweep, tmp_path)
+    else:
+        with pytest.raises(CratelabError, match=f"other settings \\({re.escape(name)} "):
+            check_sweep_unchanged(_unchecked(RunConfig, values), sweep, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(SAEConfig().to_dict()))
+def test_a_resumed_sae_refuses_every_field_but_its_execution_settings_and_eval_tokens(name):
+    identity = [{key: value for key, value in settings.items() if key not in SAE_RESUMABLE_CHANGES}
+                for settings in (SAEConfig().to_dict(), _changed(SAEConfig().to_dict(), name))]
+    assert bool(changed_settings(*identity)) == (name not in SAE_ACCEPTS)

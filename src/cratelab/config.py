@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ConfigError
 from .interp.config import InterpConfig
 from .runtime import require_memory
-from .validate import choose, coerce, require, require_device, section_from_dict
+from .validate import EXECUTION, choose, coerce, require, require_device, section_from_dict
 
 
 # Upper bounds that catch typos before a run starts: each unrolled ISTA step is a layer of the network,
@@ -110,7 +110,7 @@ class DataConfig:
     corpus: str = "default"
     tokenizer: str = "bpe"  # "bpe" (byte-level BPE trained on the corpus) | "gpt2" (offline r50k BPE)
     bpe_vocab_size: int = 8192
-    cache_dir: str = ""  # "": $CRATELAB_CACHE or ~/.cache/cratelab
+    cache_dir: str = field(default="", metadata=EXECUTION)  # "": $CRATELAB_CACHE or ~/.cache/cratelab
     val_fraction: float = 0.05  # share of whole documents held out for validation
     hf_split: str = "train"
     hf_text_field: str = "text"
@@ -145,12 +145,12 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     eval_interval: int = 100  # steps between evaluations and checkpoints
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    device: str = field(default="auto", metadata=EXECUTION)  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     dtype: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32) | "float32" | "bfloat16" | "float16"
-    compile: bool = False
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    log: str = "none"  # "none" | "tensorboard" | "wandb"
-    wandb_project: str = "cratelab"
+    compile: bool = field(default=False, metadata=EXECUTION)
+    threads: int = field(default=0, metadata=EXECUTION)  # torch intra-op threads on CPU; 0 = torch's default
+    log: str = field(default="none", metadata=EXECUTION)  # "none" | "tensorboard" | "wandb"
+    wandb_project: str = field(default="cratelab", metadata=EXECUTION)
 
     def validate(self, prefix: str = "train") -> None:
         p = prefix + "."
@@ -175,7 +175,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     tokens: int = 65536  # held-out tokens used for val_loss during training and by `cratelab eval`
-    dense_threshold: float = 0.1  # a neuron is "dense" when it fires on more than this share of tokens
+    # a neuron is "dense" when it fires on more than this share of tokens
+    dense_threshold: float = field(default=0.1, metadata=EXECUTION)
 
     def validate(self, prefix: str = "eval") -> None:
         require(self.tokens >= 1, prefix + ".tokens", f"must be >= 1, got {self.tokens}")
@@ -356,9 +357,10 @@ class SweepConfig:
     reference: dict[str, Any] = field(default_factory=dict)  # a level per factor; default: each factor's first
     arms: list[Arm] = field(default_factory=list)
     # runs trained at once on this machine (each gets cores / workers threads; on several GPUs, spread over them)
-    workers: int = 1
-    launcher: str = "local"  # local: processes here | slurm: a Slurm job per run | submitit-local: those jobs here
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    workers: int = field(default=1, metadata=EXECUTION)
+    # local: processes here | slurm: a Slurm job per run | submitit-local: those jobs here
+    launcher: str = field(default="local", metadata=EXECUTION)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata=EXECUTION)
     # fractions of train.max_steps at which each run also keeps its checkpoint, evaluated and scored like the
     # final one (the final point, 1.0, is the run itself); [] tracks nothing
     track: list[float] = field(default_factory=list)
@@ -604,22 +606,34 @@ def load_sweep_config(source: str | Path | dict[str, Any] | None, overrides: lis
     return config_from_dict(values), sweep
 
 
-def _flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict's values by dotted name: {"interp": {"backend": {"device": x}}} -> {"interp.backend.device": x}."""
     flat = {}
     for key, value in values.items():
-        flat.update(_flat_settings(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        flat.update(flat_settings(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
     return flat
 
 
-def changed_settings(old: dict[str, Any], new: dict[str, Any], allowed: frozenset[str] = frozenset(),
-                     allowed_sections: tuple[str, ...] = ()) -> list[str]:
-    """Each dotted field (``section.key``, ``interp.backend.key``) whose value differs between two config
-    dicts (as RunConfig.to_dict gives them), as "name old -> new", except the fields in ``allowed`` and
-    those under ``allowed_sections``. How a resumed run or sweep finds the settings it would fold in."""
-    a, b = _flat_settings(old), _flat_settings(new)
+def execution_settings(cls: type, prefix: str = "") -> frozenset[str]:
+    """The dotted names of the fields of a config dataclass (its nested sections included) whose metadata says
+    they are EXECUTION: where and how it runs, not what it computes."""
+    names: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("execution"):
+            names.add(prefix + f.name)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            names |= execution_settings(hints[f.name], f"{prefix}{f.name}.")
+    return frozenset(names)
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], accepted: frozenset[str] = frozenset()) -> list[str]:
+    """Each dotted field (``section.key``, ``interp.backend.key``) whose value differs between two config dicts (as
+    RunConfig.to_dict gives them), as "name old -> new", except the fields in ``accepted`` and those under a section
+    it names. The one comparison that decides whether a run, sweep or SAE folder may be resumed with a config."""
+    a, b = flat_settings(old), flat_settings(new)
     return [f"{name} {a.get(name)!r} -> {b.get(name)!r}" for name in sorted(set(a) | set(b))
-            if a.get(name) != b.get(name) and name not in allowed
-            and not any(name.startswith(section + ".") for section in allowed_sections)]
+            if a.get(name) != b.get(name) and not any(name == ok or name.startswith(ok + ".") for ok in accepted)]
 
 
 def dump_toml(cfg: RunConfig) -> str:

@@ -34,9 +34,8 @@ import tomli_w
 
 from . import layout
 from .config import (REFERENCE_ARM, Arm, ConfigError, RunConfig, SweepConfig, changed_settings, config_from_dict,
-                     level_text, load_sweep_config, read_toml)
+                     execution_settings, level_text, load_sweep_config, read_toml)
 from .errors import CratelabError
-from .interp.run import EXECUTION_ONLY as INTERP_EXECUTION_ONLY
 from .io import folder_lock, read_json, remove_tree, write_csv, write_json, write_text
 from .runtime import (check_threads, cpu_count, end_with, is_main_process, keep_freed_memory, set_threads,
                       spread_over_gpus, visible_gpus)
@@ -394,14 +393,13 @@ def save_sweep(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
     write_text(out_dir / layout.SWEEP_CONFIG, tomli_w.dumps(sweep_values(base, sweep)))
 
 
-# Settings a sweep folder may be rerun with: seeds and factor levels (a run's config depends on its own cell
-# alone and its name on its levels, so cells may be added or dropped), the workers, and how the runs are
-# executed (sweep.launcher and [sweep.slurm] too). Anything else (the shared settings, the reference and
-# the arms, which arms build on) would put runs computed with other settings under the same name.
-SWEEP_RESUMABLE_CHANGES = frozenset({
-    "sweep.seeds", "sweep.workers", "sweep.launcher", "train.device", "train.threads", "train.compile", "train.log",
-    "train.wandb_project", "data.cache_dir", "eval.dense_threshold"}) | {
-    "interp." + name for name in INTERP_EXECUTION_ONLY}
+# Settings a sweep folder may be rerun with: the execution settings of its runs and of the sweep (workers,
+# launcher, [sweep.slurm]), the seeds and the factor levels (a run's config depends on its own cell alone and its
+# name on its levels, so cells may be added or dropped), and the questions (the report's, not the runs'). Anything
+# else (the shared settings, the reference and the arms, which arms build on) would put runs computed with other
+# settings under the same name.
+SWEEP_RESUMABLE_CHANGES = execution_settings(RunConfig) | execution_settings(SweepConfig, "sweep.") | {
+    "sweep.seeds", "sweep.factors", "sweep.questions"}
 
 
 def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) -> None:
@@ -415,8 +413,7 @@ def check_sweep_unchanged(base: RunConfig, sweep: SweepConfig, out_dir: Path) ->
         old = sweep_values(old_base, old_sweep)
     except ConfigError:
         pass  # settings this version refuses: compared as written, so the changed ones are named
-    diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES, allowed_sections=("sweep.factors", "sweep.slurm",
-                                                                                  "sweep.questions"))
+    diffs = changed_settings(old, new, SWEEP_RESUMABLE_CHANGES)
     if set(old.get("sweep", {}).get("factors", {})) != set(sweep.factors):  # another factor renames every run
         diffs.append(f"sweep.factors {sorted(old.get('sweep', {}).get('factors', {}))} -> {sorted(sweep.factors)}")
     if diffs:

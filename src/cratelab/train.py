@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .checkpoint import config_of, read_checkpoint, save_checkpoint, write_config
-from .config import RunConfig, changed_settings
+from .config import RunConfig, changed_settings, execution_settings
 from .data.batches import TrainBatches, eval_windows
 from .data.shards import TokenDataset, prepare_dataset, run_data_identity
 from .data.tokenizer import Tokenizer
@@ -61,12 +61,10 @@ def resolve_vocab_size(cfg: RunConfig, tokenizer: Tokenizer) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
-# Settings a resumed run may change: they do not change the weights it computes. max_steps extends (or
-# ends) the run, re-stretching the cosine schedule from the resume point; the rest say where and how it runs.
-RESUMABLE_CHANGES = frozenset({
-    "train.max_steps", "train.eval_interval", "train.device", "train.threads", "train.compile", "train.log",
-    "train.wandb_project", "data.cache_dir", "eval.dense_threshold"})
-RESUMABLE_SECTIONS = ("interp",)  # read by `cratelab interpret`, never by training
+# Settings a resumed run may change: the execution settings (where and how it runs), and what does not change the
+# weights it computes. max_steps extends (or ends) the run, re-stretching the cosine schedule from the resume point;
+# eval_interval spaces its evaluations; [interp] is read by `cratelab interpret`, never by training.
+RESUMABLE_CHANGES = execution_settings(RunConfig) | {"train.max_steps", "train.eval_interval", "interp"}
 
 
 def check_same_run(state: dict[str, Any], cfg: RunConfig, tokenizer: Tokenizer, file: Path) -> None:
@@ -76,7 +74,7 @@ def check_same_run(state: dict[str, Any], cfg: RunConfig, tokenizer: Tokenizer, 
         raise CratelabError(f"{file} holds a model without training state (e.g. imported weights), which cannot be "
                             "resumed; pass --fresh to start over, or choose another output folder")
     old = config_of(state, file)
-    diffs = changed_settings(old.to_dict(), cfg.to_dict(), RESUMABLE_CHANGES, RESUMABLE_SECTIONS)
+    diffs = changed_settings(old.to_dict(), cfg.to_dict(), RESUMABLE_CHANGES)
     if state["tokenizer"] != tokenizer.to_dict() and not any(d.startswith("data.") for d in diffs):
         diffs.append("a different vocabulary (the corpus changed)")
     if diffs:

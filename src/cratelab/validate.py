@@ -13,6 +13,10 @@ from typing import Any
 from .errors import ConfigError
 from .runtime import DEVICE_HELP, is_device_name
 
+# The field metadata of a setting that says only where and how a run goes (device, threads, logging, caches), never
+# what it computes: config.changed_settings lets a resumed run, sweep, interpret or SAE folder change it.
+EXECUTION = {"execution": True}
+
 
 def require(ok: bool, name: str, message: str) -> None:
     """The validators every config section uses: ``ok`` or a ConfigError naming the field."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..validate import choose, require, require_device
+from ..validate import EXECUTION, choose, require, require_device
 from .protocols import PROTOCOLS
 
 # the explanation methods (make_backend): names, and patterns whose MODEL or PATH is any non-empty text
@@ -61,25 +61,29 @@ LOCAL_DTYPES = ("float32", "bfloat16", "float16")  # BackendConfig.dtype
 class BackendConfig:
     """`[interp.backend]`: the LLM explainer and simulator of the methods local:PATH and openai:MODEL."""
 
+    # the endpoint's options (EXECUTION) reach the same answers: the response cache keys on what determines them
+
     explainer_model: str = ""  # "": the model of interp.method
     simulator_model: str = ""  # "": the model of interp.method (the paper simulated with another model)
     explainer_prompt: str = ""  # a prompt template file (docs/interpretability.md); "": the built-in prompt
     simulator_prompt: str = ""  # a prompt template file for logprob simulation; "": the built-in prompt
     simulation: str = "auto"  # "auto" (decided once per run by a probe) | "logprobs" | "json"
-    base_url: str = ""  # openai: "" = $OPENAI_BASE_URL, else OpenAI's API
-    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key: keys stay out of configs
-    concurrency: int = 8  # requests in flight at once
-    timeout_s: float = 120.0  # socket timeout of one request
-    retries: int = 3  # further attempts after a timeout, connection error, 408, 429, 5xx or malformed answer
+    base_url: str = field(default="", metadata=EXECUTION)  # openai: "" = $OPENAI_BASE_URL, else OpenAI's API
+    # the NAME of the variable holding the key: keys stay out of configs
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata=EXECUTION)
+    concurrency: int = field(default=8, metadata=EXECUTION)  # requests in flight at once
+    timeout_s: float = field(default=120.0, metadata=EXECUTION)  # socket timeout of one request
+    # further attempts after a timeout, connection error, 408, 429, 5xx or malformed answer
+    retries: int = field(default=3, metadata=EXECUTION)
     # openai: seconds a neuron's requests may take in all (every protocol, waits for a free slot included);
     # then it fails with a transport reason and the run goes on. 0 = no deadline
-    neuron_deadline_s: float = 600.0
+    neuron_deadline_s: float = field(default=600.0, metadata=EXECUTION)
     # the explainer's answer is cut at this many tokens; only its first line is used (at 40, SmolLM2's
     # explanations were cut mid-sentence)
     max_explanation_tokens: int = 60
     # local: where the model runs ("auto": cuda when available, else cpu) and the precision its weights are
     # expanded to (a .gguf file is dequantised: float32 takes 4 bytes a weight, whatever the file's size)
-    device: str = "auto"
+    device: str = field(default="auto", metadata=EXECUTION)
     dtype: str = "float32"  # float32 on CPU (no fast half precision there); bfloat16 halves GPU memory
 
     def validate(self, prefix: str = "interp.backend") -> None:
@@ -113,14 +117,18 @@ class InterpConfig:
     protocols: str = field(default="top-and-random,random-only,anthropic", metadata={"format": PROTOCOLS_FORMAT})
     method: str = "token-pattern"  # explainer and simulator: one of METHODS
     seed: int = 0  # record sampling and the neuron subset
-    batch_size: int = 16  # windows of model.block_size tokens per forward pass
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
-    workers: int = 1  # neurons explained and scored at once (threads: worth it for LLM backends)
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (1 is steadier on a busy machine)
-    bootstrap: int = 1000  # resamples of the bootstrap confidence interval over neurons
-    confidence: float = 0.95
-    cards: bool = True  # write HTML neuron cards (cards/index.html)
-    max_cards: int = 0  # cards per layer: 0 = one per scored neuron, else the best-scoring ones
+    batch_size: int = field(default=16, metadata=EXECUTION)  # windows of model.block_size tokens per forward pass
+    device: str = field(default="auto", metadata=EXECUTION)  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    # neurons explained and scored at once (threads: worth it for LLM backends)
+    workers: int = field(default=1, metadata=EXECUTION)
+    # torch intra-op threads on CPU; 0 = torch's default (1 is steadier on a busy machine)
+    threads: int = field(default=0, metadata=EXECUTION)
+    # resamples of the bootstrap confidence interval over neurons
+    bootstrap: int = field(default=1000, metadata=EXECUTION)
+    confidence: float = field(default=0.95, metadata=EXECUTION)
+    cards: bool = field(default=True, metadata=EXECUTION)  # write HTML neuron cards (cards/index.html)
+    # cards per layer: 0 = one per scored neuron, else the best-scoring ones
+    max_cards: int = field(default=0, metadata=EXECUTION)
     records: RecordConfig = field(default_factory=RecordConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
 

@@ -22,7 +22,7 @@ from typing import ClassVar, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .activations import ActivationRecord
+from .records import ActivationRecord
 
 NO_PATTERN = "no token pattern"
 

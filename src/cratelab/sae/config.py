@@ -4,14 +4,14 @@ configs (TOML, `--set sae.key=value`, ConfigError naming the field)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import apply_overrides, read_toml, require_seed
 from ..errors import ConfigError
 from ..runtime import require_memory
-from ..validate import choose, require, require_device, section_from_dict
+from ..validate import EXECUTION, choose, require, require_device, section_from_dict
 
 ARCHITECTURES = ("relu", "topk")  # ReLU + L1 (the paper's), TopK (the current standard)
 
@@ -37,8 +37,8 @@ class SAEConfig:
     eval_tokens: int = 65_536  # held-out tokens for `sae` evaluation (L0, FVU, spliced CE loss)
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = after every buffer
     seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    device: str = field(default="auto", metadata=EXECUTION)
+    threads: int = field(default=0, metadata=EXECUTION)  # torch intra-op threads on CPU; 0 = torch's default
 
     def validate(self, prefix: str = "sae") -> None:
         p = prefix + "."

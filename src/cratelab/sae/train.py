@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .. import layout
 from ..checkpoint import Checkpoint, checkpoint_file
-from ..config import changed_settings
+from ..config import changed_settings, execution_settings
 from ..errors import CratelabError, unpickling_error
 from ..io import (JsonlAppender, building_folder, keep_jsonl, read_json_object, remove_tree, sha256_file, write_bytes,
                   write_json)
@@ -124,8 +124,13 @@ def resample_dead(sae, trainer, batch: torch.Tensor, seed: int) -> int:
     return len(dead)
 
 
+# [sae] settings a resumed SAE may change: its execution settings, and eval_tokens (read by the evaluation
+# after training, never by it)
+SAE_RESUMABLE_CHANGES = execution_settings(SAEConfig) | {"eval_tokens"}
+
+
 def _identity(ckpt: Checkpoint, hook: str, cfg: SAEConfig) -> dict[str, Any]:
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "threads", "eval_tokens")}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in SAE_RESUMABLE_CHANGES}
     return {"format": FORMAT, "run": str(ckpt.path.resolve()), "checkpoint_sha256": sha256_file(checkpoint_file(ckpt.path)),
             "step": ckpt.step, "arch": ckpt.config.model.arch, "hook": hook, "layer": hook_layer(hook), "sae": settings}
 
