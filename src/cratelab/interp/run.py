@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
-from ..config import RunConfig, dump_toml
+from ..config import RunConfig, dump_toml, execution_settings, flat_settings
 from ..data.corpus import default_cache_dir
 from ..errors import CratelabError
 from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, keep_jsonl, read_json_object,
@@ -68,11 +68,6 @@ if TYPE_CHECKING:
 
 FSYNC_EVERY_S = 0.5
 PROGRESS_EVERY_S = 60.0  # a plain progress line at most this often (a local LLM takes minutes a neuron)
-# settings that change how fast a run goes or how it is reported, never its records or scores
-# (dotted: the backend's endpoint options reach the same answers, the cache keys on what determines them)
-EXECUTION_ONLY = ("device", "batch_size", "workers", "threads", "bootstrap", "confidence", "cards", "max_cards",
-                  "backend.base_url", "backend.api_key_env", "backend.concurrency", "backend.timeout_s",
-                  "backend.retries", "backend.neuron_deadline_s", "backend.device")
 # settings that shape the scores, not the records: while no neuron is scored, a rerun may change them (a start
 # refused or failed after the records were built keeps them, and does not block the corrected command)
 SCORING_SETTINGS = ("interp.method", "interp.protocols", "interp.neurons", "interp.backend.")
@@ -167,9 +162,9 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
         write_json(path, identity)
         return
     old = read_json_object(path, what="interpret run description")
-    flat_old, flat_new = _flatten(old), _flatten(identity)
+    flat_old, flat_new = flat_settings(old), flat_settings(identity)
     # a setting added since that run was made had its default there
-    added = {f"interp.{k}": v for k, v in _flatten(dataclasses.asdict(InterpConfig())).items()}
+    added = {f"interp.{k}": v for k, v in flat_settings(dataclasses.asdict(InterpConfig())).items()}
     changed = {key: flat_old.get(key, added.get(key)) for key in sorted(set(flat_old) | set(flat_new))
                if flat_old.get(key, added.get(key)) != flat_new.get(key)}
     scores = out / SCORES
@@ -185,13 +180,6 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
             f"{out} holds a run made with {key} = {was!r}, this one has {flat_new.get(key)!r}: "
             "use another --out (or delete that folder) to start afresh"
             + (" (a subset of its protocols is accepted)" if key == "interp.protocols" else ""))
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for k, v in d.items():
-        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
 
 
 def run_dataset(ckpt: Checkpoint, progress: bool) -> TokenDataset:
@@ -391,7 +379,9 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
         timing = read_json_object(out / SUMMARY_JSON, what="interpret summary").get("timing", {})
 
     ckpt_file = checkpoint_file(ckpt.path)
-    settings = {k: v for k, v in _flatten(dataclasses.asdict(icfg)).items() if k not in EXECUTION_ONLY}
+    # the execution settings (how fast it goes, how it is reported) never change its records or scores
+    execution = execution_settings(InterpConfig)
+    settings = {k: v for k, v in flat_settings(dataclasses.asdict(icfg)).items() if k not in execution}
     for name in ("backend.explainer_prompt", "backend.simulator_prompt"):  # what a template says, not where
         if settings[name]:
             settings[name] = sha256_file(Path(settings[name]))
