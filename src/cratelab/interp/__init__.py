@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import CratelabError
+from .activations import ActivationRecord, LayerRecords, NeuronRecord, Windows
 from .config import METHODS, TOP_MODES, BackendConfig, InterpConfig, RecordConfig
 from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
                       fit_token_patterns, neuron_deadline)
@@ -23,7 +24,7 @@ from .llm import EndpointConfig, endpoint_backend
 from .local_llm import local_backend
 from .prompts import PromptTemplates
 from .protocols import ANTHROPIC, PROTOCOLS, TOP_AND_RANDOM, ScoringProtocol, get_protocol, random_only
-from .records import ActivationRecord, LayerRecords, NeuronRecord, RecordBuilder, Windows
+from .sampling import RecordBuilder
 from .score import ROW_FIELDS, LayerSummary, NeuronScore, pooled_correlation, score_neuron, summarize_layer
 from .simulate import Simulator, TokenPatternSimulator
 

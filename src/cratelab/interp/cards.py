@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ..io import iter_jsonl, read_jsonl, write_text
 from ..layout import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON
+from .activations import ActivationRecord, LayerRecords, NeuronRecord
 from .files import decode_simulation
-from .records import ActivationRecord, LayerRecords, NeuronRecord
 from .protocols import get_protocol
 from .score import DEGENERATE, flag_degenerate
 

@@ -7,7 +7,7 @@ the builder clips every record at the end-of-text tokens inside a window.
 
 The model reads the text twice, with the same batches: the builders' first pass collects the records,
 the second counts every activation into each neuron's quantile grid, so that the quantile bins are
-the true ones (records.py); once with interp.records.quantiles = "sample". Memory stays flat in the number of tokens: a batch's activations are
+the true ones (sampling.py); once with interp.records.quantiles = "sample". Memory stays flat in the number of tokens: a batch's activations are
 handed to the builders from inside the forward pass, one layer at a time, and dropped; the builders keep fixed-size buffers plus
 the token ids (4 bytes a token a layer). Each pass stops after the last interpreted layer: the LM head,
 often the largest matmul of a small model, is never computed (bench/bench_interp.py measures
@@ -25,8 +25,9 @@ from tqdm import tqdm
 from ..data.batches import spread_offsets
 from ..errors import CratelabError
 from ..models import LanguageModel
+from .activations import LayerRecords
 from .config import RecordConfig
-from .records import LayerRecords, RecordBuilder
+from .sampling import RecordBuilder
 from .source import ActivationSource, model_neurons
 
 

@@ -22,7 +22,7 @@ from typing import ClassVar, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .records import ActivationRecord
+from .activations import ActivationRecord
 
 NO_PATTERN = "no token pattern"
 

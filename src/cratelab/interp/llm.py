@@ -50,12 +50,12 @@ import numpy as np
 
 from ..errors import CratelabError
 from ..io import write_json
+from .activations import ActivationRecord
 from .config import SIMULATION_METHODS, BackendConfig
 from .explain import Deadline, NeuronFailure, current_deadline
 from .prompts import (EXAMPLE_EXPLANATION, EXAMPLE_RECORDS, MAX_ACTIVATION, PromptTemplates, digit_probabilities,
                       expected_activation, json_simulation_messages, parse_explanation, parse_json_activations,
                       slot_positions)
-from .records import ActivationRecord
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from ..errors import CratelabError
+from .activations import ActivationRecord
 from .config import BackendConfig
 from .explain import NeuronFailure
 from .prompts import (MAX_ACTIVATION, Message, PromptTemplates, SimulationPrompt, expected_activation,
                       parse_explanation, slot_positions)
-from .records import ActivationRecord
 
 INSTALL = "pip install 'cratelab[llm]' (transformers, gguf, accelerate)"
 

@@ -27,8 +27,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import CratelabError
+from .activations import ActivationRecord
 from .explain import explainer_view
-from .records import ActivationRecord
 
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 MAX_ACTIVATION = 10

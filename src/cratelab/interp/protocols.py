@@ -2,7 +2,7 @@
 and how many records of each kind a protocol reads (what InterpConfig.validate checks [interp.records] against).
 
 It imports no other interp module: interp/config.py validates [interp.records] against these protocols and
-records.py builds on that config, so importing records here would close a loop. The methods take records.py's
+activations.py builds on that config, so importing it here would close a loop. The methods take activations.py's
 NeuronRecord (and return its ActivationRecords); their annotations name those classes without importing them.
 """
 

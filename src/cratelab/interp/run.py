@@ -51,12 +51,12 @@ from ..layout import CARDS, CONFIG, DATA, RECORDS, SCORES, SCORES_CSV, SIMULATIO
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
 from . import check_backend, make_backend
+from .activations import LayerRecords, NeuronRecord
 from .collect import collect_records
 from .config import InterpConfig
 from .explain import Explainer, NeuronFailure, neuron_deadline
 from .files import FORMAT, encode_simulation
 from .llm import is_old_transport_reason
-from .records import LayerRecords, NeuronRecord
 from .protocols import ScoringProtocol, get_protocol
 from .score import ROW_FIELDS, NeuronScore, flag_degenerate, score_neuron
 from .simulate import Simulator

@@ -22,10 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .activations import NeuronRecord
 from .explain import NO_PATTERN, Explainer, NeuronFailure
 from .prompts import EXAMPLE_EXPLANATION, EXPLANATION_PREFIX
 from .protocols import ScoringProtocol
-from .records import NeuronRecord
 from .simulate import Simulator
 
 
