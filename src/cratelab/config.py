@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ConfigError
 from .interp.config import InterpConfig
 from .runtime import require_memory
-from .validate import EXECUTION, choose, coerce, require, require_device, section_from_dict
+from .validate import choose, coerce, require, require_device, section_from_dict, setting
 
 
 # Upper bounds that catch typos before a run starts: each unrolled ISTA step is a layer of the network,
@@ -40,27 +40,30 @@ def require_seed(seed: int, name: str) -> None:
 
 @dataclass
 class ModelConfig:
-    arch: str = "crate"  # "crate" | "gpt"
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    vocab_size: int = 0  # 0: take the tokenizer's vocabulary size
-    block_size: int = 128
-    qkv: str = "shared"  # CRATE only: "shared" (MSSA, one U per head) | "separate" (GPT-style q, k, v)
-    # CRATE only (ignored for arch = "gpt", like qkv); the defaults are the official model
-    ffn: str = "ista"  # "ista" (sparse coding) | "mlp" (a ReLU MLP of the same width h in its place)
-    ista_residual: bool = False  # False: x = FFN(LN2 x) as the official code; True: x = x + FFN(LN2 x)
-    ista_decoder: str = "tied"  # "tied" (output W^T A, official) | "separate" (a learned decoder D A, CRATE-alpha)
-    ista_lambda: float = 0.1
-    ista_step_size: float = 0.1
-    ista_steps: int = 2
-    overcomplete: int = 4  # dictionary atoms per model dimension (h = overcomplete * n_embd); MLP width too
-    mlp_act: str = "relu"  # the MLP's activation (GPT baseline; CRATE with ffn = "mlp"): "relu" (official) | "gelu"
-    dropout: float = 0.0
-    # GPT only, as nanoGPT's `bias`: false drops the biases of every Linear and LayerNorm (the official GPT
-    # baseline's, whose counts the paper prints). For CRATE it means what it means in the official code: nothing;
-    # CRATE keeps its fixed biases (LayerNorms, attention output; none in U or the dictionary) either way
-    bias: bool = True
+    arch: str = setting("crate", '"crate" | "gpt"')
+    n_layer: int = setting(2, "transformer blocks")
+    n_head: int = setting(4, "attention heads (n_embd must divide by it)")
+    n_embd: int = setting(128, "model (residual stream) dimension d")
+    vocab_size: int = setting(0, "0: take the tokenizer's vocabulary size")
+    block_size: int = setting(128, "context length in tokens")
+    qkv: str = setting("shared", 'CRATE only: "shared" (MSSA, one U per head) | "separate" (GPT-style q, k, v)')
+    # CRATE only (ignored for arch = "gpt", like qkv) from here to ista_steps; the defaults are the official model
+    ffn: str = setting("ista", 'CRATE only: "ista" (sparse coding) | "mlp" (a ReLU MLP of the same width h in its '
+                               "place)")
+    ista_residual: bool = setting(False, "False: x = FFN(LN2 x) as the official code; True: x = x + FFN(LN2 x)")
+    ista_decoder: str = setting("tied", '"tied" (output W^T A, official) | "separate" (a learned decoder D A, '
+                                        "CRATE-alpha)")
+    ista_lambda: float = setting(0.1, "ISTA sparsity weight λ")
+    ista_step_size: float = setting(0.1, "ISTA step size η")
+    ista_steps: int = setting(2, "unrolled ISTA steps per block")
+    overcomplete: int = setting(4, "dictionary atoms per model dimension (h = overcomplete * n_embd); MLP width too")
+    mlp_act: str = setting("relu", "the MLP's activation (GPT baseline; CRATE with ffn = \"mlp\"): \"relu\" (official) "
+                                   '| "gelu"')
+    dropout: float = setting(0.0, "dropout probability (0 = none)")
+    bias: bool = setting(True, "GPT only, as nanoGPT's `bias`: false drops the biases of every Linear and LayerNorm "
+                               "(the official GPT baseline's, whose counts the paper prints). For CRATE it means "
+                               "what it means in the official code: nothing; CRATE keeps its fixed biases "
+                               "(LayerNorms, attention output; none in U or the dictionary) either way")
 
     def validate(self, prefix: str = "model") -> None:
         p = prefix + "."
@@ -105,16 +108,16 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "default" (registry corpus built by `cratelab prepare`), "fixture" (small committed corpus),
-    # a directory of .txt/.jsonl documents, or "hf:NAME[:CONFIG]" (Hugging Face datasets, opt-in)
-    corpus: str = "default"
-    tokenizer: str = "bpe"  # "bpe" (byte-level BPE trained on the corpus) | "gpt2" (offline r50k BPE)
-    bpe_vocab_size: int = 8192
-    cache_dir: str = field(default="", metadata=EXECUTION)  # "": $CRATELAB_CACHE or ~/.cache/cratelab
-    val_fraction: float = 0.05  # share of whole documents held out for validation
-    hf_split: str = "train"
-    hf_text_field: str = "text"
-    hf_max_tokens: int = 10_000_000  # tokens to stream from a Hugging Face dataset
+    corpus: str = setting("default", '"default" (registry corpus built by `cratelab prepare`), "fixture" (small '
+                                     "committed corpus), a directory of .txt/.jsonl documents, or "
+                                     '"hf:NAME[:CONFIG]" (Hugging Face datasets, opt-in)')
+    tokenizer: str = setting("bpe", '"bpe" (byte-level BPE trained on the corpus) | "gpt2" (offline r50k BPE)')
+    bpe_vocab_size: int = setting(8192, 'vocabulary size of tokenizer "bpe"')
+    cache_dir: str = setting("", '"": $CRATELAB_CACHE or ~/.cache/cratelab', execution=True)
+    val_fraction: float = setting(0.05, "share of whole documents held out for validation")
+    hf_split: str = setting("train", "hf: the split to stream")
+    hf_text_field: str = setting("text", "hf: the field of a record that holds its text")
+    hf_max_tokens: int = setting(10_000_000, "tokens to stream from a Hugging Face dataset")
 
     def validate(self, prefix: str = "data") -> None:
         p = prefix + "."
@@ -128,29 +131,31 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    batch_size: int = 16  # sequences per micro-step per process
-    grad_accum: int = 1  # micro-steps per optimizer step (per process)
-    max_steps: int = 1000
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 100
-    # "cosine": decay to min_lr over the whole run | "wsd" (warmup-stable-decay): lr held until the last `cooldown`
-    # share of the run, then a linear decay to min_lr; each tracked point (sweep.track) then branches a cooldown of
-    # its own from the stable phase, so it is the model a run of that budget would give
-    schedule: str = "cosine"
-    cooldown: float = 0.2  # schedule "wsd": the share of a budget (the run's, or a tracked point's) spent decaying
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 100  # steps between evaluations and checkpoints
-    device: str = field(default="auto", metadata=EXECUTION)  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
-    dtype: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32) | "float32" | "bfloat16" | "float16"
-    compile: bool = field(default=False, metadata=EXECUTION)
-    threads: int = field(default=0, metadata=EXECUTION)  # torch intra-op threads on CPU; 0 = torch's default
-    log: str = field(default="none", metadata=EXECUTION)  # "none" | "tensorboard" | "wandb"
-    wandb_project: str = field(default="cratelab", metadata=EXECUTION)
+    seed: int = setting(0, "model init, dropout and the training batches")
+    batch_size: int = setting(16, "sequences per micro-step per process")
+    grad_accum: int = setting(1, "micro-steps per optimizer step (per process)")
+    max_steps: int = setting(1000, "optimizer steps")
+    lr: float = setting(6e-4, "peak learning rate")
+    min_lr: float = setting(6e-5, "the learning rate the schedule decays to")
+    warmup_steps: int = setting(100, "steps of linear warmup from 0")
+    schedule: str = setting("cosine", '"cosine": decay to min_lr over the whole run | "wsd" (warmup-stable-decay): '
+                                      "lr held until the last `cooldown` share of the run, then a linear decay to "
+                                      "min_lr; each tracked point (sweep.track) then branches a cooldown of its own "
+                                      "from the stable phase, so it is the model a run of that budget would give")
+    cooldown: float = setting(0.2, "schedule \"wsd\": the share of a budget (the run's, or a tracked point's) spent "
+                                   "decaying")
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)")
+    beta1: float = setting(0.9, "AdamW β1")
+    beta2: float = setting(0.95, "AdamW β2")
+    grad_clip: float = setting(1.0, "0 disables clipping")
+    eval_interval: int = setting(100, "steps between evaluations and checkpoints")
+    device: str = setting("auto", '"auto" | "cpu" | "cuda" | "cuda:N" | "mps"', execution=True)
+    dtype: str = setting("auto", '"auto" (bf16 where the hardware has it, else fp32) | "float32" | "bfloat16" | '
+                                 '"float16"')
+    compile: bool = setting(False, "run the model under torch.compile", execution=True)
+    threads: int = setting(0, "torch intra-op threads on CPU; 0 = torch's default", execution=True)
+    log: str = setting("none", '"none" | "tensorboard" | "wandb"', execution=True)
+    wandb_project: str = setting("cratelab", 'the Weights & Biases project (train.log = "wandb")', execution=True)
 
     def validate(self, prefix: str = "train") -> None:
         p = prefix + "."
@@ -174,9 +179,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    tokens: int = 65536  # held-out tokens used for val_loss during training and by `cratelab eval`
-    # a neuron is "dense" when it fires on more than this share of tokens
-    dense_threshold: float = field(default=0.1, metadata=EXECUTION)
+    tokens: int = setting(65536, "held-out tokens used for val_loss during training and by `cratelab eval`")
+    dense_threshold: float = setting(0.1, 'a neuron is "dense" when it fires on more than this '
+                                          "share of tokens", execution=True)
 
     def validate(self, prefix: str = "eval") -> None:
         require(self.tokens >= 1, prefix + ".tokens", f"must be >= 1, got {self.tokens}")
@@ -211,10 +216,10 @@ class Arm:
     paper's GPT + SAE arm): `of` names that arm (or "reference"), `sae` holds [sae] settings (checked by
     SAEConfig when the sweep is planned), and `set` may change only interp.* settings."""
 
-    name: str
-    set: dict[str, Any] = field(default_factory=dict)
-    of: str = ""  # "": a trained arm; else the condition whose runs the SAEs are trained on
-    sae: dict[str, Any] = field(default_factory=dict)
+    name: str = setting(doc="the condition's name: its runs' stem and results.csv's condition")
+    set: dict[str, Any] = setting(doc="section.key -> value: what the arm changes", factory=dict)
+    of: str = setting("", '"": a trained arm; else the condition whose runs the SAEs are trained on')
+    sae: dict[str, Any] = setting(doc="[sae] settings of an arm with `of`", factory=dict)
 
     @property
     def derived(self) -> bool:
@@ -229,15 +234,16 @@ class SlurmConfig:
     """[sweep.slurm]: the Slurm job of each run of a sweep (sweep.launcher = "slurm", through submitit).
     The "submitit-local" launcher runs the same jobs as local processes and reads gpus_per_run alone."""
 
-    partition: str = ""  # sbatch --partition; "" = the cluster's default partition
-    account: str = ""  # sbatch --account; "" = the user's default account
-    gpus_per_run: int = 1  # GPUs of each run's job, on one node; > 1: DDP, one Slurm task per GPU; 0: CPU only
-    cpus_per_task: int = 4  # CPU cores of each task (a run has one task, or one per GPU); its torch threads
-    mem_gb: int = 0  # memory of the job's node share; 0 = the partition's default
-    time_min: int = 240  # the job's time limit (sbatch --time), minutes
-    max_requeues: int = 3  # times a job preempted or out of time requeues itself (it resumes from its checkpoint)
-    extra: list[str] = field(default_factory=list)  # more sbatch options, e.g. ["--qos=high", "--constraint=a100"]
-    setup: list[str] = field(default_factory=list)  # shell lines the job runs first, e.g. ["module load cuda"]
+    partition: str = setting("", "sbatch --partition; \"\" = the cluster's default partition")
+    account: str = setting("", "sbatch --account; \"\" = the user's default account")
+    gpus_per_run: int = setting(1, "GPUs of each run's job, on one node; > 1: DDP, one Slurm task per GPU; 0: CPU only")
+    cpus_per_task: int = setting(4, "CPU cores of each task (a run has one task, or one per GPU); its torch threads")
+    mem_gb: int = setting(0, "memory of the job's node share; 0 = the partition's default")
+    time_min: int = setting(240, "the job's time limit (sbatch --time), minutes")
+    max_requeues: int = setting(3, "times a job preempted or out of time requeues itself (it resumes from its "
+                                   "checkpoint)")
+    extra: list[str] = setting(doc='more sbatch options, e.g. ["--qos=high", "--constraint=a100"]', factory=list)
+    setup: list[str] = setting(doc='shell lines the job runs first, e.g. ["module load cuda"]', factory=list)
 
     def validate(self, prefix: str = "sweep.slurm") -> None:
         p = prefix + "."
@@ -281,10 +287,11 @@ class Question:
     (that level minus the reference level), "FACTOR per doubling", "FACTOR curvature", an arm's name (the arm
     minus the reference condition) or "F1 = a × F2 = b" (an interaction); metric: a results.csv column."""
 
-    effect: str = ""
-    metric: str = ""
-    test: str = "difference"  # "difference" (is it not 0?) | "equivalence" (is it within ±margin?) | "both"
-    margin: float = 0.0  # the smallest effect that matters, in the metric's units; 0 = [sweep.questions.margins]'s
+    effect: str = setting("", 'the effect asked about, e.g. "model.qkv = separate"')
+    metric: str = setting("", 'a results.csv column, e.g. "val_loss"')
+    test: str = setting("difference", '"difference" (is it not 0?) | "equivalence" (is it within ±margin?) | "both"')
+    margin: float = setting(0.0, "the smallest effect that matters, in the metric's units; 0 = "
+                                 "[sweep.questions.margins]'s")
 
 
 @dataclass
@@ -293,12 +300,13 @@ class QuestionsConfig:
     the primary and within the secondary family at level alpha; every other effect and metric is exploratory
     (intervals only, never a decision)."""
 
-    alpha: float = 0.05
-    primary: list[Question] = field(default_factory=list)
-    secondary: list[Question] = field(default_factory=list)
-    # per metric, the smallest effect that matters (its units; per doubling for slopes): the equivalence margin,
-    # and the band within which an answer counts as settled along training
-    margins: dict[str, float] = field(default_factory=dict)
+    alpha: float = setting(0.05, "the family-wise error rate of each family")
+    primary: list[Question] = setting(doc="the primary questions ([[sweep.questions.primary]])", factory=list)
+    secondary: list[Question] = setting(doc="the secondary questions ([[sweep.questions.secondary]])", factory=list)
+    margins: dict[str, float] = setting(doc="per metric, the smallest effect that matters (its units; "
+                                            "per doubling for slopes): the equivalence margin, and "
+                                            "the band within which an answer counts as settled along "
+                                            "training", factory=dict)
 
     def families(self) -> dict[str, list[Question]]:
         return {"primary": self.primary, "secondary": self.secondary}
@@ -352,19 +360,19 @@ class SweepConfig:
     contrasts are taken against. Whether each key and level is valid is checked by building every run's
     config (sweep.expand), before anything runs."""
 
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    factors: dict[str, list[Any]] = field(default_factory=dict)
-    reference: dict[str, Any] = field(default_factory=dict)  # a level per factor; default: each factor's first
-    arms: list[Arm] = field(default_factory=list)
-    # runs trained at once on this machine (each gets cores / workers threads; on several GPUs, spread over them)
-    workers: int = field(default=1, metadata=EXECUTION)
-    # local: processes here | slurm: a Slurm job per run | submitit-local: those jobs here
-    launcher: str = field(default="local", metadata=EXECUTION)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata=EXECUTION)
-    # fractions of train.max_steps at which each run also keeps its checkpoint, evaluated and scored like the
-    # final one (the final point, 1.0, is the run itself); [] tracks nothing
-    track: list[float] = field(default_factory=list)
-    questions: QuestionsConfig = field(default_factory=QuestionsConfig)
+    seeds: list[int] = setting(doc="training seeds: every condition runs each", factory=lambda: [0, 1, 2])
+    factors: dict[str, list[Any]] = setting(doc='"section.key" -> its levels: a full grid over them', factory=dict)
+    reference: dict[str, Any] = setting(doc="a level per factor; default: each factor's first", factory=dict)
+    arms: list[Arm] = setting(doc="named conditions outside the grid ([[sweep.arms]])", factory=list)
+    workers: int = setting(1, "runs trained at once on this machine (each gets cores / workers "
+                              "threads; on several GPUs, spread over them)", execution=True)
+    launcher: str = setting("local", "local: processes here | slurm: a Slurm job per run | "
+                                     "submitit-local: those jobs here", execution=True)
+    slurm: SlurmConfig = setting(doc="[sweep.slurm]: each run's Slurm job", factory=SlurmConfig, execution=True)
+    track: list[float] = setting(doc="fractions of train.max_steps at which each run also keeps its "
+                                     "checkpoint, evaluated and scored like the final one (the final "
+                                     "point, 1.0, is the run itself); [] tracks nothing", factory=list)
+    questions: QuestionsConfig = setting(doc="[sweep.questions]", factory=QuestionsConfig)
 
     def validate(self, prefix: str = "sweep") -> None:
         p = prefix + "."

@@ -18,6 +18,14 @@ from .runtime import DEVICE_HELP, is_device_name
 EXECUTION = {"execution": True}
 
 
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING,
+            execution: bool = False, format: str = "") -> Any:
+    """A config field with its one description (docs/config.md is written from it), marked EXECUTION when it says
+    only where and how a run goes; ``format``: how a string field holding a list is written (coerce's type error)."""
+    metadata = {"doc": doc, **(EXECUTION if execution else {}), **({"format": format} if format else {})}
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
 def require(ok: bool, name: str, message: str) -> None:
     """The validators every config section uses: ``ok`` or a ConfigError naming the field."""
     if not ok:

@@ -7,10 +7,10 @@ Imports only the bottom of the project (validate.py) and the protocols' data (pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..validate import EXECUTION, choose, require, require_device
+from ..validate import choose, require, require_device, setting
 from .protocols import PROTOCOLS
 
 # the explanation methods (make_backend): names, and patterns whose MODEL or PATH is any non-empty text
@@ -25,17 +25,17 @@ QUANTILE_MODES = ("exact", "sample")  # RecordConfig.quantiles
 class RecordConfig:
     """`[interp.records]`: tokens per record, and how many records of each kind a neuron keeps."""
 
-    window: int = 64  # tokens per record in the OpenAI protocols
-    short_window: int = 8  # tokens per record in the Anthropic-style protocol
-    snippet: int = 3  # tokens per out-of-context snippet
-    n_top: int = 50
-    n_random: int = 50
-    n_bins: int = 11
-    per_bin: int = 4  # quantile samples per bin: 2 to explain + 2 to score
-    top: str = "distinct"  # "distinct": non-overlapping top windows; "paper": the top tokens, overlaps allowed
-    # "exact": a second pass over the stream counts every activation, so that quantile records come from their
-    # true bins; "sample": one pass, the bins' ranks estimated from a sample of 4,096 positions (faster)
-    quantiles: str = "exact"
+    window: int = setting(64, "tokens per record in the OpenAI protocols")
+    short_window: int = setting(8, "tokens per record in the Anthropic-style protocol")
+    snippet: int = setting(3, "tokens per out-of-context snippet")
+    n_top: int = setting(50, "top-activating records per neuron")
+    n_random: int = setting(50, "random records per neuron")
+    n_bins: int = setting(11, "quantile bins of the activations")
+    per_bin: int = setting(4, "quantile samples per bin: 2 to explain + 2 to score")
+    top: str = setting("distinct", '"distinct": non-overlapping top windows; "paper": the top tokens, overlaps allowed')
+    quantiles: str = setting("exact", '"exact": a second pass over the stream counts every activation, so that '
+                                      "quantile records come from their true bins; \"sample\": one pass, the bins' "
+                                      "ranks estimated from a sample of 4,096 positions (faster)")
 
     def __post_init__(self) -> None:  # checked however it is built: TOML, --set, or Python
         self.validate()
@@ -63,28 +63,28 @@ class BackendConfig:
 
     # the endpoint's options (EXECUTION) reach the same answers: the response cache keys on what determines them
 
-    explainer_model: str = ""  # "": the model of interp.method
-    simulator_model: str = ""  # "": the model of interp.method (the paper simulated with another model)
-    explainer_prompt: str = ""  # a prompt template file (docs/interpretability.md); "": the built-in prompt
-    simulator_prompt: str = ""  # a prompt template file for logprob simulation; "": the built-in prompt
-    simulation: str = "auto"  # "auto" (decided once per run by a probe) | "logprobs" | "json"
-    base_url: str = field(default="", metadata=EXECUTION)  # openai: "" = $OPENAI_BASE_URL, else OpenAI's API
-    # the NAME of the variable holding the key: keys stay out of configs
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata=EXECUTION)
-    concurrency: int = field(default=8, metadata=EXECUTION)  # requests in flight at once
-    timeout_s: float = field(default=120.0, metadata=EXECUTION)  # socket timeout of one request
-    # further attempts after a timeout, connection error, 408, 429, 5xx or malformed answer
-    retries: int = field(default=3, metadata=EXECUTION)
-    # openai: seconds a neuron's requests may take in all (every protocol, waits for a free slot included);
-    # then it fails with a transport reason and the run goes on. 0 = no deadline
-    neuron_deadline_s: float = field(default=600.0, metadata=EXECUTION)
-    # the explainer's answer is cut at this many tokens; only its first line is used (at 40, SmolLM2's
-    # explanations were cut mid-sentence)
-    max_explanation_tokens: int = 60
-    # local: where the model runs ("auto": cuda when available, else cpu) and the precision its weights are
-    # expanded to (a .gguf file is dequantised: float32 takes 4 bytes a weight, whatever the file's size)
-    device: str = field(default="auto", metadata=EXECUTION)
-    dtype: str = "float32"  # float32 on CPU (no fast half precision there); bfloat16 halves GPU memory
+    explainer_model: str = setting("", '"": the model of interp.method')
+    simulator_model: str = setting("", '"": the model of interp.method (the paper simulated with another model)')
+    explainer_prompt: str = setting("", 'a prompt template file (docs/interpretability.md); "": the built-in prompt')
+    simulator_prompt: str = setting("", 'a prompt template file for logprob simulation; "": the built-in prompt')
+    simulation: str = setting("auto", '"auto" (decided once per run by a probe) | "logprobs" | "json"')
+    base_url: str = setting("", "openai: \"\" = $OPENAI_BASE_URL, else OpenAI's API", execution=True)
+    api_key_env: str = setting("OPENAI_API_KEY", "the NAME of the variable holding the key: keys "
+                                                 "stay out of configs", execution=True)
+    concurrency: int = setting(8, "requests in flight at once", execution=True)
+    timeout_s: float = setting(120.0, "socket timeout of one request", execution=True)
+    retries: int = setting(3, "further attempts after a timeout, connection error, 408, 429, 5xx or "
+                              "malformed answer", execution=True)
+    neuron_deadline_s: float = setting(600.0, "openai: seconds a neuron's requests may take in all "
+                                              "(every protocol, waits for a free slot included); "
+                                              "then it fails with a transport reason and the run "
+                                              "goes on. 0 = no deadline", execution=True)
+    max_explanation_tokens: int = setting(60, "the explainer's answer is cut at this many tokens; only its first "
+                                              "line is used (at 40, SmolLM2's explanations were cut mid-sentence)")
+    device: str = setting("auto", 'local: where the model runs ("auto": cuda when available, else cpu)', execution=True)
+    dtype: str = setting("float32", "local: the precision the weights are expanded to (a .gguf file is "
+                                    "dequantised: float32 takes 4 bytes a weight, whatever the file's size); "
+                                    "float32 on CPU (no fast half precision there); bfloat16 halves GPU memory")
 
     def validate(self, prefix: str = "interp.backend") -> None:
         p = prefix + "."
@@ -110,27 +110,26 @@ class BackendConfig:
 class InterpConfig:
     """`cratelab interpret`: which neurons to explain and score, how, and the records they are scored on."""
 
-    tokens: int = 262_144  # held-out (validation split) tokens the model reads to build the records
-    # layers and protocols are strings that hold a list: "format" is what a type error tells the user to write
-    layers: str = field(default="all", metadata={"format": LAYERS_FORMAT})
-    neurons: int = 0  # neurons scored per layer: 0 = all, else a random subset drawn with `seed`
-    protocols: str = field(default="top-and-random,random-only,anthropic", metadata={"format": PROTOCOLS_FORMAT})
-    method: str = "token-pattern"  # explainer and simulator: one of METHODS
-    seed: int = 0  # record sampling and the neuron subset
-    batch_size: int = field(default=16, metadata=EXECUTION)  # windows of model.block_size tokens per forward pass
-    device: str = field(default="auto", metadata=EXECUTION)  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
-    # neurons explained and scored at once (threads: worth it for LLM backends)
-    workers: int = field(default=1, metadata=EXECUTION)
-    # torch intra-op threads on CPU; 0 = torch's default (1 is steadier on a busy machine)
-    threads: int = field(default=0, metadata=EXECUTION)
-    # resamples of the bootstrap confidence interval over neurons
-    bootstrap: int = field(default=1000, metadata=EXECUTION)
-    confidence: float = field(default=0.95, metadata=EXECUTION)
-    cards: bool = field(default=True, metadata=EXECUTION)  # write HTML neuron cards (cards/index.html)
-    # cards per layer: 0 = one per scored neuron, else the best-scoring ones
-    max_cards: int = field(default=0, metadata=EXECUTION)
-    records: RecordConfig = field(default_factory=RecordConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
+    tokens: int = setting(262_144, "held-out (validation split) tokens the model reads to build the records")
+    layers: str = setting("all", "the layers to interpret", format=LAYERS_FORMAT)
+    neurons: int = setting(0, "neurons scored per layer: 0 = all, else a random subset drawn with `seed`")
+    protocols: str = setting("top-and-random,random-only,anthropic", "the scoring protocols",
+                             format=PROTOCOLS_FORMAT)
+    method: str = setting("token-pattern", "explainer and simulator: one of METHODS")
+    seed: int = setting(0, "record sampling and the neuron subset")
+    batch_size: int = setting(16, "windows of model.block_size tokens per forward pass", execution=True)
+    device: str = setting("auto", '"auto" | "cpu" | "cuda" | "cuda:N" | "mps"', execution=True)
+    workers: int = setting(1, "neurons explained and scored at once (threads: worth it for LLM "
+                              "backends)", execution=True)
+    threads: int = setting(0, "torch intra-op threads on CPU; 0 = torch's default (1 is steadier on "
+                              "a busy machine)", execution=True)
+    bootstrap: int = setting(1000, "resamples of the bootstrap confidence interval over neurons", execution=True)
+    confidence: float = setting(0.95, "level of the bootstrap confidence interval", execution=True)
+    cards: bool = setting(True, "write HTML neuron cards (cards/index.html)", execution=True)
+    max_cards: int = setting(0, "cards per layer: 0 = one per scored neuron, else the best-scoring "
+                                "ones", execution=True)
+    records: RecordConfig = setting(doc="[interp.records]", factory=RecordConfig)
+    backend: BackendConfig = setting(doc="[interp.backend]", factory=BackendConfig)
 
     def layer_list(self, n_layer: int | None = None) -> list[int]:
         """The layers to interpret, given the model's number of layers (checked); without it, only the

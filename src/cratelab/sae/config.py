@@ -4,41 +4,41 @@ configs (TOML, `--set sae.key=value`, ConfigError naming the field)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import apply_overrides, read_toml, require_seed
 from ..errors import ConfigError
 from ..runtime import require_memory
-from ..validate import EXECUTION, choose, require, require_device, section_from_dict
+from ..validate import choose, require, require_device, section_from_dict, setting
 
 ARCHITECTURES = ("relu", "topk")  # ReLU + L1 (the paper's), TopK (the current standard)
 
 
 @dataclass
 class SAEConfig:
-    architecture: str = "relu"  # "relu" (ReLU + L1 penalty, dead features resampled) | "topk"
-    expansion_factor: int = 16  # d_sae = expansion_factor * d_in, unless d_sae is set (the paper: 16 x 512)
-    d_sae: int = 0  # 0: expansion_factor * d_in
-    l1_coefficient: float = 5.0  # relu: weight of the L1 penalty (SAELens scales it by the decoder norms)
-    l1_warm_up_steps: int = 0  # relu: steps over which the L1 weight ramps up from 0
-    k: int = 32  # topk: features active per token
-    aux_loss_coefficient: float = 1.0  # topk: SAELens's auxiliary loss that revives dead features
-    lr: float = 4e-4  # the paper's
-    lr_warm_up_steps: int = 0
-    lr_decay_steps: int = 0  # linear decay to 0 over the last steps (SAELens's schedule); 0 = constant
-    tokens: int = 2_000_000  # training activations (one per token)
-    batch_size: int = 4096  # activations per optimizer step (the paper: 4 x 1024)
-    buffer_tokens: int = 65_536  # activations shuffled together; memory is this x d_in floats
-    model_batch_size: int = 16  # windows of model.block_size tokens per forward pass of the model
-    dead_feature_window: int = 1000  # steps without firing that make a feature dead
-    resample_every: int = 0  # relu: resample dead features every this many steps (0 = never)
-    eval_tokens: int = 65_536  # held-out tokens for `sae` evaluation (L0, FVU, spliced CE loss)
-    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = after every buffer
-    seed: int = 0
-    device: str = field(default="auto", metadata=EXECUTION)
-    threads: int = field(default=0, metadata=EXECUTION)  # torch intra-op threads on CPU; 0 = torch's default
+    architecture: str = setting("relu", '"relu" (ReLU + L1 penalty, dead features resampled) | "topk"')
+    expansion_factor: int = setting(16, "d_sae = expansion_factor * d_in, unless d_sae is set (the paper: 16 x 512)")
+    d_sae: int = setting(0, "0: expansion_factor * d_in")
+    l1_coefficient: float = setting(5.0, "relu: weight of the L1 penalty (SAELens scales it by the decoder norms)")
+    l1_warm_up_steps: int = setting(0, "relu: steps over which the L1 weight ramps up from 0")
+    k: int = setting(32, "topk: features active per token")
+    aux_loss_coefficient: float = setting(1.0, "topk: SAELens's auxiliary loss that revives dead features")
+    lr: float = setting(4e-4, "the paper's")
+    lr_warm_up_steps: int = setting(0, "steps of linear learning-rate warmup")
+    lr_decay_steps: int = setting(0, "linear decay to 0 over the last steps (SAELens's schedule); 0 = constant")
+    tokens: int = setting(2_000_000, "training activations (one per token)")
+    batch_size: int = setting(4096, "activations per optimizer step (the paper: 4 x 1024)")
+    buffer_tokens: int = setting(65_536, "activations shuffled together; memory is this x d_in floats")
+    model_batch_size: int = setting(16, "windows of model.block_size tokens per forward pass of the model")
+    dead_feature_window: int = setting(1000, "steps without firing that make a feature dead")
+    resample_every: int = setting(0, "relu: resample dead features every this many steps (0 = never)")
+    eval_tokens: int = setting(65_536, "held-out tokens for `sae` evaluation (L0, FVU, spliced CE loss)")
+    checkpoint_every: int = setting(0, "steps between resumable checkpoints; 0 = after every buffer")
+    seed: int = setting(0, "SAE init and the activation buffer's shuffling")
+    device: str = setting("auto", '"auto" | "cpu" | "cuda" | "cuda:N" | "mps"', execution=True)
+    threads: int = setting(0, "torch intra-op threads on CPU; 0 = torch's default", execution=True)
 
     def validate(self, prefix: str = "sae") -> None:
         p = prefix + "."
