@@ -10,8 +10,9 @@ import pytest
 
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.layout import SAE_COLUMNS, SPARSITY_COLUMNS, result_columns
+from cratelab.results import result_row
 from cratelab.sweep import check_sweep_unchanged, expand, print_commands, save_sweep
-from cratelab.sweep_sae import SAE_EVAL_KEYS, SPARSITY_KEYS
+from cratelab.sweep_sae import SAE_EVAL_KEYS
 
 CONFIG = "configs/seed-ablation-sae.toml"
 SMALL = ["sweep.seeds=[0]", "sweep.factors.model.ista_lambda=[0.1]", 'sweep.factors.model.qkv=["shared"]',
@@ -28,13 +29,33 @@ def test_the_sae_arm_builds_on_the_gpt_runs_of_its_seed():
     sae_run = runs["gpt+sae-s1"]
     assert sae_run.base == "gpt-relu-s1" and sae_run.config.model == runs["gpt-relu-s1"].config.model
     assert sae_run.sae.seed == 1 and sae_run.sae.expansion_factor == 16 and sae_run.sae.device == "cpu"
+    # evaluated on the held-out tokens its base run's val_loss is
+    assert sae_run.sae.eval_tokens == runs["gpt-relu-s1"].config.eval.tokens
     # as many features scored per layer as the GPT run scores neurons (all 512 of them)
     assert runs["gpt-relu-s1"].config.interp.neurons == 0 and sae_run.config.interp.neurons == 512
     assert all(not r.base for name, r in runs.items() if not name.startswith("gpt+sae"))
 
 
 def test_the_columns_the_sae_arm_fills_are_the_layout_s():
-    assert set(SAE_EVAL_KEYS) == set(SAE_COLUMNS) and set(SPARSITY_KEYS) == set(SPARSITY_COLUMNS)
+    assert set(SAE_EVAL_KEYS) == set(SAE_COLUMNS)
+
+
+def test_one_row_builder_for_neurons_and_sae_features():
+    """A layer's row holds its measurement and scores; the run's columns are the means over layers (of the
+    layers with a finite value), the unscorable units summed; the SAE columns only where a layer has them."""
+    columns = {"name": "r-s0", "condition": "r", "seed": 0}
+    scores = {(0, "top-and-random"): {"mean": 0.2, "n_unscorable": 1},
+              (1, "top-and-random"): {"mean": 0.4, "n_unscorable": 2}}
+    layers = [{"layer": 0, "zero_frac": 0.5, "dictionary_norm": 1.0},
+              {"layer": 1, "zero_frac": 0.7, "dictionary_norm": 2.0}]
+    row = result_row(columns, {"val_loss": 3.0}, layers, scores)
+    assert row["zero_frac"] == pytest.approx(0.6) and row["interp_top_and_random"] == pytest.approx(0.3)
+    assert row["interp_anthropic"] is None and row["nan_neurons"] == 3 and "sae_d" not in row
+    assert row["layers"][1] == columns | layers[1] | {"interp_top_and_random": 0.4, "nan_top_and_random": 2,
+                                                       "interp_random_only": None, "nan_random_only": None,
+                                                       "interp_anthropic": None, "nan_anthropic": None}
+    sae_layers = [layer | {"sae_d": 64, "sae_fvu": value} for layer, value in zip(layers, (0.1, float("nan")))]
+    assert result_row(columns, {}, sae_layers, scores)["sae_fvu"] == pytest.approx(0.1)
 
 
 def test_a_crate_sae_arm_builds_on_the_reference(tmp_path):
@@ -51,6 +72,7 @@ def test_a_crate_sae_arm_builds_on_the_reference(tmp_path):
     ('[{ name = "x", of = "reference", sae = { widht = 3 } }]', "sweep.arms[0].sae.widht"),
     ('[{ name = "x", of = "reference", sae = { expansion_factor = 0 } }]', "sweep.arms[0].sae.expansion_factor"),
     ('[{ name = "x", of = "reference", sae = { seed = 3 } }]', "sweep.arms[0].sae.seed"),
+    ('[{ name = "x", of = "reference", sae = { eval_tokens = 64 } }]', "sweep.arms[0].sae.eval_tokens"),
     ('[{ name = "x", of = "reference", sae = 3 }]', "sweep.arms[0].sae"),
     ('[{ name = "x", of = "reference", set = { "model.n_embd" = 64 } }]', "sweep.arms[0].set.model.n_embd"),
     ('[{ name = "x", set = { "model.arch" = "gpt" }, sae = { tokens = 8 } }]', "sweep.arms[0].sae"),

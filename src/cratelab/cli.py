@@ -215,19 +215,16 @@ def cmd_sae(args) -> None:
     from .io import folder_lock
     from .models import neuron_hook_name
     from .runtime import resolve_device
-    from .sae import EVAL_JSON, evaluate_sae, format_eval, load_sae_config, load_sae_folder, train_sae
+    from .sae import EVAL_JSON, format_eval, load_sae_config, train_and_evaluate_sae
 
     cfg = load_sae_config(args.config, args.overrides)
-    device = resolve_device(cfg.device, setting="sae.device")  # a bad device fails before any work
+    resolve_device(cfg.device, setting="sae.device")  # a bad device fails before any work
     ckpt = _load(args.run)
     hook = args.hook or neuron_hook_name(ckpt.config.model, 0)
     out = Path(args.out)
     with folder_lock(out):  # a second process on the folder would train and log into it too
-        train_sae(ckpt, hook, out, cfg, fresh=args.fresh, progress=sys.stderr.isatty())
-        folder = load_sae_folder(out)
-        result = evaluate_sae(ckpt, folder.sae, hook, tokens=cfg.eval_tokens, device=device,
-                              batch_size=cfg.model_batch_size, dense_threshold=ckpt.config.eval.dense_threshold,
-                              out=out, progress=sys.stderr.isatty())
+        _, result = train_and_evaluate_sae(ckpt, hook, out, cfg, dense_threshold=ckpt.config.eval.dense_threshold,
+                                           fresh=args.fresh, progress=sys.stderr.isatty())
     print(format_eval(result))
     print(f"\nwritten: {out} (SAELens format: cfg.json, sae_weights.safetensors), {out / EVAL_JSON}")
 

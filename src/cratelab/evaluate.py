@@ -4,6 +4,8 @@ interpreted neurons (CRATE: the sparse code A_T; GPT: the MLP post-activation), 
 Sparsity names follow SAELens: L0 is the mean number of non-zero neurons per token; a neuron is
 dead when it never fires on the evaluation tokens and dense when it fires on more than
 `dense_threshold` of them; the firing-density histogram bins log10 of each live neuron's firing rate.
+SparsityCounter is the one measurement of these statistics: an SAE's features (sae/evaluate.py) are
+counted by it too, as units of one layer.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ class EvalResult:
 
 class SparsityCounter:
     """What the sparsity statistics need, accumulated batch by batch: per layer, on how many evaluation
-    tokens each interpreted neuron is non-zero, the sum of activations, and the tokens seen. One tensor,
-    on the activations' device (no host sync a batch), so that processes evaluating shares of the tokens
-    can sum it (all_reduce)."""
+    tokens each interpreted neuron (or SAE feature) is non-zero, the sum of activations, and the tokens
+    seen. One tensor, on the activations' device (no host sync a batch), so that processes evaluating
+    shares of the tokens can sum it (all_reduce)."""
 
     def __init__(self, n_layer: int, n_neurons: int, device: str | torch.device = "cpu"):
         self.n_neurons = n_neurons

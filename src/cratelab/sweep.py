@@ -39,6 +39,7 @@ from .errors import CratelabError
 from .io import folder_lock, read_json, remove_tree, write_csv, write_json, write_text
 from .runtime import (check_threads, cpu_count, end_with, is_main_process, keep_freed_memory, set_threads,
                       spread_over_gpus, visible_gpus)
+from .results import result_row
 from .sae.config import SAEConfig
 from .sweep_sae import arm_interp_neurons, arm_sae_config, run_sae_arm
 
@@ -216,10 +217,6 @@ def _condition_columns(name: str, condition: Condition, cfg: RunConfig, keys: li
     return row | {"seed": cfg.train.seed}
 
 
-def _layer_interp(summary: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
-    return {(s["layer"], s["protocol"]): s for s in summary["layers"]}
-
-
 def run_one(run: PlannedRun, out_dir: Path, threads: int = 0) -> dict[str, Any]:
     """Train, evaluate and score one run and its tracked points (resuming whatever it already did); returns
     its results row, with the rows of its tracked points (the final one last) under "tracked"."""
@@ -275,26 +272,11 @@ def score_checkpoint(run: PlannedRun, ckpt: Any, cfg: RunConfig, folder: Path, t
     evaluation = (read_evaluation(folder, ckpt.step, cfg.eval.tokens)
                   or evaluate_checkpoint(ckpt, device=cfg.train.device))
     summary = interpret(ckpt, folder / layout.RUN_INTERP, cfg.interp, progress=False)
-
-    row: dict[str, Any] = dict(run.columns) | {
-        "params": ckpt.model.num_params(), "tokens": tokens, "train_s": train_s,
-        "val_loss": evaluation.val_loss, "bpb": evaluation.bpb}
-    for key in layout.SPARSITY_COLUMNS:
-        row[key] = sum(getattr(s, key) for s in evaluation.layers) / len(evaluation.layers)
-    by_layer = _layer_interp(summary)
-    for protocol in layout.PROTOCOLS:
-        row[layout.interp_column(protocol)] = summary["model"].get(protocol, {}).get("mean")
-    row["nan_neurons"] = sum(s["n_unscorable"] for s in summary["layers"])
-    row["layers"] = []
-    for s in evaluation.layers:
-        layer_row = dict(run.columns) | {"layer": s.layer}
-        layer_row |= {key: getattr(s, key) for key in (*layout.SPARSITY_COLUMNS, "dictionary_norm")}
-        for protocol in layout.PROTOCOLS:
-            scored = by_layer.get((s.layer, protocol))
-            layer_row[layout.interp_column(protocol)] = scored["mean"] if scored else None
-            layer_row[layout.nan_column(protocol)] = scored["n_unscorable"] if scored else None
-        row["layers"].append(layer_row)
-    return row
+    metrics = {"params": ckpt.model.num_params(), "tokens": tokens, "train_s": train_s,
+               "val_loss": evaluation.val_loss, "bpb": evaluation.bpb}
+    layers = [{"layer": s.layer} | {key: getattr(s, key) for key in (*layout.SPARSITY_COLUMNS, "dictionary_norm")}
+              for s in evaluation.layers]
+    return result_row(run.columns, metrics, layers, {(s["layer"], s["protocol"]): s for s in summary["layers"]})
 
 
 def _run_sae_arm(run: PlannedRun, out_dir: Path, threads: int) -> dict[str, Any]:

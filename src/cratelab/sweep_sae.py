@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from . import layout
 from .config import Arm, ConfigError, RunConfig, dump_toml
 from .errors import CratelabError
-from .io import folder_lock, read_json_object, read_jsonl, write_json, write_text
+from .io import folder_lock, read_jsonl, write_json, write_text
+from .results import mean_over_layers, result_row
 from .sae.config import SAEConfig, sae_config_from_dict
 
 SAE = "sae"  # runs/<arm>-s<seed>/sae/layer{l}/
@@ -41,12 +41,15 @@ SAE = "sae"  # runs/<arm>-s<seed>/sae/layer{l}/
 
 def arm_sae_config(arm: Arm, index: int, cfg: RunConfig) -> SAEConfig:
     """The [sae] settings of an SAE arm's run (checked, the error naming `sweep.arms[i].sae.key`): its
-    seed is the run's seed, and its device the run's train.device unless the arm sets one."""
+    seed is the run's seed, its eval_tokens the run's eval.tokens (its losses are on the windows of its base
+    run's val_loss), and its device the run's train.device unless the arm sets one."""
     values = dict(arm.sae)
     values.setdefault("device", cfg.train.device)
-    values["seed"] = cfg.train.seed
-    if "seed" in arm.sae:
-        raise ConfigError(f"sweep.arms[{index}].sae.seed", "is set by sweep.seeds")
+    pinned = (("seed", "sweep.seeds", cfg.train.seed), ("eval_tokens", "eval.tokens", cfg.eval.tokens))
+    for key, setting, value in pinned:
+        if key in arm.sae:
+            raise ConfigError(f"sweep.arms[{index}].sae.{key}", f"is set by {setting}")
+        values[key] = value
     try:
         return sae_config_from_dict(values)
     except ConfigError as err:
@@ -76,28 +79,19 @@ def _run_locked(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: Ru
     from .checkpoint import load_checkpoint
     from .interp.run import interpret, neuron_subset
     from .models import neuron_hook_name
-    from .runtime import resolve_device
-    from .sae import EVAL_JSON, evaluate_sae, load_sae_folder, sae_source, train_sae
+    from .sae import sae_source, train_and_evaluate_sae
 
     if threads and not sae_cfg.threads:
         sae_cfg = dataclasses.replace(sae_cfg, threads=threads)
     ckpt = load_checkpoint(base_dir)
     write_text(run_dir / layout.CONFIG, dump_toml(cfg))
-    device = resolve_device(sae_cfg.device, setting="sae.device")
     layers = cfg.interp.layer_list(ckpt.model.config.n_layer)
     evals, summaries, train_s, scores = {}, {}, 0.0, []
     for layer in layers:
         hook = neuron_hook_name(ckpt.config.model, layer)
         sae_dir = run_dir / SAE / f"layer{layer}"
-        train_sae(ckpt, hook, sae_dir, sae_cfg, progress=False)
-        folder = load_sae_folder(sae_dir)
-        if (sae_dir / EVAL_JSON).is_file():
-            evals[layer] = read_json_object(sae_dir / EVAL_JSON, what="SAE evaluation")
-        else:
-            evals[layer] = evaluate_sae(ckpt, folder.sae, hook, tokens=cfg.eval.tokens, device=device,
-                                        batch_size=sae_cfg.model_batch_size,
-                                        dense_threshold=cfg.eval.dense_threshold, out=sae_dir)
-        evals[layer]["dictionary_norm"] = float(folder.sae.W_dec.detach().norm(dim=1).mean())
+        folder, evals[layer] = train_and_evaluate_sae(ckpt, hook, sae_dir, sae_cfg,
+                                                      dense_threshold=cfg.eval.dense_threshold)
         train_s += max((row.get("elapsed_s", 0.0) for row in read_jsonl(sae_dir / "metrics.jsonl")), default=0.0)
         # the features scored: interp.neurons of the d_sae, drawn as interpret draws neurons ((seed, layer));
         # the interpret folder sees only those (unit i = feature features[i], kept in each score line)
@@ -110,40 +104,23 @@ def _run_locked(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: Ru
     return _row(columns, base_row, evals, summaries, train_s)
 
 
-def _mean(values: list[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
-
-
 # result.json's SAE columns from the SAE evaluation (evaluate_sae's keys)
 SAE_EVAL_KEYS = {"sae_clean_loss": "ce_loss_clean", "sae_spliced_loss": "ce_loss_with_sae",
                  "sae_zero_loss": "ce_loss_zero_ablation", "sae_fvu": "fvu",
                  "sae_loss_recovered": "ce_loss_recovered", "sae_d": "d_sae"}
-SPARSITY_KEYS = {"zero_frac": "zero_fraction", "l0": "l0", "l0_frac": "l0_fraction", "dead_frac": "dead_fraction",
-                 "dense_frac": "dense_fraction"}
 
 
 def _row(columns: dict[str, Any], base_row: dict[str, Any], evals: dict[int, dict[str, Any]],
          summaries: dict[int, dict[str, Any]], train_s: float) -> dict[str, Any]:
-    layer_rows = []
-    for layer, ev in evals.items():
-        scored = {s["protocol"]: s for s in summaries[layer]["layers"]}
-        row = dict(columns) | {"layer": layer, "dictionary_norm": ev["dictionary_norm"]}
-        row |= {key: ev.get(name) for key, name in SPARSITY_KEYS.items()}
-        row |= {key: ev.get(name) for key, name in SAE_EVAL_KEYS.items()}
-        for protocol in layout.PROTOCOLS:
-            row[layout.interp_column(protocol)] = scored[protocol]["mean"] if protocol in scored else None
-            row[layout.nan_column(protocol)] = scored[protocol]["n_unscorable"] if protocol in scored else None
-        layer_rows.append(row)
-    spliced = _mean([r["sae_spliced_loss"] for r in layer_rows])
-    clean = _mean([r["sae_clean_loss"] for r in layer_rows])
+    layers = [{"layer": layer, "dictionary_norm": ev.get("dictionary_norm")}
+              | {key: ev.get(key) for key in layout.SPARSITY_COLUMNS}
+              | {key: ev.get(name) for key, name in SAE_EVAL_KEYS.items()} for layer, ev in evals.items()]
+    spliced = mean_over_layers([layer["sae_spliced_loss"] for layer in layers])
+    clean = mean_over_layers([layer["sae_clean_loss"] for layer in layers])
     if spliced is None or clean is None:
         raise CratelabError(f"{columns['name']}: the SAE evaluation gave no finite loss")
     base_bpb = base_row.get("bpb")
-    result = dict(columns) | {
-        "params": base_row.get("params"), "tokens": base_row.get("tokens"), "train_s": train_s,
-        "val_loss": spliced, "bpb": base_bpb * spliced / clean if base_bpb is not None and clean > 0 else None}
-    for key in (*layout.SPARSITY_COLUMNS, *layout.SAE_COLUMNS, *map(layout.interp_column, layout.PROTOCOLS)):
-        result[key] = _mean([r[key] for r in layer_rows])
-    result["nan_neurons"] = sum(s["n_unscorable"] for summary in summaries.values() for s in summary["layers"])
-    return result | {"layers": layer_rows}
+    metrics = {"params": base_row.get("params"), "tokens": base_row.get("tokens"), "train_s": train_s,
+               "val_loss": spliced, "bpb": base_bpb * spliced / clean if base_bpb is not None and clean > 0 else None}
+    scores = {(layer, s["protocol"]): s for layer, summary in summaries.items() for s in summary["layers"]}
+    return result_row(columns, metrics, layers, scores)

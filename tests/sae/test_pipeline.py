@@ -16,7 +16,9 @@ pytest.importorskip("sae_lens")  # the optional extra cratelab[sae]
 from cratelab.interp.run import interpret  # noqa: E402
 from cratelab.interp.config import InterpConfig, RecordConfig  # noqa: E402
 from cratelab.io import read_jsonl  # noqa: E402
-from cratelab.sae import SAEConfig, evaluate_sae, load_sae_folder, sae_source, train_sae  # noqa: E402
+from cratelab.evaluate import DENSITY_BIN_EDGES  # noqa: E402
+from cratelab.sae import (SAEConfig, evaluate_sae, load_sae_folder, sae_source, train_and_evaluate_sae,  # noqa: E402
+                          train_sae)
 
 HOOK = "blocks.0.mlp.hook_post"
 CFG = SAEConfig(expansion_factor=2, l1_coefficient=0.05, lr=1e-2, tokens=64 * 120, batch_size=64, buffer_tokens=1024,
@@ -45,10 +47,28 @@ def test_spliced_loss_between_clean_and_zero_ablated(gpt_run, sae_dir):
     result = evaluate_sae(gpt_run, load_sae_folder(sae_dir).sae, HOOK, tokens=1024, out=sae_dir)
     assert result["ce_loss_clean"] < result["ce_loss_with_sae"] < result["ce_loss_zero_ablation"]
     assert 0 < result["ce_loss_recovered"] < 1
-    assert 0 < result["l0"] < result["d_sae"] and 0 <= result["dead_fraction"] < 1
+    assert 0 < result["l0"] < result["d_sae"] and 0 <= result["dead_frac"] < 1
     assert result["explained_variance"] == pytest.approx(1 - result["fvu"]) and result["fvu"] < 1
     saved = json.loads((sae_dir / "eval.json").read_text())
     assert saved["l0"] == pytest.approx(result["l0"])
+    # the features' sparsity is the neurons' (evaluate.py): the same names and histogram bins
+    assert result["zero_frac"] == pytest.approx(1 - result["l0_frac"]) and 0 <= result["dense_frac"] <= 1
+    assert len(result["density_hist"]) == len(DENSITY_BIN_EDGES) - 1
+    assert sum(result["density_hist"]) == round((1 - result["dead_frac"]) * result["d_sae"])
+
+
+def test_train_and_evaluate_reads_an_evaluation_of_the_same_settings(gpt_run, sae_dir, monkeypatch):
+    from cratelab.sae import evaluate as evaluate_module
+
+    _, first = train_and_evaluate_sae(gpt_run, HOOK, sae_dir, CFG, dense_threshold=0.1)
+    assert first["requested_tokens"] == CFG.eval_tokens
+    monkeypatch.setattr(evaluate_module, "evaluate_sae", lambda *a, **k: pytest.fail("evaluated again"))
+    _, again = train_and_evaluate_sae(gpt_run, HOOK, sae_dir, CFG, dense_threshold=0.1)
+    assert again["l0"] == first["l0"]
+    monkeypatch.undo()
+    _, other = train_and_evaluate_sae(gpt_run, HOOK, sae_dir, dataclasses.replace(CFG, eval_tokens=512),
+                                      dense_threshold=0.1)
+    assert other["requested_tokens"] == 512 and other["n_tokens"] < first["n_tokens"]
 
 
 @pytest.mark.parametrize("saved", [True, False], ids=["after-the-checkpoint", "between-log-and-checkpoint"])

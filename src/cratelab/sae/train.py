@@ -248,7 +248,7 @@ def fit_sae(train, cfg: SAEConfig, batches: Iterator[torch.Tensor], *, batches_p
                 elapsed = time.perf_counter() - t0
                 mse, l0 = float(output.losses["mse_loss"].detach()), float(fired.sum()) / (since_save * cfg.batch_size)
                 log([{"step": step, "tokens": step * cfg.batch_size, "mse": mse, "l0": l0,
-                      "dead_fraction": float(train.dead_neurons.float().mean()),
+                      "dead_frac": float(train.dead_neurons.float().mean()),
                       "lr": train.optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 3)}])
                 bar.set_postfix(mse=f"{mse:.4g}", l0=f"{l0:.1f}")
                 fired.zero_()
