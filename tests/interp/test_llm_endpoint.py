@@ -154,7 +154,7 @@ def test_a_wrong_number_of_simulated_tokens_is_retried_then_fails(serve, tmp_pat
 
 
 def test_the_cache_makes_a_rerun_send_nothing_and_never_holds_the_key(records, serve, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="cratelab.interp.llm")
+    caplog.set_level(logging.INFO, logger="cratelab.interp.backends.endpoint")
     server = serve()
     server.queue += [500, "timeout"]  # retries get logged: the key must not be in the logs either
     first = run(records, server, tmp_path, [CAT, NOISE], timeout_s=0.5)
@@ -336,7 +336,7 @@ def test_the_deadline_reaches_the_simulators_threads_and_cached_answers_still_co
     (None, "Bearer x", "Bearer x"),
 ])
 def test_scrub_key(key, text, scrubbed):
-    from cratelab.interp.llm import scrub_answer, scrub_key
+    from cratelab.interp.backends.endpoint import scrub_answer, scrub_key
 
     assert scrub_key(text, key) == scrubbed
     assert scrub_answer({text: [text, 1, None]}, key) == {scrubbed: [scrubbed, 1, None]}

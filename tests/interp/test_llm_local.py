@@ -11,7 +11,7 @@ import pytest
 from cratelab.errors import CratelabError
 from cratelab.interp import RecordConfig, ScoringProtocol, build_records, make_backend, score_records
 from cratelab.interp.config import BackendConfig
-from cratelab.interp.local_llm import local_backend
+from cratelab.interp.llm import local_backend
 
 from .synthetic import EOT, NEURONS, planted_stream
 

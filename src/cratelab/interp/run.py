@@ -50,13 +50,13 @@ from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lo
 from ..layout import CARDS, CONFIG, DATA, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
-from . import check_backend, make_backend
 from .activations import LayerRecords, NeuronRecord
+from .backends.endpoint import is_old_transport_reason
 from .collect import collect_records
 from .config import InterpConfig
 from .explain import Explainer, NeuronFailure, neuron_deadline
 from .files import FORMAT, encode_simulation
-from .llm import is_old_transport_reason
+from .methods import check_backend, make_backend
 from .protocols import ScoringProtocol, get_protocol
 from .score import ROW_FIELDS, NeuronScore, flag_degenerate, score_neuron
 from .simulate import Simulator

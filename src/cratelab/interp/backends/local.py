@@ -1,10 +1,7 @@
-"""A local causal LM through transformers (a model directory or a .gguf file) as explainer and simulator.
-
-Explainer: the explanation prompt through the model's chat template (plain text without one), greedy,
-at most `max_explanation_tokens` new tokens. Simulator: one forward pass over the all-at-once prompt per
-sequence; at each activation slot, the next-token distribution over the digit tokens gives the
-expected activation. A digit string the tokenizer splits (SmolLM2 writes "10" as "1" "0") cannot be
-read at one position and is left out of the expectation.
+"""A local causal LM through transformers (a model directory or a .gguf file): the model the local explainer
+and simulator (llm.py) ask, for a greedy answer to a chat or for the next-token probabilities of the digits at
+each activation slot of a simulation prompt. A digit string the tokenizer splits (SmolLM2 writes "10" as "1"
+"0") cannot be read at one position and is left out of the expectation.
 
 transformers (with gguf and accelerate for .gguf files) is imported only when a model is loaded; nothing
 is fetched from a hub (local_files_only). A .gguf file is dequantised on loading, to `dtype`: float32 takes
@@ -19,15 +16,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from ..errors import CratelabError
-from .activations import ActivationRecord
-from .config import BackendConfig
-from .explain import NeuronFailure
-from .prompts import (MAX_ACTIVATION, Message, PromptTemplates, SimulationPrompt, expected_activation,
-                      parse_explanation, slot_positions)
+from ...errors import CratelabError
+from ..prompts import MAX_ACTIVATION, Message, SimulationPrompt, slot_positions
 
 INSTALL = "pip install 'cratelab[llm]' (transformers, gguf, accelerate)"
 
@@ -54,7 +46,7 @@ class LocalLLM:
     """A tokenizer and causal LM loaded once, shared by the explainer and the simulator."""
 
     def __init__(self, path: str | Path, device: str = "auto", dtype: str = "float32"):
-        from ..runtime import resolve_device
+        from ...runtime import resolve_device
 
         directory, extra = check_model_path(path)
         try:
@@ -115,47 +107,3 @@ class LocalLLM:
                                 attention_mask=enc["attention_mask"].to(self.device), logits_to_keep=before).logits[0]
         probs = torch.softmax(logits.float(), dim=-1)[:, self.digit_ids]
         return [dict(zip(self.digit_values, row)) for row in probs.tolist()]
-
-
-class LocalExplainer:
-    def __init__(self, llm: LocalLLM, max_new_tokens: int = BackendConfig.max_explanation_tokens,
-                 prompts: PromptTemplates = PromptTemplates(),
-                 model: str = ""):
-        self.llm, self.max_new_tokens, self.prompts, self.model = llm, max_new_tokens, prompts, model
-
-    def explain(self, records: Sequence[ActivationRecord]) -> str:
-        answer = self.llm.chat(self.prompts.explanation_messages(records), self.max_new_tokens, first_line=True)
-        try:
-            return parse_explanation(answer)
-        except ValueError as e:  # greedy decoding: asking again would give the same answer
-            raise NeuronFailure(f"llm failed: {e}") from None
-
-
-class LocalSimulator:
-    simulation = "logprobs"  # the expected value under the model's next-token probabilities of the digits
-
-    def __init__(self, llm: LocalLLM, prompts: PromptTemplates = PromptTemplates(), model: str = ""):
-        self.llm, self.prompts, self.model = llm, prompts, model
-
-    def simulate(self, explanation: str, sequences: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        out = []
-        for tokens in sequences:
-            try:
-                slots = self.llm.slot_probabilities(self.prompts.simulation_prompt(explanation, tokens)) if tokens else []
-            except ValueError as e:
-                raise NeuronFailure(f"llm failed: {e}") from None
-            out.append(np.array([expected_activation(p) for p in slots], dtype=np.float64))
-        return out
-
-
-def local_backend(path: str | Path, config: BackendConfig = BackendConfig(), *,
-                  simulator_path: str | Path | None = None,
-                  prompts: PromptTemplates = PromptTemplates()) -> tuple[LocalExplainer, LocalSimulator]:
-    """Explainer (the model at `path`) and simulator (at `simulator_path`, default the same model, loaded once),
-    with config's device, dtype and max_explanation_tokens."""
-    config.validate()
-    llm = LocalLLM(path, config.device, config.dtype)
-    same = simulator_path is None or Path(simulator_path) == Path(path)
-    simulator_llm = llm if same else LocalLLM(simulator_path, config.device, config.dtype)
-    return (LocalExplainer(llm, config.max_explanation_tokens, prompts, str(path)),
-            LocalSimulator(simulator_llm, prompts, str(path if same else simulator_path)))
