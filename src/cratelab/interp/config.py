@@ -59,9 +59,9 @@ LOCAL_DTYPES = ("float32", "bfloat16", "float16")  # BackendConfig.dtype
 
 @dataclass
 class BackendConfig:
-    """`[interp.backend]`: the LLM explainer and simulator of the methods local:PATH and openai:MODEL."""
-
-    # the endpoint's options (EXECUTION) reach the same answers: the response cache keys on what determines them
+    """`[interp.backend]`: the LLM explainer and simulator of the methods local:PATH and openai:MODEL. The
+    endpoint's options are execution settings: they reach the same answers (the response cache keys on what
+    determines them)."""
 
     explainer_model: str = setting("", '"": the model of interp.method')
     simulator_model: str = setting("", '"": the model of interp.method (the paper simulated with another model)')
