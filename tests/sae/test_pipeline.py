@@ -69,6 +69,9 @@ def test_train_and_evaluate_reads_an_evaluation_of_the_same_settings(gpt_run, sa
     _, other = train_and_evaluate_sae(gpt_run, HOOK, sae_dir, dataclasses.replace(CFG, eval_tokens=512),
                                       dense_threshold=0.1)
     assert other["requested_tokens"] == 512 and other["n_tokens"] < first["n_tokens"]
+    (sae_dir / "eval.json").write_text("{damaged")
+    _, redone = train_and_evaluate_sae(gpt_run, HOOK, sae_dir, CFG, dense_threshold=0.1)
+    assert redone["l0"] == pytest.approx(first["l0"]) and json.loads((sae_dir / "eval.json").read_text())
 
 
 @pytest.mark.parametrize("saved", [True, False], ids=["after-the-checkpoint", "between-log-and-checkpoint"])

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
 from ..data.batches import eval_windows
+from ..errors import CratelabError
 from ..evaluate import SparsityCounter
 from ..io import read_json_object, write_json
 from .activations import replaced
@@ -110,14 +111,18 @@ def format_eval(result: dict[str, Any]) -> str:
 def train_and_evaluate_sae(ckpt: Checkpoint, hook: str, out: Path, cfg: SAEConfig, *, dense_threshold: float,
                            fresh: bool = False, progress: bool = False) -> tuple[SAEFolder, dict[str, Any]]:
     """Train (or resume, or find finished) the SAE of `hook` in `out`, then evaluate it on cfg.eval_tokens
-    held-out tokens into out/eval.json; an evaluation already there of the same settings is read, not redone."""
+    held-out tokens into out/eval.json; an evaluation already there of the same settings is read, not redone
+    (a damaged one is redone)."""
     from ..runtime import resolve_device
 
     device = resolve_device(cfg.device, setting="sae.device")
     train_sae(ckpt, hook, out, cfg, fresh=fresh, progress=progress)
     folder = load_sae_folder(out)
     if (out / EVAL_JSON).is_file():
-        saved = read_json_object(out / EVAL_JSON, what="SAE evaluation")
+        try:
+            saved = read_json_object(out / EVAL_JSON, what="SAE evaluation")
+        except CratelabError:
+            saved = {}
         if saved.get("requested_tokens") == cfg.eval_tokens and saved.get("dense_threshold") == dense_threshold:
             return folder, saved
     return folder, evaluate_sae(ckpt, folder.sae, hook, tokens=cfg.eval_tokens, device=device,
