@@ -73,7 +73,7 @@ def test_json_simulation_when_logprobs_are_unavailable_or_not_wanted(records, se
                                                                     options):
     server = serve(**server_options)
     # one request at a time, so exactly one logprob request shows the server cannot give them
-    cat, = run(records, server, tmp_path, [CAT], max_concurrency=1, **options)
+    cat, = run(records, server, tmp_path, [CAT], concurrency=1, **options)
     assert cat.score > 0.9
     assert server.paths().count("/completions") == (0 if options else 1)
     assert server.paths().count("/chat/completions") == 1 + 10
@@ -143,7 +143,7 @@ def test_failed_explanations_raise_with_a_reason(serve, tmp_path, fault, reason)
 def test_a_wrong_number_of_simulated_tokens_is_retried_then_fails(serve, tmp_path):
     server = serve()
     server.fault = lambda path, body: "short"
-    _, simulator = backend(server, tmp_path, simulation="json", max_attempts=3)
+    _, simulator = backend(server, tmp_path, simulation="json", retries=2)
     with pytest.raises(NeuronFailure, match=r"^llm failed: malformed answer \(expected 3 activations, got 2\) "
                                             r"after 3 attempts$"):
         simulator.simulate('the token "cat"', [[" a", " cat", " sat"]])
@@ -179,7 +179,7 @@ def test_no_cache_when_disabled(serve, tmp_path):
 
 def test_concurrency_is_bounded(serve, tmp_path):
     server = serve(delay_s=0.1)
-    _, simulator = backend(server, tmp_path, max_concurrency=2)
+    _, simulator = backend(server, tmp_path, concurrency=2)
     sequences = [[" a", f" w{i}", " cat"] for i in range(6)]
     simulated = simulator.simulate('the token "cat"', sequences)
     assert [s.round(1).tolist() for s in simulated] == [[0.1, 0.1, 9.0]] * 6
@@ -193,7 +193,7 @@ def test_endpoint_settings_are_checked(monkeypatch, tmp_path):
         make_backend("openai:gpt-4o-mini", cache_dir=tmp_path)
     with pytest.raises(CratelabError, match="http"):
         make_backend("openai:m", base_url="file:///etc", cache_dir=tmp_path)
-    with pytest.raises(CratelabError, match="simulation must be one of"):
+    with pytest.raises(CratelabError, match="interp.backend.simulation: must be one of"):
         make_backend("openai:m", base_url="http://127.0.0.1:9/v1", simulation="guess", cache_dir=tmp_path)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     explainer, _ = make_backend("openai:m", cache_dir=tmp_path)
@@ -238,7 +238,7 @@ def test_a_400_mid_run_fails_that_neuron_and_never_switches_the_method(records, 
         return None
 
     server.fault = one_bad_request
-    cat, us = run(records, server, tmp_path, [CAT, US], max_concurrency=1)
+    cat, us = run(records, server, tmp_path, [CAT, US], concurrency=1)
     assert cat.score is None and cat.reason.startswith("llm failed: HTTP 400") and cat.simulation == "logprobs"
     assert us.score > 0.3 and us.simulation == "logprobs"
     assert not any("Tokens (" in body["messages"][-1]["content"] for path, body, _ in server.requests
@@ -260,7 +260,7 @@ def test_explainer_and_simulator_models_are_set_separately_from_the_backend_sect
     settings = BackendConfig(explainer_model="mistral-7b-instruct", simulator_model="llama-2-7b", base_url=server.url,
                              api_key_env="TEST_LLM_KEY", simulation="logprobs", retries=0, timeout_s=10.0)
     explainer, simulator = make_backend("openai:fake-model", settings, cache_dir=tmp_path)
-    assert simulator.endpoint.config.max_attempts == 1 and simulator.endpoint.config.timeout_s == 10.0
+    assert simulator.endpoint.settings.retries == 0 and simulator.endpoint.settings.timeout_s == 10.0
     cat, = score_records(records, "top-and-random", explainer=explainer, simulator=simulator, neurons=[CAT])
     assert (cat.explainer_model, cat.simulator_model, cat.simulation) == ("mistral-7b-instruct", "llama-2-7b",
                                                                          "logprobs")

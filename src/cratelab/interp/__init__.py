@@ -16,7 +16,7 @@ import torch
 
 from ..errors import CratelabError
 from .activations import ActivationRecord, LayerRecords, NeuronRecord, Windows
-from .backends.endpoint import EndpointConfig
+from .backends.endpoint import EndpointOptions
 from .config import METHODS, TOP_MODES, BackendConfig, RecordConfig
 from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
                       fit_token_patterns, neuron_deadline)
@@ -73,7 +73,7 @@ def score_activations(tokens: Sequence[Sequence[str]], activations: np.ndarray |
 
 __all__ = [
     "ANTHROPIC", "METHODS", "PROTOCOLS", "ROW_FIELDS", "TOP_AND_RANDOM", "TOP_MODES",
-    "ActivationRecord", "BackendConfig", "EndpointConfig", "Explainer", "LayerRecords", "LayerSummary",
+    "ActivationRecord", "BackendConfig", "EndpointOptions", "Explainer", "LayerRecords", "LayerSummary",
     "NeuronFailure", "NeuronRecord", "NeuronScore", "PromptTemplates",
     "RecordBuilder", "RecordConfig", "ScoringProtocol", "Simulator", "TokenPattern", "TokenPatternExplainer",
     "TokenPatternSimulator", "TokenPatterns", "Windows",

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import CratelabError
 from .activations import ActivationRecord
-from .backends.endpoint import Endpoint, EndpointConfig, RequestFailed
+from .backends.endpoint import Endpoint, EndpointOptions, RequestFailed
 from .backends.local import LocalLLM
 from .config import BackendConfig
 from .explain import NeuronFailure
@@ -82,14 +82,13 @@ def _slot_digit_probabilities(slots: Sequence[int], response: Any) -> list[list[
 
 
 class EndpointExplainer:
-    def __init__(self, endpoint: Endpoint):
-        self.endpoint = endpoint
-        self.model = endpoint.config.explainer_model
+    def __init__(self, endpoint: Endpoint, model: str, prompts: PromptTemplates = PromptTemplates()):
+        self.endpoint, self.model, self.prompts = endpoint, model, prompts
 
     def explain(self, records: Sequence[ActivationRecord]) -> str:
-        cfg = self.endpoint.config
-        payload = {"model": self.model, "messages": cfg.prompts.explanation_messages(records),
-                   "max_tokens": cfg.max_explanation_tokens, "temperature": cfg.temperature}
+        payload = {"model": self.model, "messages": self.prompts.explanation_messages(records),
+                   "max_tokens": self.endpoint.settings.max_explanation_tokens,
+                   "temperature": self.endpoint.options.temperature}
         return self.endpoint.call("/chat/completions", payload, lambda r: parse_explanation(_message_text(r)),
                                   kind="explain-1")
 
@@ -100,10 +99,10 @@ class EndpointSimulator:
     `simulation` is "logprobs" or "json"; with "auto" it is None until decide() has probed the server.
     """
 
-    def __init__(self, endpoint: Endpoint):
-        self.endpoint = endpoint
-        self.model = endpoint.config.simulator_model
-        self.simulation: str | None = None if endpoint.config.simulation == "auto" else endpoint.config.simulation
+    def __init__(self, endpoint: Endpoint, model: str, prompts: PromptTemplates = PromptTemplates()):
+        self.endpoint, self.model, self.prompts = endpoint, model, prompts
+        simulation = endpoint.settings.simulation
+        self.simulation: str | None = None if simulation == "auto" else simulation
         self._lock = threading.Lock()
 
     def decide(self) -> str:
@@ -134,7 +133,7 @@ class EndpointSimulator:
         if not sequences:
             return []
         self.decide()
-        pool = ThreadPoolExecutor(min(len(sequences), self.endpoint.config.max_concurrency))
+        pool = ThreadPoolExecutor(min(len(sequences), self.endpoint.settings.concurrency))
         try:  # each task in a copy of this context: the neuron's deadline goes with it
             futures = [pool.submit(contextvars.copy_context().run, self._simulate_one, explanation, tokens)
                        for tokens in sequences]
@@ -153,29 +152,28 @@ class EndpointSimulator:
             raise NeuronFailure(f"llm failed: {e}") from None
 
     def _by_logprobs(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
-        cfg = self.endpoint.config
-        prompt = cfg.prompts.simulation_prompt(explanation, tokens)
+        prompt = self.prompts.simulation_prompt(explanation, tokens)
         # max_tokens=1, not 0: not every server accepts 0; the one generated token is ignored
         payload = {"model": self.model, "prompt": prompt.text, "max_tokens": 1, "temperature": 0.0,
-                   "echo": True, "logprobs": cfg.top_logprobs}
+                   "echo": True, "logprobs": self.endpoint.options.top_logprobs}
         rows = self.endpoint.call("/completions", payload, partial(_slot_digit_probabilities, prompt.slots),
                                   kind="simulate-logprobs-1")
         return np.array([expected_activation(dict(enumerate(row))) for row in rows])
 
     def _by_json(self, explanation: str, tokens: Sequence[str]) -> np.ndarray:
-        cfg = self.endpoint.config
         payload = {"model": self.model, "messages": json_simulation_messages(explanation, tokens),
-                   "max_tokens": 16 + 4 * len(tokens), "temperature": cfg.temperature}
+                   "max_tokens": 16 + 4 * len(tokens), "temperature": self.endpoint.options.temperature}
         values = self.endpoint.call(
             "/chat/completions", payload,
             lambda r: parse_json_activations(_message_text(r), len(tokens)).tolist(), kind="simulate-json-1")
         return np.asarray(values, dtype=np.float64)
 
 
-def endpoint_backend(config: EndpointConfig) -> tuple[EndpointExplainer, EndpointSimulator]:
+def endpoint_backend(settings: BackendConfig, options: EndpointOptions, *, explainer_model: str, simulator_model: str,
+                     prompts: PromptTemplates) -> tuple[EndpointExplainer, EndpointSimulator]:
     """Explainer and simulator sharing one endpoint (one concurrency bound, one cache)."""
-    endpoint = Endpoint(config)
-    return EndpointExplainer(endpoint), EndpointSimulator(endpoint)
+    endpoint = Endpoint(settings, options)
+    return EndpointExplainer(endpoint, explainer_model, prompts), EndpointSimulator(endpoint, simulator_model, prompts)
 
 
 class LocalExplainer:

@@ -1,8 +1,8 @@
 """An OpenAI-compatible HTTP endpoint (vLLM, OpenAI, Ollama, llama.cpp server, ...): the client the LLM
 explainer and simulator (llm.py) send their requests through.
 
-- every request: at most `max_concurrency` in flight over all threads, a socket timeout, and up to
-  `max_attempts` attempts with exponential backoff and jitter after timeouts, connection errors, 408,
+- every request: at most `concurrency` in flight over all threads, a socket timeout, and up to
+  `retries + 1` attempts with exponential backoff and jitter after timeouts, connection errors, 408,
   429, 5xx and malformed answers; and no request outlives the neuron's deadline (explain.neuron_deadline,
   set per neuron by the run). Then the neuron fails (RequestFailed, with the last reason, and whether
   the cause was the transport: a rerun with --retry-failed asks again) and the run goes on.
@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import CratelabError
-from ..config import SIMULATION_METHODS, BackendConfig
+from ..config import BackendConfig
 from ..explain import Deadline, NeuronFailure, current_deadline
-from ..prompts import PromptTemplates
 from .cache import ResponseCache, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -83,34 +82,21 @@ def is_old_transport_reason(reason: str) -> bool:
 
 
 @dataclass(frozen=True)
-class EndpointConfig:
-    explainer_model: str
-    simulator_model: str
-    base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's API
-    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key: keys stay out of configs
-    simulation: str = "auto"  # "logprobs", "json", or "auto" (decided once per run by a probe request)
-    prompts: PromptTemplates = PromptTemplates()
-    top_logprobs: int = 20  # alternatives per prompt token; the digits must be among them
-    max_explanation_tokens: int = BackendConfig.max_explanation_tokens
-    temperature: float = 0.0  # a cached answer should be the answer
-    max_concurrency: int = 8  # requests in flight at once, over all threads
-    timeout_s: float = 120.0  # socket timeout of one request
-    max_attempts: int = 4
-    # (the per-neuron deadline is not here: the run sets it around each neuron, explain.neuron_deadline)
+class EndpointOptions:
+    """What the Python API may set beyond [interp.backend] (BackendConfig, the endpoint's URL, key, concurrency,
+    timeout and retries): where answers are cached, the waits between retries, and the sampling of answers."""
+
+    cache_dir: str | Path | None = field(default_factory=default_cache_dir)  # None: no cache
     backoff_s: float = 1.0  # wait before the first retry; doubles each retry, with jitter
     max_backoff_s: float = 60.0
-    cache_dir: str | Path | None = field(default_factory=default_cache_dir)  # None: no cache
+    top_logprobs: int = 20  # alternatives per prompt token; the digits must be among them
+    temperature: float = 0.0  # a cached answer should be the answer
 
     def __post_init__(self) -> None:
-        if not self.explainer_model or not self.simulator_model:
-            raise CratelabError("the endpoint needs a model name (method 'openai:MODEL')")
-        if self.simulation not in SIMULATION_METHODS:
-            raise CratelabError(f"simulation must be one of {', '.join(SIMULATION_METHODS)}, got {self.simulation!r}")
-        for name in ("top_logprobs", "max_explanation_tokens", "max_concurrency", "max_attempts"):
-            if getattr(self, name) < 1:
-                raise CratelabError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.timeout_s > 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
-            raise CratelabError("timeout_s must be > 0, backoff_s and max_backoff_s >= 0")
+        if self.top_logprobs < 1:
+            raise CratelabError(f"top_logprobs must be >= 1, got {self.top_logprobs}")
+        if self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise CratelabError("backoff_s and max_backoff_s must be >= 0")
 
 
 class RequestFailed(NeuronFailure):
@@ -134,17 +120,17 @@ class _AttemptFailed(Exception):
 class Endpoint:
     """POSTs JSON to an OpenAI-compatible server with bounded concurrency, retries and a cache."""
 
-    def __init__(self, config: EndpointConfig):
-        self.config = config
-        self.base_url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    def __init__(self, settings: BackendConfig, options: EndpointOptions = EndpointOptions()):
+        self.settings, self.options = settings, options
+        self.base_url = (settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https"):
             raise CratelabError(f"the endpoint's base URL must be http(s)://..., got {self.base_url!r}")
-        self._api_key = os.environ.get(config.api_key_env) or None
+        self._api_key = os.environ.get(settings.api_key_env) or None
         if self._api_key is None and self.base_url == DEFAULT_BASE_URL:
-            raise CratelabError(f"OpenAI's API needs a key: set {config.api_key_env} "
+            raise CratelabError(f"OpenAI's API needs a key: set {settings.api_key_env} "
                                 f"(or point OPENAI_BASE_URL / base_url at another server)")
-        self.cache = ResponseCache(config.cache_dir) if config.cache_dir is not None else None
-        self._in_flight = threading.BoundedSemaphore(config.max_concurrency)
+        self.cache = ResponseCache(options.cache_dir) if options.cache_dir is not None else None
+        self._in_flight = threading.BoundedSemaphore(settings.concurrency)
 
     def call(self, path: str, payload: dict[str, Any], extract: Callable[[Any], Any], kind: str) -> Any:
         """extract(response) for one request: from the cache, else from the server, retrying.
@@ -156,7 +142,7 @@ class Endpoint:
         key = ResponseCache.key(kind, self.base_url + path, payload)
         if self.cache is not None and (cached := self.cache.get(key)) is not None:
             return cached
-        attempts, attempt, last = self.config.max_attempts, 1, None
+        attempts, attempt, last = self.settings.retries + 1, 1, None
         while True:
             try:
                 value = self._attempt(path, payload, extract, last)
@@ -183,8 +169,8 @@ class Endpoint:
     def _backoff(self, attempt: int, server_wait: float) -> float:
         # exponential with "equal jitter": waits grow, and clients that failed together spread out;
         # a server's Retry-After is honoured up to max_backoff_s
-        step = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
-        return max(min(server_wait, self.config.max_backoff_s), step / 2 + random.uniform(0, step / 2))
+        step = min(self.options.max_backoff_s, self.options.backoff_s * 2 ** (attempt - 1))
+        return max(min(server_wait, self.options.max_backoff_s), step / 2 + random.uniform(0, step / 2))
 
     def _attempt(self, path: str, payload: dict[str, Any], extract: Callable[[Any], Any], last: str | None) -> Any:
         response = self._post(path, payload, last)
@@ -204,7 +190,7 @@ class Endpoint:
         if not self._in_flight.acquire(timeout=None if deadline is None else max(deadline.left(), 0.0)):
             raise _deadline_passed(deadline, last)
         try:
-            timeout = self.config.timeout_s
+            timeout = self.settings.timeout_s
             if deadline is not None:
                 if (left := deadline.left()) <= 0:
                     raise _deadline_passed(deadline, last)
