@@ -312,7 +312,7 @@ def test_bad_prompt_templates_name_the_setting(tmp_path, name, content, message)
 # ---------------------------------------------------------------- the neuron's deadline, the key
 
 def test_the_deadline_reaches_the_simulators_threads_and_cached_answers_still_come(serve, tmp_path):
-    from cratelab.interp.explain import neuron_deadline
+    from cratelab.interp.failure import neuron_deadline
 
     server = serve()
     explainer, simulator = backend(server, tmp_path, simulation="json", timeout_s=5.0, backoff_s=0.05)

@@ -18,8 +18,8 @@ from ..errors import CratelabError
 from .activations import ActivationRecord, LayerRecords, NeuronRecord, Windows
 from .backends.endpoint import EndpointOptions
 from .config import METHODS, TOP_MODES, BackendConfig, RecordConfig
-from .explain import (Explainer, NeuronFailure, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view,
-                      fit_token_patterns, neuron_deadline)
+from .explain import Explainer, TokenPattern, TokenPatternExplainer, TokenPatterns, explainer_view, fit_token_patterns
+from .failure import NeuronFailure, neuron_deadline
 from .methods import check_backend, make_backend
 from .prompts import PromptTemplates
 from .protocols import ANTHROPIC, PROTOCOLS, TOP_AND_RANDOM, ScoringProtocol, get_protocol, random_only

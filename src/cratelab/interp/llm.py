@@ -31,7 +31,7 @@ from .activations import ActivationRecord
 from .backends.endpoint import Endpoint, EndpointOptions, RequestFailed
 from .backends.local import LocalLLM
 from .config import BackendConfig
-from .explain import NeuronFailure
+from .failure import NeuronFailure
 from .prompts import (EXAMPLE_EXPLANATION, EXAMPLE_RECORDS, MAX_ACTIVATION, PromptTemplates, digit_probabilities,
                       expected_activation, json_simulation_messages, parse_explanation, parse_json_activations,
                       slot_positions)

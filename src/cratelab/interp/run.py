@@ -54,7 +54,8 @@ from .activations import LayerRecords, NeuronRecord
 from .backends.endpoint import is_old_transport_reason
 from .collect import collect_records
 from .config import InterpConfig
-from .explain import Explainer, NeuronFailure, neuron_deadline
+from .explain import Explainer
+from .failure import NeuronFailure, neuron_deadline
 from .files import FORMAT, encode_simulation
 from .methods import check_backend, make_backend
 from .protocols import ScoringProtocol, get_protocol

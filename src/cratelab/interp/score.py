@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .activations import NeuronRecord
-from .explain import NO_PATTERN, Explainer, NeuronFailure
+from .explain import NO_PATTERN, Explainer
+from .failure import NeuronFailure
 from .prompts import EXAMPLE_EXPLANATION, EXPLANATION_PREFIX
 from .protocols import ScoringProtocol
 from .simulate import Simulator

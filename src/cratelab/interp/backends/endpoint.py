@@ -3,7 +3,7 @@ explainer and simulator (llm.py) send their requests through.
 
 - every request: at most `concurrency` in flight over all threads, a socket timeout, and up to
   `retries + 1` attempts with exponential backoff and jitter after timeouts, connection errors, 408,
-  429, 5xx and malformed answers; and no request outlives the neuron's deadline (explain.neuron_deadline,
+  429, 5xx and malformed answers; and no request outlives the neuron's deadline (failure.neuron_deadline,
   set per neuron by the run). Then the neuron fails (RequestFailed, with the last reason, and whether
   the cause was the transport: a rerun with --retry-failed asks again) and the run goes on.
 - validated answers go to the response cache (cache.py), so reruns and resumes send nothing.
@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from ...errors import CratelabError
 from ..config import BackendConfig
-from ..explain import Deadline, NeuronFailure, current_deadline
+from ..failure import Deadline, NeuronFailure, current_deadline
 from .cache import ResponseCache, default_cache_dir
 
 log = logging.getLogger(__name__)
