@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import tomli_w
 
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.layout import SAE_COLUMNS, SPARSITY_COLUMNS, result_columns
 from cratelab.results import result_row
-from cratelab.sweep import check_sweep_unchanged, expand, print_commands, save_sweep
+from cratelab.sweep import check_sweep_unchanged, expand, print_commands, sweep_values
 from cratelab.sweep_sae import SAE_EVAL_KEYS
 
 CONFIG = "configs/seed-ablation-sae.toml"
@@ -84,11 +85,13 @@ def test_bad_sae_arms_name_the_field(arms, field):
     assert err.value.field == field
 
 
-def test_a_sweep_without_sae_arms_keeps_its_sweep_toml(tmp_path):
-    """sweep.toml of a sweep made before SAE arms has arms of name and set only: it still resumes."""
+def test_a_sweep_toml_whose_arms_hold_name_and_set_only_resumes(tmp_path):
+    """A trained arm written without `of` and `sae` (as sweeps wrote it before SAE arms) is read with their defaults
+    (check_sweep_unchanged reads sweep.toml through load_sweep_config), so it is the same sweep."""
     base, sweep = load_sweep_config("configs/seed-ablation.toml")
-    save_sweep(base, sweep, tmp_path)
-    assert "of =" not in (tmp_path / "sweep.toml").read_text()
+    values = sweep_values(base, sweep)
+    values["sweep"]["arms"] = [{"name": arm.name, "set": arm.set} for arm in sweep.arms]
+    (tmp_path / "sweep.toml").write_text(tomli_w.dumps(values))
     check_sweep_unchanged(base, sweep, tmp_path)
     with pytest.raises(Exception, match="sweep.arms"):  # adding an SAE arm is another sweep
         check_sweep_unchanged(*load_sweep_config(CONFIG), tmp_path)

@@ -436,10 +436,7 @@ class SweepConfig:
                 for key, levels in self.factors.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        # a trained arm without the SAE keys, as sweep.toml held it before SAE arms (so such sweeps resume)
-        values["arms"] = [{k: v for k, v in arm.items() if v or k in ("name", "set")} for arm in values["arms"]]
-        return values
+        return dataclasses.asdict(self)
 
 
 def level_text(value: Any) -> str:
