@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cratelab.checkpoint import read_checkpoint
 from cratelab.cli import main
 from cratelab.config import load_sweep_config
 from cratelab.io import LOCK_FILE
@@ -247,6 +248,7 @@ def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tm
     assert (out / "report.md").is_file()
     steps_at_kill = metric_steps(crate)
     assert steps_at_kill and steps_at_kill[-1] < 60
+    step_at_kill = read_checkpoint(crate / "ckpt.pt")["step"]  # a kill after a metrics line, before its checkpoint
     gpt_ckpt = (gpt / "ckpt.pt").stat().st_mtime_ns
 
     code, err = ablate(out, cache)
@@ -254,7 +256,7 @@ def test_submitit_local_trains_a_killed_job_resumes_and_the_report_is_written(tm
     assert "2 runs (1 already finished)" in err
     log = (crate / "log.txt").read_text()
     resumed = [line for line in log.splitlines() if line.startswith("resuming")]
-    assert len(resumed) == 1 and f"at step {steps_at_kill[-1]}" in resumed[0], log
+    assert len(resumed) == 1 and f"at step {step_at_kill}" in resumed[0], log
     assert metric_steps(crate) == list(range(10, 61, 10))  # each evaluation once: no step trained twice
     assert (gpt / "ckpt.pt").stat().st_mtime_ns == gpt_ckpt  # the finished run was not retrained
     with open(out / "results.csv") as f:
@@ -285,12 +287,14 @@ def test_a_kill_9_of_the_sweep_takes_its_jobs_with_it_and_the_rerun_resumes_them
     finally:
         with contextlib.suppress(ProcessLookupError):  # what the killed sweep left in its process group
             os.killpg(job["group"], signal.SIGKILL)
-    steps_at_kill = metric_steps(crate)[-1]
+    # the step it resumes from: its last checkpoint (a kill between an evaluation's metrics line and its checkpoint
+    # leaves the line one evaluation ahead; the resume drops it and trains that step again)
+    step_at_kill = read_checkpoint(crate / "ckpt.pt")["step"]
 
     code, err = ablate(out, cache)
     assert code == 0 and "in use" not in err, err
     resumed = [line for line in (crate / "log.txt").read_text().splitlines() if line.startswith("resuming")]
-    assert resumed and f"at step {steps_at_kill}" in resumed[-1]
+    assert resumed and f"at step {step_at_kill}" in resumed[-1]
     assert metric_steps(crate) == list(range(10, 61, 10))  # each evaluation once: no step trained twice
     with open(out / "results.csv") as f:
         assert sorted(row["name"] for row in csv.DictReader(f)) == sorted([CRATE, GPT])
