@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cratelab.config import load_sweep_config
-from cratelab.sweep import tracked_steps
+from cratelab.sweep.design import tracked_steps
 from cratelab.train import train
 
 

@@ -130,7 +130,7 @@ elif [[ ! -f $ablation_config ]]; then
   stage_status+=("ablation=skipped: $ablation_config does not exist")
 else
   export CRATELAB_CACHE=${CRATELAB_CACHE:-$PWD/.gpu-cache}
-  corpus=$("$py" -c "import sys; from cratelab.sweep import load_sweep; print(load_sweep(sys.argv[1])[0].data.corpus)" \
+  corpus=$("$py" -c "import sys; from cratelab.config import load_sweep_config; print(load_sweep_config(sys.argv[1])[0].data.corpus)" \
     "$ablation_config" 2>>"$log")
   # the default corpus' folder is keyed by the code that builds it: cratelab names it
   corpus_dir=$("$py" -c "import sys; from cratelab.data.corpus import default_corpus_dir; print(default_corpus_dir(sys.argv[1]))" \

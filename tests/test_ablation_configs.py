@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cratelab.config import load_sweep_config
-from cratelab.sweep import expand
+from cratelab.sweep.design import expand
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "configs" / "ablations"
 STUDIES = {"ista-steps": ("model.ista_steps", [1, 2, 3, 4]),

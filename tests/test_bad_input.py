@@ -22,7 +22,7 @@ import torch
 from cratelab.checkpoint import load_checkpoint, save_model_checkpoint
 from cratelab.config import load_config, load_sweep_config
 from cratelab.data.corpus import default_corpus_dir, split_of
-from cratelab.sweep import save_sweep
+from cratelab.sweep.results import save_sweep
 from cratelab.train import train
 from tests.models.reference import random_official_gpt_state_dict, random_official_state_dict
 from tests.report.synthetic import full_grid, write_run

@@ -13,7 +13,7 @@ from cratelab.errors import CratelabError
 from cratelab.interp.config import InterpConfig
 from cratelab.sae.config import SAEConfig
 from cratelab.sae.train import SAE_RESUMABLE_CHANGES
-from cratelab.sweep import check_sweep_unchanged, save_sweep
+from cratelab.sweep.results import check_sweep_unchanged, save_sweep
 from cratelab.train import check_same_run
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cratelab.config import load_sweep_config
 from cratelab.report.decide import check_questions
-from cratelab.sweep import expand, tracked_steps
+from cratelab.sweep.design import expand, tracked_steps
 
 CONFIRM, LONG = "configs/seed-ablation-confirm.toml", "configs/seed-ablation-long.toml"
 

@@ -22,7 +22,7 @@ from cratelab.cli import main
 from cratelab.config import load_sweep_config
 from cratelab.io import LOCK_FILE
 from cratelab.layout import COOLDOWN_START
-from cratelab.sweep import check_sweep_unchanged, save_sweep
+from cratelab.sweep.results import check_sweep_unchanged, save_sweep
 
 pytest.importorskip("submitit")
 
@@ -138,7 +138,7 @@ def test_a_job_that_sbatch_refuses_is_a_failed_run_with_sbatch_s_message(tmp_pat
 
 def test_run_jobs_yields_each_result_and_one_line_per_failed_job(tmp_path):
     from cratelab.config import SlurmConfig
-    from cratelab.launch import JobTask, run_jobs
+    from cratelab.sweep.launch import JobTask, run_jobs
 
     tasks = [JobTask("adds", functools.partial(operator.add, 2, 3), tmp_path / "adds.log"),
              JobTask("divides", functools.partial(operator.truediv, 1, 0), tmp_path / "divides.log")]

@@ -12,9 +12,10 @@ import torch
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.errors import CratelabError
 from cratelab.layout import result_columns, track_columns
-from cratelab import sweep as sweep_module
-from cratelab.sweep import (check_machine, check_sweep_unchanged, design_keys, expand, read_result, save_sweep,
-                            tracked_steps, worker_gpus, worker_pool)
+from cratelab.sweep import execute as sweep_execute
+from cratelab.sweep.design import design_keys, expand, tracked_steps
+from cratelab.sweep.execute import check_machine, worker_gpus, worker_pool
+from cratelab.sweep.results import check_sweep_unchanged, read_result, save_sweep
 
 CONFIG = "configs/seed-ablation.toml"
 
@@ -378,8 +379,9 @@ def test_a_damaged_result_json_is_an_unfinished_run(tmp_path, text, problem):
 
 def test_a_runs_log_is_written_line_by_line_while_it_runs(tmp_path, monkeypatch):
     """`tail -f runs/NAME/log.txt` follows a run: each line reaches the file when it is printed."""
-    from cratelab import layout, sweep
-    from cratelab.sweep import Condition, PlannedRun
+    from cratelab import layout
+    from cratelab.sweep import run as sweep_run
+    from cratelab.sweep.design import Condition, PlannedRun
 
     log = layout.run_folder(tmp_path, "r") / layout.RUN_LOG
     seen = []
@@ -389,8 +391,8 @@ def test_a_runs_log_is_written_line_by_line_while_it_runs(tmp_path, monkeypatch)
         seen.append(log.read_text())
         return {}
 
-    monkeypatch.setattr(sweep, "run_one", printing_run)
-    sweep.run_logged(PlannedRun("r", Condition("r"), None, {}), tmp_path, 1)
+    monkeypatch.setattr(sweep_run, "run_one", printing_run)
+    sweep_run.run_logged(PlannedRun("r", Condition("r"), None, {}), tmp_path, 1)
     assert seen == ["step 250/4,000 | val_loss 5.2\n"]
 
 
@@ -404,7 +406,7 @@ def test_sweep_workers_are_spread_over_the_gpus(monkeypatch):
     GPU); a run that names its GPU (cuda:N), or runs on the CPU, keeps every worker on what it names."""
     base, sweep = load_sweep_config(CONFIG, ["train.device=\"cuda\"", "interp.device=\"cpu\""], smoke=True)
     runs = expand(base, sweep)
-    monkeypatch.setattr(sweep_module, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(sweep_execute, "visible_gpus", lambda: ["0", "1"])
     assert worker_gpus(runs, 3) == ["0", "1", "0"]
     pinned = [dataclasses.replace(r, config=dataclasses.replace(
         r.config, train=dataclasses.replace(r.config.train, device="cuda:1"))) for r in runs]

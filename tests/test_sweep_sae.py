@@ -1,4 +1,4 @@
-"""The sweep's SAE arms (sweep_sae.py): planning, validation, and a smoke sweep CRATE / GPT / GPT + SAE."""
+"""The sweep's SAE arms (sweep/sae_arm.py): planning, validation, and a smoke sweep CRATE / GPT / GPT + SAE."""
 
 import csv
 import json
@@ -11,9 +11,10 @@ import tomli_w
 
 from cratelab.config import ConfigError, load_sweep_config
 from cratelab.layout import SAE_COLUMNS, SPARSITY_COLUMNS, result_columns
-from cratelab.results import result_row
-from cratelab.sweep import check_sweep_unchanged, expand, print_commands, sweep_values
-from cratelab.sweep_sae import SAE_EVAL_KEYS
+from cratelab.sweep.design import expand
+from cratelab.sweep.execute import print_commands
+from cratelab.sweep.results import check_sweep_unchanged, result_row, sweep_values
+from cratelab.sweep.sae_arm import SAE_EVAL_KEYS
 
 CONFIG = "configs/seed-ablation-sae.toml"
 SMALL = ["sweep.seeds=[0]", "sweep.factors.model.ista_lambda=[0.1]", 'sweep.factors.model.qkv=["shared"]',

@@ -233,7 +233,8 @@ def cmd_ablate(args) -> None:
     from .runtime import is_main_process
     from .report import write_report
     from .report.decide import check_questions
-    from .sweep import RunsFailed, ablate, expand, print_commands, print_job_scripts
+    from .sweep.design import expand
+    from .sweep.execute import RunsFailed, ablate, print_commands, print_job_scripts
 
     out = Path(args.out)
     if args.workers is not None:
@@ -271,7 +272,8 @@ def cmd_ablate(args) -> None:
 def cmd_report(args) -> None:
     from .report import write_report
     from .report.decide import check_questions
-    from .sweep import collect_results, expand
+    from .sweep.design import expand
+    from .sweep.results import collect_results
 
     out = Path(args.out)
     sweep_file = out / layout.SWEEP_CONFIG

@@ -12,9 +12,9 @@ An interpret folder (`cratelab interpret`, cratelab.interp)::
     run.json  config.toml  records/layer{l}/  scores.jsonl  simulations.jsonl  scores.csv
     summary.json  summary.md  cards/index.html
 
-A sweep folder (`cratelab ablate`, sweep.py, cratelab.report)::
+A sweep folder (`cratelab ablate`, cratelab.sweep, cratelab.report)::
 
-    sweep.toml  runs/<name>/ (a training run folder + interp/ + log.txt + result.json; an SAE arm's: sweep_sae.py)
+    sweep.toml  runs/<name>/ (a training run folder + interp/ + log.txt + result.json; an SAE arm's: sweep/sae_arm.py)
     results.csv  results_layers.csv  results_track.csv  report.md  report.html  plots/
     jobs/<job id>/ (sweep.launcher slurm or submitit-local: submitit's job scripts, pickles and logs)
 
@@ -96,7 +96,7 @@ def nan_column(protocol: str) -> str:
 
 
 SPARSITY_COLUMNS = ["zero_frac", "l0", "l0_frac", "dead_frac", "dense_frac"]
-# an SAE arm's (sweep_sae.py; empty for other runs): losses clean, with the SAE spliced in and zero-ablated,
+# an SAE arm's (sweep/sae_arm.py; empty for other runs): losses clean, with the SAE spliced in and zero-ablated,
 # fraction of variance unexplained, loss recovered, and the SAE's width
 SAE_COLUMNS = ["sae_clean_loss", "sae_spliced_loss", "sae_zero_loss", "sae_fvu", "sae_loss_recovered", "sae_d"]
 RESULT_METRIC_COLUMNS = ["params", "tokens", "train_s", "val_loss", "bpb", *SPARSITY_COLUMNS,

@@ -8,7 +8,7 @@ import pytest
 
 from cratelab.config import load_config, load_sweep_config
 from cratelab.models import build_model
-from cratelab.sweep import expand
+from cratelab.sweep.design import expand
 
 from .test_param_counts import PAPER
 

@@ -19,7 +19,7 @@ from cratelab import layout
 from cratelab.evaluate import DENSITY_BIN_EDGES
 from cratelab.config import load_sweep_config
 from cratelab.layout import PROTOCOLS, interp_column, layer_columns, nan_column, result_columns
-from cratelab.sweep import design_keys
+from cratelab.sweep.design import design_keys
 
 DESIGN = load_sweep_config("configs/seed-ablation.toml")[1]  # the seed ablation's factors, reference and arm
 

@@ -7,7 +7,7 @@ from cratelab.config import load_sweep_config
 from cratelab.errors import CratelabError
 from cratelab.report import read_sweep_results, write_report
 from cratelab.report.analysis import INTERP_METRICS, SEED_METRICS, Estimator, design_effects, difference, mean_of
-from cratelab.sweep import Condition
+from cratelab.sweep.design import Condition
 
 from .synthetic import DESIGN, Spec, full_grid, make_sweep
 

@@ -371,7 +371,7 @@ def test_an_sae_arm_refuses_its_damaged_sae_by_name(gpt_run, sae_dir, tmp_path):
     import shutil
 
     from cratelab.errors import CratelabError
-    from cratelab.sweep_sae import run_sae_arm
+    from cratelab.sweep.sae_arm import run_sae_arm
 
     run_dir = tmp_path / "runs" / "gpt-sae-s0"
     layer0 = run_dir / "sae" / "layer0"

@@ -18,7 +18,7 @@ import numpy as np
 from ..layout import PROTOCOLS, interp_column
 from ..config import curvature_key, interaction_key, level_text, main_key, slope_key
 from ..config import SweepConfig
-from ..sweep import Condition, condition_settings, grid_conditions
+from ..sweep.design import Condition, condition_settings, grid_conditions
 from .load import RunResult, Sweep
 from .stats import (Interval, contrast_by_seed, curvature_weights, hierarchical_bootstrap, mean_ci,
                     percentile_interval, resample_run_scores, run_score, slope_weights)

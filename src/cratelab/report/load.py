@@ -30,7 +30,7 @@ from ..errors import CratelabError
 from ..io import read_json_object, read_jsonl
 from ..layout import (CARDS, CARDS_INDEX, CONFIG, COOLDOWN_START, EVAL, METRICS, RESULTS, RESULTS_LAYERS,
                       RESULTS_TRACK, RUN_INTERP, SCORES, condition_columns, run_folder, track_folder)
-from ..sweep import Condition, design_keys, grid_conditions
+from ..sweep.design import Condition, design_keys, grid_conditions
 
 
 @dataclass

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..evaluate import DENSITY_BIN_EDGES
 from ..config import level_text
-from ..sweep import Condition
+from ..sweep.design import Condition
 from .analysis import INTERP_METRICS, Design, Estimator, Metric, layer_intervals, mean_of, run_value
 from .load import RunResult, Sweep
 from .stats import Interval

@@ -21,7 +21,7 @@ from ..config import QuestionsConfig, SweepConfig, level_text
 from ..io import write_text
 from ..layout import (ANSWERS, PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, RESULTS_TRACK,
                       SWEEP_CONFIG)
-from ..sweep import Condition, grid_conditions
+from ..sweep.design import Condition, grid_conditions
 from .analysis import (DERIVED_METRICS, INTERP_METRICS, METRICS, SEED_METRICS, Design, Effect, Estimator, Metric,
                        design_effects, difference, layer_intervals, mean_of, run_value, settings_text)
 from .decide import DIFFERS, EQUIVALENT, NO_TEST, Answer, answer_questions, write_answers

@@ -2,7 +2,7 @@
 or the same jobs as processes of this machine (`"submitit-local"`, submitit's LocalExecutor: the way to
 try the Slurm path without a cluster, and how the tests run it).
 
-A job calls the task it was given (sweep.run_logged: the run_one that the local launcher calls too). A
+A job calls the task it was given (run.run_logged: the run_one that the local launcher calls too). A
 run of more than one GPU is one job of one task per GPU (submitit's multi-task jobs, `srun` starting
 them): each task exports torch.distributed's environment from the job's (RANK, WORLD_SIZE, MASTER_ADDR,
 ...), so train() runs its DDP exactly as under torchrun. A job that is preempted or runs out of time
@@ -25,8 +25,8 @@ import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
-from .config import SlurmConfig
-from .runtime import end_with, keep_freed_memory
+from ..config import SlurmConfig
+from ..runtime import end_with, keep_freed_memory
 
 POLL_S = 1.0  # how often job states are read (submitit's Slurm watcher calls sacct at most once a minute)
 
@@ -156,7 +156,7 @@ def _last_error_line(text: str) -> str:
 
 
 def require_slurm() -> None:
-    from .errors import CratelabError
+    from ..errors import CratelabError
 
     if submitit.SlurmExecutor.affinity() < 0:
         raise CratelabError("sweep.launcher is \"slurm\" but there is no Slurm here (no srun on PATH): run on a "

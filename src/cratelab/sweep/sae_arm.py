@@ -29,38 +29,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import layout
-from .config import Arm, ConfigError, RunConfig, dump_toml
-from .errors import CratelabError
-from .io import folder_lock, read_jsonl, write_json, write_text
+from .. import layout
+from ..config import RunConfig, dump_toml
+from ..errors import CratelabError
+from ..io import folder_lock, read_jsonl, write_json, write_text
+from ..sae.config import SAEConfig
 from .results import mean_over_layers, result_row
-from .sae.config import SAEConfig, sae_config_from_dict
 
 SAE = "sae"  # runs/<arm>-s<seed>/sae/layer{l}/
-
-
-def arm_sae_config(arm: Arm, index: int, cfg: RunConfig) -> SAEConfig:
-    """The [sae] settings of an SAE arm's run (checked, the error naming `sweep.arms[i].sae.key`): its
-    seed is the run's seed, its eval_tokens the run's eval.tokens (its losses are on the windows of its base
-    run's val_loss), and its device the run's train.device unless the arm sets one."""
-    values = dict(arm.sae)
-    values.setdefault("device", cfg.train.device)
-    pinned = (("seed", "sweep.seeds", cfg.train.seed), ("eval_tokens", "eval.tokens", cfg.eval.tokens))
-    for key, setting, value in pinned:
-        if key in arm.sae:
-            raise ConfigError(f"sweep.arms[{index}].sae.{key}", f"is set by {setting}")
-        values[key] = value
-    try:
-        return sae_config_from_dict(values)
-    except ConfigError as err:
-        field = f"sweep.arms[{index}]." + err.field
-        raise ConfigError(field, str(err).removeprefix(err.field + ": ")) from None
-
-
-def arm_interp_neurons(arm: Arm, base: RunConfig) -> int:
-    """Features scored per layer: as many as the base run scores neurons (all of them: the model's
-    neurons per layer), drawn with the run's seed from the SAE's d_sae; `set` interp.neurons overrides."""
-    return arm.set.get("interp.neurons", base.interp.neurons or base.model.n_neurons)
 
 
 def run_sae_arm(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: RunConfig, sae_cfg: SAEConfig,
@@ -73,13 +49,12 @@ def run_sae_arm(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: Ru
         write_json(run_dir / layout.RUN_RESULT, row)
     return row
 
-
 def _run_locked(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: RunConfig, sae_cfg: SAEConfig,
                 columns: dict[str, Any], threads: int) -> dict[str, Any]:
-    from .checkpoint import load_checkpoint
-    from .interp.run import interpret, neuron_subset
-    from .models import neuron_hook_name
-    from .sae import sae_source, train_and_evaluate_sae
+    from ..checkpoint import load_checkpoint
+    from ..interp.run import interpret, neuron_subset
+    from ..models import neuron_hook_name
+    from ..sae import sae_source, train_and_evaluate_sae
 
     if threads and not sae_cfg.threads:
         sae_cfg = dataclasses.replace(sae_cfg, threads=threads)
@@ -103,12 +78,10 @@ def _run_locked(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: Ru
     write_text(run_dir / layout.RUN_INTERP / layout.SCORES, "".join(json.dumps(row) + "\n" for row in scores))
     return _row(columns, base_row, evals, summaries, train_s)
 
-
 # result.json's SAE columns from the SAE evaluation (evaluate_sae's keys)
 SAE_EVAL_KEYS = {"sae_clean_loss": "ce_loss_clean", "sae_spliced_loss": "ce_loss_with_sae",
                  "sae_zero_loss": "ce_loss_zero_ablation", "sae_fvu": "fvu",
                  "sae_loss_recovered": "ce_loss_recovered", "sae_d": "d_sae"}
-
 
 def _row(columns: dict[str, Any], base_row: dict[str, Any], evals: dict[int, dict[str, Any]],
          summaries: dict[int, dict[str, Any]], train_s: float) -> dict[str, Any]:
