@@ -175,6 +175,9 @@ def _damaged_files(w: dict[str, Path], official_sd: dict, official_args: dict) -
                              ("scoresjsonl", "interp/scores.jsonl", '{"layer": 0, "neuron": 1}\n')):
         w[name] = folder = _finished_sweep(w["run"].parent / f"damaged-{name}")
         (folder / "runs" / "gpt-relu-s0" / file).write_text(data)
+    w["nodatajson"] = w["run"].parent / "nodatajson"  # a run folder of a format before data.json
+    shutil.copytree(w["run"], w["nodatajson"])
+    (w["nodatajson"] / "data.json").unlink()
     w["locked"] = w["run"].parent / "locked"  # held by another process while the cases run (see `results`)
 
 
@@ -471,6 +474,8 @@ CASES = [
      "{locked} is in use by another cratelab process (PID"),
     # ---- issue 14: settings changed on resume
     ("train/other-seed", ["train", TINY, "--out", "{run}", "--set", "train.seed=1"], "train.seed 0 -> 1"),
+    ("train/resume-without-data-json", ["train", TINY, "--out", "{nodatajson}", "--set", "eval.tokens=512"],
+     "{nodatajson} holds a checkpoint but no data.json (not a folder this version trained"),
     ("train/other-batch", ["train", TINY, "--out", "{run}", "--set", "train.batch_size=4"],
      "train.batch_size 16 -> 4"),
     ("train/other-lr", ["train", TINY, "--out", "{run}", "--set", "train.lr=0.01"], "train.lr 0.003 -> 0.01"),

@@ -632,13 +632,20 @@ def execution_settings(cls: type, prefix: str = "") -> frozenset[str]:
     return frozenset(names)
 
 
-def changed_settings(old: dict[str, Any], new: dict[str, Any], accepted: frozenset[str] = frozenset()) -> list[str]:
+def changed_values(old: dict[str, Any], new: dict[str, Any],
+                   accepted: frozenset[str] = frozenset()) -> dict[str, tuple[Any, Any]]:
     """Each dotted field (``section.key``, ``interp.backend.key``) whose value differs between two config dicts (as
-    RunConfig.to_dict gives them), as "name old -> new", except the fields in ``accepted`` and those under a section
-    it names. The one comparison that decides whether a run, sweep or SAE folder may be resumed with a config."""
+    RunConfig.to_dict gives them) -> (old value, new value), except the fields in ``accepted`` and those under a
+    section it names; a field one side lacks is None there. The one comparison that decides whether a run, sweep,
+    interpret or SAE folder may be resumed with a config."""
     a, b = flat_settings(old), flat_settings(new)
-    return [f"{name} {a.get(name)!r} -> {b.get(name)!r}" for name in sorted(set(a) | set(b))
-            if a.get(name) != b.get(name) and not any(name == ok or name.startswith(ok + ".") for ok in accepted)]
+    return {name: (a.get(name), b.get(name)) for name in sorted(set(a) | set(b))
+            if a.get(name) != b.get(name) and not any(name == ok or name.startswith(ok + ".") for ok in accepted)}
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], accepted: frozenset[str] = frozenset()) -> list[str]:
+    """changed_values as "name old -> new", for an error that names each changed field."""
+    return [f"{name} {was!r} -> {now!r}" for name, (was, now) in changed_values(old, new, accepted).items()]
 
 
 def dump_toml(cfg: RunConfig) -> str:

@@ -274,7 +274,11 @@ def read_resume(out_dir: Path, cfg: RunConfig, dataset: TokenDataset) -> dict[st
     resume = read_checkpoint(ckpt_path)
     check_same_run(resume, cfg, dataset.tokenizer, ckpt_path)
     data = dataset.identity()
-    trained_on = run_data_identity(out_dir) or data  # a run folder from before data.json: not checked
+    trained_on = run_data_identity(out_dir)
+    if trained_on is None:  # train writes data.json before its first checkpoint
+        raise CratelabError(f"{out_dir} holds a checkpoint but no {DATA} (not a folder this version trained: an "
+                            "imported checkpoint, or an earlier cratelab's run), so the data it was trained on cannot "
+                            "be checked; pass --fresh to start over, or choose another output folder")
     if (trained_on["train_sha256"], trained_on["val_sha256"]) != (data["train_sha256"], data["val_sha256"]):
         raise CratelabError(f"{out_dir} was trained on other token data (train.bin sha256 "
                             f"{trained_on['train_sha256']}, now {data['train_sha256']}): the data cache was built "

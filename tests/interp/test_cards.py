@@ -38,9 +38,7 @@ def run_dir(tmp_path_factory):
     rows, sims = [], []
     for h in range(records.n_neurons):
         for s, sim in score_protocols(records.neuron(h), protocols, explainer, simulator):
-            rows.append({"layer": 0, "neuron": h, "protocol": s.protocol, "method": "token-pattern", "score": s.score,
-                         "explanation": s.explanation, "firing_rate": s.firing_rate,
-                         "max_activation": s.max_activation, "reason": s.reason})
+            rows.append(s.to_row("token-pattern"))
             sims.append({"layer": 0, "neuron": h, "protocol": s.protocol, **encode_simulation(sim)})
     (out / "simulations.jsonl").write_text("".join(json.dumps(s) + "\n" for s in sims))
     names = [p.name for p in protocols]

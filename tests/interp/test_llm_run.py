@@ -107,10 +107,6 @@ def test_retry_failed_rescores_the_transport_failures_and_nothing_else(env, chec
     failed = [r for r in rows if r["failure"] == "transport"]
     assert len(failed) == 2 and {r["reason"] for r in failed} == {"llm failed: HTTP 500 after 1 attempt"}
     assert "2 neurons failed for transport reasons" in first.stdout
-    # a row of an older run, without `failure`, is known by its reason
-    old = [{k: v for k, v in r.items() if k != "failure" or r is not failed[0]} for r in rows]
-    (out / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
-
     with FakeLLM() as healthy:  # another server: the cache has nothing of it
         resumed = interpret(env, checkpoint, out, healthy, "--neurons", "5")  # today's resume: nothing to do
         assert resumed.returncode == 0 and healthy.requests == []

@@ -272,22 +272,31 @@ def test_protocols_that_explain_from_the_same_records_share_one_explanation():
         assert shared == each
 
 
-def test_a_folder_made_before_a_setting_existed_resumes_with_its_default(checkpoint, reference, tmp_path):
-    """run.json of an interpret folder made before interp.records.quantiles existed: the folder resumes
-    (the setting had its default, "exact"); another value is still refused."""
-    import shutil
-
+def test_a_folder_made_before_a_setting_existed_is_refused_naming_it(checkpoint, reference, tmp_path):
+    """run.json of an interpret folder made before interp.records.quantiles existed: no format of an
+    unreleased version is read; the refusal names the setting (and nothing in the folder changes)."""
     out = tmp_path / "old"
     shutil.copytree(reference[0], out)
     identity = json.loads((out / "run.json").read_text())
     del identity["interp"]["records.quantiles"]
     (out / "run.json").write_text(json.dumps(identity))
     before = lines(out)
-    interpret(checkpoint, out, ICFG, progress=False)
+    with pytest.raises(CratelabError, match=r"made with no interp.records.quantiles \(a folder of an earlier "
+                                            r"cratelab\), this one has 'exact'"):
+        interpret(checkpoint, out, ICFG, progress=False)
     assert lines(out) == before
-    sampled = dataclasses.replace(ICFG, records=dataclasses.replace(ICFG.records, quantiles="sample"))
-    with pytest.raises(CratelabError, match="records.quantiles = 'exact', this one has 'sample'"):
-        interpret(checkpoint, out, sampled, progress=False)
+
+
+def test_a_score_row_of_another_format_is_refused_naming_the_line(checkpoint, reference, tmp_path):
+    """A scores.jsonl row without a field of the schema (ROW_FIELDS: here 'failure', which rows once lacked) is
+    refused with the file and the line, before anything is scored."""
+    out = tmp_path / "old"
+    shutil.copytree(reference[0], out)
+    rows = read_jsonl(out / "scores.jsonl")
+    rows[1].pop("failure")
+    (out / "scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(CratelabError, match=r"scores.jsonl: line 2 has no 'failure' \(a score row of another format"):
+        interpret(checkpoint, out, ICFG, progress=False)
 
 
 @pytest.mark.parametrize("backend,message", [

@@ -36,8 +36,8 @@ def test_rows_round_trip_through_the_one_row_schema():
     score = NeuronScore(2, 7, "anthropic", 0.5, "cat", None, 0.25, 3.0, "json", "explainer", "simulator")
     row = score.to_row("openai:m")
     assert row["method"] == "openai:m" and NeuronScore.from_row(row) == score
-    old = {k: v for k, v in row.items() if k not in ("simulation", "explainer_model", "simulator_model")}
-    assert NeuronScore.from_row(old).simulation == ""  # rows written before the models were recorded still load
+    with pytest.raises(KeyError):  # a row of another format is not read as a score with defaults
+        NeuronScore.from_row({k: v for k, v in row.items() if k != "simulation"})
 
 
 def test_summary_markdown_shows_the_checkpoint_path_literally():

@@ -30,6 +30,7 @@ from cratelab.data.corpus import Document, code_version, default_cache_dir, load
 from cratelab.data.tokenizer import Tokenizer, load_tokenizer
 from cratelab.errors import CratelabError
 from cratelab.io import building_folder, read_json, read_json_object, sha256_file
+from cratelab.layout import DATA
 
 FORMAT = 1  # the layout of a dataset folder, recorded in meta.json (BUILDER, in the key, changes with it)
 BUILDER = code_version("corpus", "tokenizer", "shards", libraries=("tokenizers", "tiktoken"))
@@ -80,9 +81,8 @@ class TokenDataset:
 
 def run_data_identity(run_dir: str | Path) -> dict[str, Any] | None:
     """The data a training run was trained and evaluated on (TokenDataset.identity, from its data.json;
-    "train_sha256" names the tokenized training data); None for a run trained before runs recorded it."""
-    from cratelab.layout import DATA  # here: layout imports the interp package, which imports the data layer
-
+    "train_sha256" names the tokenized training data); None for a folder `cratelab train` did not make (an
+    imported checkpoint)."""
     path = Path(run_dir) / DATA
     if not path.is_file():
         return None

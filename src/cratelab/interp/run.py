@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, check_tokenizer, checkpoint_file, load_checkpoint
-from ..config import RunConfig, dump_toml, execution_settings, flat_settings
+from ..config import RunConfig, changed_values, dump_toml, execution_settings, flat_settings
 from ..data.corpus import default_cache_dir
 from ..errors import CratelabError
 from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, keep_jsonl, read_json_object,
@@ -51,7 +51,6 @@ from ..layout import CARDS, CONFIG, DATA, RECORDS, SCORES, SCORES_CSV, SIMULATIO
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
 from .activations import LayerRecords, NeuronRecord
-from .backends.endpoint import is_old_transport_reason
 from .collect import collect_records
 from .config import InterpConfig
 from .explain import Explainer
@@ -125,10 +124,8 @@ def _key(row: dict[str, Any]) -> tuple[int, int, str]:
 
 
 def failed_for_transport(row: dict[str, Any]) -> bool:
-    """Whether a score row failed for transport reasons (rows of older runs: judged by their reason)."""
-    if "failure" in row:
-        return row["failure"] == "transport"
-    return row.get("score") is None and is_old_transport_reason(str(row.get("reason") or ""))
+    """Whether a score row failed for transport reasons (the endpoint unreachable or refusing), to retry."""
+    return row["failure"] == "transport"
 
 
 def read_scores(path: Path) -> dict[tuple[int, int, str], dict[str, Any]]:
@@ -141,6 +138,9 @@ def read_scores(path: Path) -> dict[tuple[int, int, str], dict[str, Any]]:
                 and (row.get("score") is None or isinstance(row.get("score"), (int, float)))):
             raise CratelabError(f"{path}: line {n} is not a neuron score (expected integer layer and neuron, a "
                                 "protocol and a numeric or null score); delete the file to score afresh")
+        if missing := [name for name in ROW_FIELDS if name not in row]:
+            raise CratelabError(f"{path}: line {n} has no {', '.join(map(repr, missing))} (a score row of another "
+                                "format: of an earlier cratelab?); delete the file to score afresh")
         done[_key(row)] = row
     return done
 
@@ -163,22 +163,19 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
         write_json(path, identity)
         return
     old = read_json_object(path, what="interpret run description")
-    flat_old, flat_new = flat_settings(old), flat_settings(identity)
-    # a setting added since that run was made had its default there
-    added = {f"interp.{k}": v for k, v in flat_settings(dataclasses.asdict(InterpConfig())).items()}
-    changed = {key: flat_old.get(key, added.get(key)) for key in sorted(set(flat_old) | set(flat_new))
-               if flat_old.get(key, added.get(key)) != flat_new.get(key)}
+    changed = changed_values(old, identity)
     scores = out / SCORES
     if changed and all(key.startswith(SCORING_SETTINGS) for key in changed) and not (
             scores.is_file() and scores.stat().st_size > 0):
         (out / SIMULATIONS).unlink(missing_ok=True)  # of neurons cut off before their score: not these settings'
         write_json(path, identity)
         return
-    for key, was in changed.items():
-        if key == "interp.protocols" and _protocols(flat_new[key]) <= _protocols(was):
+    for key, (was, now) in changed.items():
+        if key == "interp.protocols" and _protocols(now) <= _protocols(was):
             continue  # a subset of the folder's protocols: their rows are scored as before, the others' kept
+        made = f"with no {key} (a folder of an earlier cratelab)" if was is None else f"with {key} = {was!r}"
         raise CratelabError(
-            f"{out} holds a run made with {key} = {was!r}, this one has {flat_new.get(key)!r}: "
+            f"{out} holds a run made {made}, this one has {now!r}: "
             "use another --out (or delete that folder) to start afresh"
             + (" (a subset of its protocols is accepted)" if key == "interp.protocols" else ""))
 
@@ -388,9 +385,8 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
             settings[name] = sha256_file(Path(settings[name]))
     data = {k: v for k, v in dataclasses.asdict(ckpt.config.data).items() if k != "cache_dir"}
     identity = {"format": FORMAT, "checkpoint_sha256": sha256_file(ckpt_file), "data": data, "interp": settings}
-    if source is not None:  # the default source adds nothing: folders made before sources existed still resume
-        identity["source"] = source.identity
     source = source or model_neurons(mcfg)
+    identity["source"] = source.identity
     _check_identity(out, identity)
     run_cfg = RunConfig(model=ckpt.config.model, data=ckpt.config.data, train=ckpt.config.train,
                         eval=ckpt.config.eval, interp=icfg)

@@ -118,7 +118,7 @@ class NeuronScore:
     simulation: str = ""  # how the activations were simulated: "token-pattern" | "logprobs" | "json"
     explainer_model: str = ""
     simulator_model: str = ""
-    failure: str = ""  # why score is None, a key of FAILURES; "" when scored (and in rows of older runs)
+    failure: str = ""  # why score is None, a key of FAILURES; "" when scored
     degenerate: str = ""  # a key of DEGENERATE when the explanation says nothing (flag_degenerate adds "generic")
 
     def to_row(self, method: str) -> dict[str, Any]:
@@ -128,10 +128,10 @@ class NeuronScore:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> NeuronScore:
         names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{name: row[name] for name in names if name in row})  # older rows lack models and failure
+        return cls(**{name: row[name] for name in names})
 
 
-# the fields of NeuronScore, with the run's method after the protocol (as in rows before the models were kept)
+# the fields of NeuronScore, with the run's method after the protocol
 ROW_FIELDS = ("layer", "neuron", "protocol", "method", "score", "explanation", "firing_rate", "max_activation",
               "reason", "simulation", "explainer_model", "simulator_model", "failure", "degenerate")
 

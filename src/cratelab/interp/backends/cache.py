@@ -28,8 +28,7 @@ class ResponseCache:
     @staticmethod
     def key(kind: str, url: str, payload: dict[str, Any]) -> str:
         """Hash of what determines an answer: the server (its URL) and the request; `kind` names how the
-        answer was extracted from the response. (Entries written before the URL was part of the key are
-        not found: they are asked again.)"""
+        answer was extracted from the response."""
         blob = json.dumps({"kind": kind, "url": url, "request": payload}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 

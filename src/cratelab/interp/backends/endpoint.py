@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 import urllib.error
@@ -71,14 +70,6 @@ def scrub_answer(value: Any, key: str | None) -> Any:
 
 def is_transport_status(status: int | None) -> bool:
     return status is not None and (status in TRANSPORT_STATUSES or status >= 500)
-
-
-# the reasons of transport failures in score rows written before rows said their kind of failure
-_OLD_TRANSPORT_REASON = re.compile(r"llm failed: (timed out|connection failed|HTTP (401|403|408|429|5\d\d)\b)")
-
-
-def is_old_transport_reason(reason: str) -> bool:
-    return _OLD_TRANSPORT_REASON.match(reason) is not None
 
 
 @dataclass(frozen=True)
