@@ -282,7 +282,7 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     assert len(rows) == 7 and list(rows[0]) == result_columns(["model.ista_lambda", "model.qkv", "model.arch"])
     for row in rows:
         assert float(row["val_loss"]) > 0 and 0 <= float(row["zero_frac"]) <= 1
-        assert row["interp_top_and_random"] != "" and int(row["nan_neurons"]) >= 0
+        assert row["interp_top_and_random"] != "" and int(row["unscorable_scores"]) >= 0
     assert {row["model.arch"] for row in rows} == {"crate", "gpt"}
     report = (out / "report.md").read_text().replace("\\", "")
     assert "model.qkv: separate − shared" in report and "model.ista_lambda: per doubling" in report

@@ -52,10 +52,10 @@ def test_one_row_builder_for_neurons_and_sae_features():
               {"layer": 1, "zero_frac": 0.7, "dictionary_norm": 2.0}]
     row = result_row(columns, {"val_loss": 3.0}, layers, scores)
     assert row["zero_frac"] == pytest.approx(0.6) and row["interp_top_and_random"] == pytest.approx(0.3)
-    assert row["interp_anthropic"] is None and row["nan_neurons"] == 3 and "sae_d" not in row
-    assert row["layers"][1] == columns | layers[1] | {"interp_top_and_random": 0.4, "nan_top_and_random": 2,
-                                                       "interp_random_only": None, "nan_random_only": None,
-                                                       "interp_anthropic": None, "nan_anthropic": None}
+    assert row["interp_anthropic"] is None and row["unscorable_scores"] == 3 and "sae_d" not in row
+    assert row["layers"][1] == columns | layers[1] | {"interp_top_and_random": 0.4, "unscorable_top_and_random": 2,
+                                                       "interp_random_only": None, "unscorable_random_only": None,
+                                                       "interp_anthropic": None, "unscorable_anthropic": None}
     sae_layers = [layer | {"sae_d": 64, "sae_fvu": value} for layer, value in zip(layers, (0.1, float("nan")))]
     assert result_row(columns, {}, sae_layers, scores)["sae_fvu"] == pytest.approx(0.1)
 
@@ -141,7 +141,7 @@ def test_smoke_sweep_crate_gpt_and_gpt_sae(tmp_path):
     assert float(sae["sae_d"]) == 4 * 128 and sae["params"] == gpt["params"] and sae["tokens"] == gpt["tokens"]
     for key in SPARSITY_COLUMNS:
         assert 0 <= float(sae[key]) <= (float(sae["sae_d"]) if key == "l0" else 1)
-    assert sae["interp_top_and_random"] != "" and sae["interp_anthropic"] != "" and int(sae["nan_neurons"]) >= 0
+    assert sae["interp_top_and_random"] != "" and sae["interp_anthropic"] != "" and int(sae["unscorable_scores"]) >= 0
     assert rows["gpt-relu"]["sae_d"] == ""  # the SAE columns are the SAE arm's alone
     run = out / "runs" / "gpt+sae-s0"
     assert {p.name for p in (run / "sae").iterdir()} == {"layer0", "layer1"}

@@ -27,10 +27,9 @@ from .config import ConfigError, DataConfig, RunConfig, config_from_dict, dump_t
 from .data.tokenizer import Tokenizer
 from .errors import CratelabError, unpickling_error
 from .io import atomic_write, write_text
-from .layout import CHECKPOINT, CONFIG
+from .layout import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG
 from .models import LanguageModel, build_model
 
-FORMAT = "cratelab-checkpoint"
 VERSION = 1
 TRAIN_STATE_KEYS = ("optimizer", "scaler", "batches", "rng", "elapsed_s")  # what train.py saves and resumes from
 
@@ -63,7 +62,7 @@ def save_checkpoint(model: torch.nn.Module, cfg: RunConfig, tokenizer: Tokenizer
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {
-        "format": FORMAT, "version": VERSION,
+        "format": CHECKPOINT_FORMAT, "version": VERSION,
         "model": model.state_dict(),
         "config": cfg.to_dict(),
         "tokenizer": tokenizer.to_dict(),
@@ -101,7 +100,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise unpickling_error(file, err) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file for the user
         raise CratelabError(f"{file}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CratelabError(f"{file}: not a cratelab checkpoint (for the authors' released weights use "
                             "`cratelab import-official`)")
     if state.get("version") != VERSION:

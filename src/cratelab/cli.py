@@ -215,7 +215,7 @@ def cmd_sae(args) -> None:
     from .io import folder_lock
     from .models import neuron_hook_name
     from .runtime import resolve_device
-    from .sae import EVAL_JSON, format_eval, load_sae_config, train_and_evaluate_sae
+    from .sae import format_eval, load_sae_config, train_and_evaluate_sae
 
     cfg = load_sae_config(args.config, args.overrides)
     resolve_device(cfg.device, setting="sae.device")  # a bad device fails before any work
@@ -226,7 +226,7 @@ def cmd_sae(args) -> None:
         _, result = train_and_evaluate_sae(ckpt, hook, out, cfg, dense_threshold=ckpt.config.eval.dense_threshold,
                                            fresh=args.fresh, progress=sys.stderr.isatty())
     print(format_eval(result))
-    print(f"\nwritten: {out} (SAELens format: cfg.json, sae_weights.safetensors), {out / EVAL_JSON}")
+    print(f"\nwritten: {out} (SAELens format: {', '.join(reversed(layout.SAELENS_FILES))}), {out / layout.EVAL}")
 
 
 def cmd_ablate(args) -> None:

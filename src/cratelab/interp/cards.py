@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..io import iter_jsonl, read_jsonl, write_text
-from ..layout import CARDS, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON
+from ..layout import CARDS, CARDS_INDEX, RECORDS, SCORES, SIMULATIONS, SUMMARY_JSON, card_page, layer_folder
 from .activations import ActivationRecord, LayerRecords, NeuronRecord
 from .files import decode_simulation
 from .protocols import get_protocol
@@ -143,7 +143,7 @@ def histogram_svg(sample: np.ndarray, top: np.ndarray, hi: float, bins: int = 40
 
 
 def neuron_card(record: NeuronRecord, rows: dict[str, dict[str, Any]], sims: dict[str, list[np.ndarray]],
-                protocols: Sequence[str], *, title: str = "", index_href: str = "../index.html") -> str:
+                protocols: Sequence[str], *, title: str = "", index_href: str = f"../{CARDS_INDEX}") -> str:
     """The HTML page of one neuron: rows and sims map protocol name -> its scores.jsonl row / simulation."""
     scale = record.max_activation
     name = f"Layer {record.layer} · neuron {record.neuron}"
@@ -247,7 +247,7 @@ def index_page(summary: dict[str, Any], neurons: dict[int, list[tuple[int, dict[
                    f"<table><tr><th>neuron</th>{head}<th>firing rate</th><th>max act.</th><th>explanation "
                    f"({esc(protocols[0])})</th></tr>")
         for h, by_protocol in items:
-            link = (f'<a href="layer{layer}/neuron{h}.html">{h}</a>' if (layer, h) in carded else str(h))
+            link = (f'<a href="layer{layer}/{card_page(h)}">{h}</a>' if (layer, h) in carded else str(h))
             cells = "".join(f'<td class="num">{_num(by_protocol[p]["score"]) if p in by_protocol else "–"}</td>'
                             for p in protocols)
             any_row = next(iter(by_protocol.values()))
@@ -282,19 +282,19 @@ def write_cards(run_dir: str | Path, *, records: dict[int, LayerRecords] | None 
     title = f"{summary['checkpoint']} (step {summary['step']})"
     with tqdm(total=len(carded), unit="card", desc="cards", disable=not progress) as bar:
         for layer in sorted(neurons):
-            layer_records = (records or {}).get(layer) or LayerRecords.load(run_dir / RECORDS / f"layer{layer}")
+            layer_records = (records or {}).get(layer) or LayerRecords.load(layer_folder(run_dir / RECORDS, layer))
             sims = {(s["neuron"], s["protocol"]): s for s in iter_jsonl(run_dir / SIMULATIONS)  # the last one wins
                     if s.get("layer") == layer and (layer, s.get("neuron")) in carded}
-            (cards / f"layer{layer}").mkdir(parents=True, exist_ok=True)
+            layer_folder(cards, layer).mkdir(parents=True, exist_ok=True)
             for h, by_protocol in neurons[layer]:
                 if (layer, h) not in carded:
                     continue
                 page = neuron_card(layer_records.neuron(h), by_protocol,
                                    {p: decode_simulation(sims[(h, p)]) for p in protocols if (h, p) in sims},
                                    protocols, title=title)
-                (cards / f"layer{layer}" / f"neuron{h}.html").write_text(page, encoding="utf-8")
+                (layer_folder(cards, layer) / card_page(h)).write_text(page, encoding="utf-8")
                 bar.update(1)
-    index = cards / "index.html"
+    index = cards / CARDS_INDEX
     write_text(index, index_page(summary, neurons, carded))
     return index
 

@@ -1,5 +1,5 @@
-"""The on-disk formats of an `interpret` run folder: its format tag and the compact form of the simulated
-activations (the folder's file names are in cratelab.layout)."""
+"""The on-disk form of the simulated activations of an `interpret` run folder (its file names and format tag
+are in cratelab.layout)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import base64
 from typing import Any, Sequence
 
 import numpy as np
-
-FORMAT = "cratelab-interpret-1"
-
 
 def encode_simulation(arrays: Sequence[np.ndarray]) -> dict[str, Any]:
     """Simulated activations, compactly: record lengths and float16 values (3 significant digits, plenty

@@ -47,7 +47,8 @@ from ..data.corpus import default_cache_dir
 from ..errors import CratelabError
 from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lock, keep_jsonl, read_json_object,
                   read_jsonl, sha256_file, write_csv, write_json, write_text)
-from ..layout import CARDS, CONFIG, DATA, RECORDS, SCORES, SCORES_CSV, SIMULATIONS, SUMMARY_JSON, SUMMARY_MD
+from ..layout import (CARDS, CARDS_INDEX, CONFIG, DATA, INTERPRET_FORMAT, RECORDS, RECORDS_META, SCORES, SCORES_CSV,
+                      SIMULATIONS, SUMMARY_JSON, SUMMARY_MD, layer_folder)
 from ..layout import INTERP_RUN as RUN
 from ..runtime import set_threads
 from .activations import LayerRecords, NeuronRecord
@@ -55,7 +56,7 @@ from .collect import collect_records
 from .config import InterpConfig
 from .explain import Explainer
 from .failure import NeuronFailure, neuron_deadline
-from .files import FORMAT, encode_simulation
+from .files import encode_simulation
 from .methods import check_backend, make_backend
 from .protocols import ScoringProtocol, get_protocol
 from .score import ROW_FIELDS, NeuronScore, flag_degenerate, score_neuron
@@ -150,7 +151,7 @@ def read_scores(path: Path) -> dict[tuple[int, int, str], dict[str, Any]]:
 def _has_results(out: Path) -> bool:
     """Whether the folder holds records or scores (else a run that failed early, e.g. on a wrong corpus)."""
     scores = out / SCORES
-    return any((out / RECORDS).glob("layer*/meta.json")) or (scores.is_file() and scores.stat().st_size > 0)
+    return any((out / RECORDS).glob(f"layer*/{RECORDS_META}")) or (scores.is_file() and scores.stat().st_size > 0)
 
 
 def _protocols(value: Any) -> set[str]:
@@ -209,7 +210,7 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
                    progress: bool, source: ActivationSource) -> tuple[dict[int, LayerRecords], bool]:
     """The records of the layers, collected in one pass for those whose folder is missing; and whether any was."""
     root = out / RECORDS
-    missing = [layer for layer in layers if not (root / f"layer{layer}" / "meta.json").is_file()]
+    missing = [layer for layer in layers if not (layer_folder(root, layer) / RECORDS_META).is_file()]
     fresh: dict[int, LayerRecords] = {}
     if missing:
         from ..runtime import resolve_device
@@ -223,12 +224,13 @@ def _records_stage(ckpt: Checkpoint, out: Path, layers: list[int], icfg: InterpC
                                 eot_id=tok.eot_id, seed=icfg.seed, config=icfg.records,
                                 batch_size=icfg.batch_size, device=device, progress=progress, source=source)
         for layer, records in fresh.items():
-            with building_folder(root / f"layer{layer}") as tmp:
+            with building_folder(layer_folder(root, layer)) as tmp:
                 records.save(tmp)
-                write_json(tmp / "meta.json", {**identity, "data_sha256": dataset.meta["splits"]["val"]["sha256"],
+                write_json(tmp / RECORDS_META, {**identity, "data_sha256": dataset.meta["splits"]["val"]["sha256"],
                                                "layer": layer, "seed": records.seed, "n_tokens": records.n_tokens,
                                                "n_neurons": records.n_neurons})
-    records = {layer: fresh[layer] if layer in fresh else LayerRecords.load(root / f"layer{layer}") for layer in layers}
+    records = {layer: fresh[layer] if layer in fresh else LayerRecords.load(layer_folder(root, layer))
+               for layer in layers}
     return records, bool(fresh)
 
 
@@ -384,7 +386,8 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
         if settings[name]:
             settings[name] = sha256_file(Path(settings[name]))
     data = {k: v for k, v in dataclasses.asdict(ckpt.config.data).items() if k != "cache_dir"}
-    identity = {"format": FORMAT, "checkpoint_sha256": sha256_file(ckpt_file), "data": data, "interp": settings}
+    identity = {"format": INTERPRET_FORMAT, "checkpoint_sha256": sha256_file(ckpt_file), "data": data,
+                "interp": settings}
     source = source or model_neurons(mcfg)
     identity["source"] = source.identity
     _check_identity(out, identity)
@@ -405,7 +408,7 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
 
     first = records[layers[0]]
     summary = {
-        "format": FORMAT, "checkpoint": str(ckpt.path), "checkpoint_sha256": identity["checkpoint_sha256"],
+        "format": INTERPRET_FORMAT, "checkpoint": str(ckpt.path), "checkpoint_sha256": identity["checkpoint_sha256"],
         "step": ckpt.step, "arch": mcfg.arch, **({"source": identity["source"]} if "source" in identity else {}),
         "method": icfg.method, "protocols": [p.name for p in protocols],
         "n_tokens": first.n_tokens, "n_neurons": source.n_units, "neurons_per_layer": len(subsets[layers[0]]),
@@ -414,7 +417,7 @@ def _interpret_in(out: Path, ckpt: Checkpoint, icfg: InterpConfig, layers: list[
         "n_transport_failures": len({_key(row)[:2] for row in rows if failed_for_transport(row)}),  # neurons
     }
     write_csv(out / SCORES_CSV, ROW_FIELDS, rows)
-    index = out / CARDS / "index.html"
+    index = out / CARDS / CARDS_INDEX
     if icfg.cards and (scored or not index.is_file()):
         from .cards import write_cards
 

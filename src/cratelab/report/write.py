@@ -20,7 +20,7 @@ from typing import Callable
 from ..config import QuestionsConfig, SweepConfig, level_text
 from ..io import write_text
 from ..layout import (ANSWERS, PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, RESULTS_TRACK,
-                      SWEEP_CONFIG)
+                      SWEEP_CONFIG, UNSCORABLE, unscorable_column)
 from ..sweep.design import Condition, grid_conditions
 from .analysis import (DERIVED_METRICS, INTERP_METRICS, METRICS, SEED_METRICS, Design, Effect, Estimator, Metric,
                        design_effects, difference, layer_intervals, mean_of, run_value, settings_text)
@@ -503,7 +503,7 @@ def unscorable_counts(runs: list[RunResult], protocol: str) -> tuple[int | None,
         scored = sum(len(s) for r in runs for s in r.neuron_scores[protocol])
         reasons = sum((r.unscorable.get(protocol, Counter()) for r in runs), Counter())
         return scored, sum(reasons.values()), reasons
-    column = "nan_" + protocol.replace("-", "_")
+    column = unscorable_column(protocol)
     values = [row[column] for r in runs for row in r.layers if row.get(column) is not None]
     return None, (int(sum(values)) if values else None), Counter()
 
@@ -519,7 +519,7 @@ def unscorable_table(est: Estimator) -> Table:
             reason = "; ".join(f"{n}: {text}" for text, n in reasons.most_common(2))
             rows.append([condition.name, protocol, "n/a" if scored is None else str(scored),
                          "n/a" if unscorable is None else str(unscorable), reason])
-    return Table(["condition", "protocol", "scored neurons", "unscorable (NaN)", "main reasons"], rows,
+    return Table(["condition", "protocol", "scored neurons", "unscorable", "main reasons"], rows,
                  "Unscorable neurons, summed over seeds and layers", numeric={2, 3})
 
 
@@ -533,9 +533,9 @@ def per_condition(est: Estimator) -> list[Block]:
     blocks.append(condition_table(est, interp, f"Interpretability, correlation × 100: mean "
                                                f"[{pct(est.confidence)} CI] over seeds"))
     table = unscorable_table(est)
-    nan_total = sum(r.values.get("nan_neurons") or 0 for r in est.sweep.runs)
+    total = sum(r.values.get(UNSCORABLE) or 0 for r in est.sweep.runs)
     blocks.append(table if table.rows else Paragraph(
-        f"Unscorable neurons: {nan_total:.0f} in total (nan_neurons of results.csv); no per-protocol counts."))
+        f"Unscorable scores: {total:.0f} in total ({UNSCORABLE} of results.csv); no per-protocol counts."))
     return blocks
 
 
@@ -647,9 +647,9 @@ def runs_section(est: Estimator) -> list[Block]:
         rows.append([run.name, run.condition.name, str(run.seed),
                      *(f"{v[k]:,.0f}" if v.get(k) is not None else "n/a" for k in ("params", "tokens", "train_s")),
                      SEED_METRICS[0].fmt(v.get("val_loss")), SEED_METRICS[2].fmt(v.get("zero_frac")),
-                     "n/a" if v.get("nan_neurons") is None else f"{v['nan_neurons']:.0f}", cards])
+                     "n/a" if v.get(UNSCORABLE) is None else f"{v[UNSCORABLE]:.0f}", cards])
     return [Heading(2, "Runs"), Table(["run", "condition", "seed", "params", "tokens", "train s", "val loss",
-                                       "zero fraction", "unscorable neurons", "neuron cards"], rows,
+                                       "zero fraction", "unscorable scores", "neuron cards"], rows,
                                       numeric={2, 3, 4, 5, 6, 7, 8})]
 
 

@@ -6,10 +6,10 @@ optional extra: `pip install 'cratelab[sae]'`.
 """
 
 from .config import SAEConfig, load_sae_config, sae_config_from_dict
-from .evaluate import EVAL_JSON, evaluate_sae, format_eval, train_and_evaluate_sae
+from .evaluate import evaluate_sae, format_eval, train_and_evaluate_sae
 from .load import SAEFolder, load_sae_folder, load_sae_run, sae_source
 from .train import is_sae_folder, train_sae
 
-__all__ = ["EVAL_JSON", "SAEConfig", "SAEFolder", "evaluate_sae", "format_eval", "is_sae_folder", "load_sae_config",
+__all__ = ["SAEConfig", "SAEFolder", "evaluate_sae", "format_eval", "is_sae_folder", "load_sae_config",
            "load_sae_folder", "load_sae_run", "sae_config_from_dict", "sae_source", "train_and_evaluate_sae",
            "train_sae"]

@@ -29,13 +29,11 @@ from ..data.batches import eval_windows
 from ..errors import CratelabError
 from ..evaluate import SparsityCounter
 from ..io import read_json_object, write_json
+from ..layout import EVAL
 from .activations import replaced
 from .config import SAEConfig
 from .load import SAEFolder, load_sae_folder
 from .train import train_sae
-
-EVAL_JSON = "eval.json"
-
 
 @torch.no_grad()
 def evaluate_sae(ckpt: Checkpoint, sae, hook: str, *, tokens: int, device: str | torch.device = "cpu",
@@ -90,7 +88,7 @@ def evaluate_sae(ckpt: Checkpoint, sae, hook: str, *, tokens: int, device: str |
         "requested_tokens": tokens,  # the setting that chose the windows
     }
     if out is not None:
-        write_json(Path(out) / EVAL_JSON, {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        write_json(Path(out) / EVAL, {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                            for k, v in result.items()})
     return result
 
@@ -118,9 +116,9 @@ def train_and_evaluate_sae(ckpt: Checkpoint, hook: str, out: Path, cfg: SAEConfi
     device = resolve_device(cfg.device, setting="sae.device")
     train_sae(ckpt, hook, out, cfg, fresh=fresh, progress=progress)
     folder = load_sae_folder(out)
-    if (out / EVAL_JSON).is_file():
+    if (out / EVAL).is_file():
         try:
-            saved = read_json_object(out / EVAL_JSON, what="SAE evaluation")
+            saved = read_json_object(out / EVAL, what="SAE evaluation")
         except CratelabError:
             saved = {}
         if saved.get("requested_tokens") == cfg.eval_tokens and saved.get("dense_threshold") == dense_threshold:

@@ -11,7 +11,8 @@ import torch
 from ..errors import CratelabError
 from ..interp.source import ActivationSource
 from ..io import sha256_file
-from .train import SAE_JSON, SAELENS_FILES, WEIGHTS_SHA256, is_sae_folder, read_sae_json, require_sae_lens
+from ..layout import SAE_JSON, SAELENS_FILES
+from .train import WEIGHTS_SHA256, is_sae_folder, read_sae_json, require_sae_lens
 
 
 @dataclass

@@ -36,13 +36,11 @@ from ..config import changed_settings, execution_settings
 from ..errors import CratelabError, unpickling_error
 from ..io import (JsonlAppender, building_folder, keep_jsonl, read_json_object, remove_tree, sha256_file, write_bytes,
                   write_json)
+from ..layout import EVAL, METRICS, SAE_FORMAT, SAE_JSON, SAE_POSITION, SAE_STATE, SAELENS_FILES
 from ..runtime import resolve_device, set_threads
 from .activations import ActivationBuffer, check_hook, d_in, hook_layer
 from .config import SAEConfig
 
-FORMAT = "cratelab-sae-1"
-SAE_JSON, METRICS, STATE = "sae.json", "metrics.jsonl", "state"
-SAELENS_FILES = ("sae_weights.safetensors", "cfg.json")  # SAELens's names; cfg.json last
 WEIGHTS_SHA256 = "weights_sha256"  # sae.json's checksum of SAELENS_FILES[0]
 # files that make a folder another kind of run's (`cratelab train`, `interpret`, `ablate`): never an SAE's --out
 OTHER_KINDS = {layout.CHECKPOINT: "a training run", layout.CONFIG: "a training run or an interpret folder",
@@ -60,7 +58,7 @@ def require_sae_lens():
 
 def is_sae_folder(path: str | Path) -> bool:
     path = Path(path)
-    return (path / SAE_JSON).is_file() and (path / "cfg.json").is_file()
+    return (path / SAE_JSON).is_file() and (path / SAELENS_FILES[1]).is_file()
 
 
 def training_sae(cfg: SAEConfig, width_in: int, *, hook: str, model_name: str, context_size: int,
@@ -131,8 +129,9 @@ SAE_RESUMABLE_CHANGES = execution_settings(SAEConfig) | {"eval_tokens"}
 
 def _identity(ckpt: Checkpoint, hook: str, cfg: SAEConfig) -> dict[str, Any]:
     settings = {k: v for k, v in cfg.to_dict().items() if k not in SAE_RESUMABLE_CHANGES}
-    return {"format": FORMAT, "run": str(ckpt.path.resolve()), "checkpoint_sha256": sha256_file(checkpoint_file(ckpt.path)),
-            "step": ckpt.step, "arch": ckpt.config.model.arch, "hook": hook, "layer": hook_layer(hook), "sae": settings}
+    return {"format": SAE_FORMAT, "run": str(ckpt.path.resolve()),
+            "checkpoint_sha256": sha256_file(checkpoint_file(ckpt.path)), "step": ckpt.step,
+            "arch": ckpt.config.model.arch, "hook": hook, "layer": hook_layer(hook), "sae": settings}
 
 
 def check_sae_out(out: Path) -> None:
@@ -141,7 +140,7 @@ def check_sae_out(out: Path) -> None:
         if (out / name).exists():
             raise CratelabError(f"{out} holds {kind} ({name}), not an SAE: use another --out")
     if not (out / SAE_JSON).is_file():  # sae.json is written first: without it these files are not ours
-        for name in (METRICS, "eval.json", *SAELENS_FILES):
+        for name in (METRICS, EVAL, *SAELENS_FILES):
             if (out / name).exists():
                 raise CratelabError(f"{out} holds {name} but no {SAE_JSON}: not an SAE folder; use another --out")
 
@@ -172,10 +171,10 @@ def _check_identity(out: Path, identity: dict[str, Any]) -> None:
 
 
 def _save_state(out: Path, trainer, data: ActivationBuffer, elapsed: float) -> None:
-    with building_folder(out / STATE) as tmp:
+    with building_folder(out / SAE_STATE) as tmp:
         trainer.sae.save_model(tmp)
         trainer.save_trainer_state(tmp)
-        write_json(tmp / "position.json", {"refills_done": data.refills_done, "steps": trainer.n_training_steps,
+        write_json(tmp / SAE_POSITION, {"refills_done": data.refills_done, "steps": trainer.n_training_steps,
                                            "elapsed_s": elapsed})
 
 
@@ -196,13 +195,13 @@ def _resume(out: Path, sae, train, data: ActivationBuffer, device: torch.device)
     A damaged state file is one error naming it."""
     from safetensors.torch import load_file
 
-    state = out / STATE
+    state = out / SAE_STATE
     with _reading_state(state / SAELENS_FILES[0], state):
         sae.load_state_dict(load_file(state / SAELENS_FILES[0], device=str(device)))
     with _reading_state(state, state):  # SAELens's trainer_state.pt and activation_scaler.json
         train.load_trainer_state(state)
-    with _reading_state(state / "position.json", state):
-        position = json.loads((state / "position.json").read_bytes())
+    with _reading_state(state / SAE_POSITION, state):
+        position = json.loads((state / SAE_POSITION).read_bytes())
         data.refills_done, elapsed = int(position["refills_done"]), float(position["elapsed_s"])
     return elapsed
 
@@ -272,7 +271,7 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
     set_threads(cfg.threads, "sae.threads")
     identity = _identity(ckpt, hook, cfg)
     if fresh and out.exists():
-        for name in (SAE_JSON, METRICS, STATE, "eval.json", *SAELENS_FILES):
+        for name in (SAE_JSON, METRICS, SAE_STATE, EVAL, *SAELENS_FILES):
             remove_tree(out / name)
     out.mkdir(parents=True, exist_ok=True)
     if (out / SAE_JSON).is_file():
@@ -292,7 +291,7 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
                             model_batch_size=cfg.model_batch_size, seed=cfg.seed, device=device)
     train = trainer(sae, cfg, device, data)
     elapsed = 0.0
-    if (out / STATE / "position.json").is_file():  # resume
+    if (out / SAE_STATE / SAE_POSITION).is_file():  # resume
         elapsed = _resume(out, sae, train, data, device)
         # a kill between a row's logging and its checkpoint logged steps that are trained again now
         done = train.n_training_steps
@@ -307,5 +306,5 @@ def train_sae(ckpt: Checkpoint, hook: str, out: str | Path, cfg: SAEConfig, *, f
         log.close()
     train.set_final_sae_metadata()
     _export(out, sae)
-    remove_tree(out / STATE)
+    remove_tree(out / SAE_STATE)
     return out

@@ -32,7 +32,7 @@ def result_row(columns: dict[str, Any], metrics: dict[str, Any], layers: list[di
     val_loss, bpb), and per layer the measurement of its units (``layers``: the layer, the sparsity
     columns, dictionary_norm, and an SAE's columns) with each protocol's mean score and unscorable count
     (``scores``: interpret's summary entries by (layer, protocol)). The run's sparsity, SAE and interp
-    columns are the means over its layers, nan_neurons the unscorable units of all layers; the layers'
+    columns are the means over its layers, unscorable_scores the unscorable (unit, protocol) scores of all layers; the layers'
     rows are under "layers"."""
     layer_rows = []
     for measured in layers:
@@ -40,13 +40,13 @@ def result_row(columns: dict[str, Any], metrics: dict[str, Any], layers: list[di
         for protocol in layout.PROTOCOLS:
             scored = scores.get((measured["layer"], protocol))
             row[layout.interp_column(protocol)] = scored["mean"] if scored else None
-            row[layout.nan_column(protocol)] = scored["n_unscorable"] if scored else None
+            row[layout.unscorable_column(protocol)] = scored["n_unscorable"] if scored else None
         layer_rows.append(row)
     row = dict(columns) | metrics
     for key in (*layout.SPARSITY_COLUMNS, *layout.SAE_COLUMNS, *map(layout.interp_column, layout.PROTOCOLS)):
         if any(key in layer for layer in layer_rows):
             row[key] = mean_over_layers([layer.get(key) for layer in layer_rows])
-    row["nan_neurons"] = sum(s["n_unscorable"] for s in scores.values())
+    row[layout.UNSCORABLE] = sum(s["n_unscorable"] for s in scores.values())
     return row | {"layers": layer_rows}
 
 

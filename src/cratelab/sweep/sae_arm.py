@@ -36,9 +36,6 @@ from ..io import folder_lock, read_jsonl, write_json, write_text
 from ..sae.config import SAEConfig
 from .results import mean_over_layers, result_row
 
-SAE = "sae"  # runs/<arm>-s<seed>/sae/layer{l}/
-
-
 def run_sae_arm(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: RunConfig, sae_cfg: SAEConfig,
                 columns: dict[str, Any], threads: int = 0) -> dict[str, Any]:
     """Train, evaluate and score the SAEs of an SAE arm's run on its finished base run (resuming whatever
@@ -64,15 +61,15 @@ def _run_locked(run_dir: Path, base_dir: Path, base_row: dict[str, Any], cfg: Ru
     evals, summaries, train_s, scores = {}, {}, 0.0, []
     for layer in layers:
         hook = neuron_hook_name(ckpt.config.model, layer)
-        sae_dir = run_dir / SAE / f"layer{layer}"
+        sae_dir = layout.layer_folder(run_dir / layout.ARM_SAES, layer)
         folder, evals[layer] = train_and_evaluate_sae(ckpt, hook, sae_dir, sae_cfg,
                                                       dense_threshold=cfg.eval.dense_threshold)
-        train_s += max((row.get("elapsed_s", 0.0) for row in read_jsonl(sae_dir / "metrics.jsonl")), default=0.0)
+        train_s += max((row.get("elapsed_s", 0.0) for row in read_jsonl(sae_dir / layout.METRICS)), default=0.0)
         # the features scored: interp.neurons of the d_sae, drawn as interpret draws neurons ((seed, layer));
         # the interpret folder sees only those (unit i = feature features[i], kept in each score line)
         features = neuron_subset(cfg.interp, layer, folder.sae.cfg.d_sae)
         icfg = dataclasses.replace(cfg.interp, layers=str(layer), neurons=0, threads=cfg.interp.threads or threads)
-        interp_dir = run_dir / layout.RUN_INTERP / f"layer{layer}"
+        interp_dir = layout.layer_folder(run_dir / layout.RUN_INTERP, layer)
         summaries[layer] = interpret(ckpt, interp_dir, icfg, progress=False, source=sae_source(folder, features))
         scores += [row | {"feature": features[int(row["neuron"])]} for row in read_jsonl(interp_dir / layout.SCORES)]
     write_text(run_dir / layout.RUN_INTERP / layout.SCORES, "".join(json.dumps(row) + "\n" for row in scores))
