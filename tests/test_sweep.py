@@ -2,6 +2,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -277,6 +278,10 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     out = tmp_path / "smoke"
     proc = cratelab("ablate", CONFIG, "--out", out, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr
+    # a line a finished run, with how many of the 7 have ended and, until the last, the time left at this pace
+    ended = re.findall(r"^\S+-s0: val_loss .* s training \[(\d)/7(, about (\d+m )?\d+s left)?\]$", proc.stderr, re.M)
+    assert [int(n) for n, *_ in ended] == list(range(1, 8)) and all(left for _, left, _ in ended[:-1])
+    assert not ended[-1][1]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 7 and list(rows[0]) == result_columns(["model.ista_lambda", "model.qkv", "model.arch"])

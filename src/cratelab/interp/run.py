@@ -50,6 +50,7 @@ from ..io import (JsonlAppender, building_folder, cut_unfinished_line, folder_lo
 from ..layout import (CARDS, CARDS_INDEX, CONFIG, DATA, INTERPRET_FORMAT, RECORDS, RECORDS_META, SCORES, SCORES_CSV,
                       SIMULATIONS, SUMMARY_JSON, SUMMARY_MD, layer_folder)
 from ..layout import INTERP_RUN as RUN
+from ..progress import duration, time_left
 from ..runtime import set_threads
 from .activations import LayerRecords, NeuronRecord
 from .collect import collect_records
@@ -252,15 +253,9 @@ class ProgressLines:
         self.last, elapsed = now, now - self.start
         per = elapsed / self.done
         rate = f"{per:.1f} s/neuron" if per >= 1 else f"{1 / per:.1f} neurons/s"
-        left = f", about {_duration(per * (self.total - self.done))} left" if self.done < self.total else ""
-        print(f"scoring: {self.done}/{self.total} neurons, {_duration(elapsed)} elapsed, {rate}{left}",
+        print(f"scoring: {self.done}/{self.total} neurons, {duration(elapsed)} elapsed, {rate}"
+              f"{time_left(self.done, self.total, elapsed)}",
               file=sys.stderr, flush=True)
-
-
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(round(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def _scoring_stage(out: Path, records: dict[int, LayerRecords], subsets: dict[int, list[int]],

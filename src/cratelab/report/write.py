@@ -21,6 +21,7 @@ from ..config import QuestionsConfig, SweepConfig, level_text
 from ..io import write_text
 from ..layout import (ANSWERS, PLOTS, PROTOCOLS, REPORT_HTML, REPORT_MD, RESULTS, RESULTS_LAYERS, RESULTS_TRACK,
                       SWEEP_CONFIG, UNSCORABLE, unscorable_column)
+from ..progress import duration
 from ..sweep.design import Condition, grid_conditions
 from .analysis import (DERIVED_METRICS, INTERP_METRICS, METRICS, SEED_METRICS, Design, Effect, Estimator, Metric,
                        design_effects, difference, layer_intervals, mean_of, run_value, settings_text)
@@ -71,12 +72,6 @@ def exploratory_words(iv: Interval, est: Estimator) -> str:
 
 def direction(iv: Interval) -> str:
     return "increases" if iv.estimate > 0 else "decreases"
-
-
-def duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
 def span(values: list[float]) -> str:

@@ -20,6 +20,7 @@ from .. import layout
 from ..config import ConfigError, RunConfig, SweepConfig
 from ..errors import CratelabError
 from ..io import folder_lock
+from ..progress import duration, time_left
 from ..runtime import check_threads, cpu_count, end_with, keep_freed_memory, spread_over_gpus, visible_gpus
 from .design import PlannedRun, expand, in_condition, selected_runs
 from .results import check_sweep_unchanged, collect_results, remove_sweep_outputs, save_sweep, unfinished_runs
@@ -83,15 +84,17 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
     t0 = time.perf_counter()
     print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished), {sweep.launcher} launcher, "
           f"{at_once} -> {out_dir}", file=sys.stderr)
-    failures = []
+    failures, ended = [], 0
     waves = [[r for r in todo if not r.base], [r for r in todo if r.base]]  # SAE arms after their base runs
     with tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not show_bar, unit="run") as bar:
         for wave in waves:
             for row, failure in _execute(wave, out_dir, sweep, workers, threads):
                 bar.update()
-                tqdm.write(failure or _row_line(row), file=sys.stderr)
+                ended += 1  # a line a run, with the pace so far: a log shows how far a long sweep got
+                pace = f" [{ended}/{len(todo)}{time_left(ended, len(todo), time.perf_counter() - t0)}]"
+                tqdm.write((failure or _row_line(row)) + pace, file=sys.stderr)
                 failures += [failure] if failure else []
-    print(f"sweep finished in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print(f"sweep finished in {duration(time.perf_counter() - t0)}", file=sys.stderr)
     rows = collect_results(out_dir, sweep, expand(base, sweep))
     if failures:
         raise RunsFailed(f"{len(failures)} of {len(todo)} runs failed (above, with their logs); rerun the same "
