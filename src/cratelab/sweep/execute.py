@@ -90,9 +90,9 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
         for wave in waves:
             for row, failure in _execute(wave, out_dir, sweep, workers, threads):
                 bar.update()
-                ended += 1  # a line a run, with the pace so far: a log shows how far a long sweep got
+                ended += 1  # a finished run's line says the pace so far: a log shows how far a long sweep got
                 pace = f" [{ended}/{len(todo)}{time_left(ended, len(todo), time.perf_counter() - t0)}]"
-                tqdm.write((failure or _row_line(row)) + pace, file=sys.stderr)
+                tqdm.write(failure or _row_line(row) + pace, file=sys.stderr)
                 failures += [failure] if failure else []
     print(f"sweep finished in {duration(time.perf_counter() - t0)}", file=sys.stderr)
     rows = collect_results(out_dir, sweep, expand(base, sweep))
