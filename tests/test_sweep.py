@@ -3,9 +3,11 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from cratelab.sweep.execute import check_machine, worker_gpus, worker_pool
 from cratelab.sweep.results import check_sweep_unchanged, read_result, save_sweep
 
 CONFIG = "configs/seed-ablation.toml"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_default_grid_is_21_runs_with_the_baseline():
@@ -350,6 +353,40 @@ def test_smoke_sweep_end_to_end_and_resume(tmp_path):
     assert before == _kept(out)  # resumed at its end
     assert json.loads(result.read_text())["model.arch"] == "gpt"
     assert _without_train_s(out / "results.csv") == _without_train_s_text(results_before)
+    _the_documented_archive_reports_and_resumes(out, tmp_path)
+
+
+def documented_archive_command() -> str:
+    """docs/commands.md's `tar` line that archives a sweep folder without its checkpoints, records and cards."""
+    text = (ROOT / "docs" / "commands.md").read_text().replace("\\\n", " ")
+    return next(line.strip() for line in text.splitlines() if line.startswith("tar c"))
+
+
+def _the_documented_archive_reports_and_resumes(out, tmp_path):
+    """The documented archive of a finished sweep: no checkpoint, records or cards in it; unpacked elsewhere,
+    `cratelab report` writes the same answers and results, and `cratelab ablate` resumes a run taken out of it."""
+    work = tmp_path / "archive"
+    (work / "runs").mkdir(parents=True)
+    out.rename(work / "runs" / "seed-ablation")
+    out = work / "runs" / "seed-ablation"
+    subprocess.run(documented_archive_command(), shell=True, cwd=work, check=True)
+    archive = next(work.glob("*.tar.xz"))
+    listed = subprocess.run(["tar", "tJf", archive], capture_output=True, text=True, check=True).stdout.split()
+    left_out = r"(^|/)(ckpt\.pt|records|cards|simulations\.jsonl|scores\.csv)(/|$)"
+    assert not [name for name in listed if re.search(left_out, name)]
+    assert "seed-ablation/runs/gpt-relu-s0/track/step15/interp/scores.jsonl" in listed
+    unpacked = tmp_path / "elsewhere"
+    unpacked.mkdir()
+    subprocess.run(["tar", "xJf", archive, "-C", unpacked], check=True)
+    copy = unpacked / "seed-ablation"
+    proc = cratelab("report", copy, cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("answers.csv", "results.csv", "results_layers.csv", "results_track.csv"):
+        assert (copy / name).read_text() == (out / name).read_text(), name
+    shutil.rmtree(copy / "runs" / "gpt-relu-s0")
+    proc = cratelab("ablate", CONFIG, "--out", copy, "--smoke", "--set", "sweep.seeds=[0]", cache=tmp_path / "cache")
+    assert proc.returncode == 0 and "6 already finished" in proc.stderr, proc.stderr
+    assert _without_train_s(copy / "results.csv") == _without_train_s(out / "results.csv")
 
 
 def test_a_sweep_folder_may_grow_its_grid_but_not_change_its_runs(tmp_path):
