@@ -12,8 +12,13 @@ def test_duration(seconds, words):
     assert duration(seconds) == words
 
 
-@pytest.mark.parametrize("done,total,elapsed,words", [
-    (1, 4, 10.0, ", about 30s left"), (3, 4, 30.0, ", about 10s left"), (4, 4, 40.0, ""), (0, 4, 5.0, ""),
-    (5, 4, 5.0, ""), (1, 40, 3600.0, ", about 39h 00m 00s left")])
-def test_time_left(done, total, elapsed, words):
-    assert time_left(done, total, elapsed) == words
+@pytest.mark.parametrize("done,total,elapsed,at_once,words", [
+    (1, 4, 10.0, 1, ", about 30s left"), (3, 4, 30.0, 1, ", about 10s left"), (4, 4, 40.0, 1, ""), (0, 4, 5.0, 1, ""),
+    (5, 4, 5.0, 1, ""), (1, 40, 3600.0, 1, ", about 39h 00m 00s left"),
+    # two at a time, each an hour: when the first ends the second has run an hour too, 19.5 pairs are left
+    (1, 40, 3600.0, 2, ", about 19h 30m 00s left"), (2, 40, 3600.0, 2, ", about 19h 00m 00s left"),
+    (10, 40, 5 * 3600.0, 2, ", about 15h 00m 00s left"),
+    (1, 3, 60.0, 8, ", about 40s left"),  # more workers than runs: the pace of the three that started together
+    (1, 40, 3600.0, 0, ", about 39h 00m 00s left")])
+def test_time_left(done, total, elapsed, at_once, words):
+    assert time_left(done, total, elapsed, at_once) == words

@@ -76,10 +76,11 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
     out_dir.mkdir(parents=True, exist_ok=True)
     save_sweep(base, sweep, out_dir)
     todo = unfinished_runs(runs, out_dir)
-    if sweep.launcher == "slurm":
-        threads, at_once = sweep.slurm.cpus_per_task, "all submitted"
+    if sweep.launcher == "slurm":  # the cluster's queue decides how many run at once
+        threads, at_once, running = sweep.slurm.cpus_per_task, "all submitted", 1
     else:
-        threads, at_once = (max(1, cpu_count() // workers) if workers > 1 else 0), f"{workers} at a time"
+        threads, running = max(1, cpu_count() // workers) if workers > 1 else 0, workers
+        at_once = f"{workers} at a time"
     show_bar = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()
     print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} already finished), {sweep.launcher} launcher, "
@@ -91,7 +92,7 @@ def _ablate_locked(base: RunConfig, sweep: SweepConfig, out_dir: Path, only: lis
             for row, failure in _execute(wave, out_dir, sweep, workers, threads):
                 bar.update()
                 ended += 1  # a finished run's line says the pace so far: a log shows how far a long sweep got
-                pace = f" [{ended}/{len(todo)}{time_left(ended, len(todo), time.perf_counter() - t0)}]"
+                pace = f" [{ended}/{len(todo)}{time_left(ended, len(todo), time.perf_counter() - t0, running)}]"
                 tqdm.write(failure or _row_line(row) + pace, file=sys.stderr)
                 failures += [failure] if failure else []
     print(f"sweep finished in {duration(time.perf_counter() - t0)}", file=sys.stderr)
