@@ -57,7 +57,6 @@ def test_the_confirmatory_study_runs_with_smoke(tmp_path):
         assert {r["track"] for r in csv.DictReader(f)} == {"0.125", "0.25", "0.5", "1.0"}
 
 
-
 def test_the_committed_runs_are_finished_runs_of_the_declared_study(tmp_path):
     """docs/results/confirm/runs/: one archive a finished run (docs/commands.md's exclusions), the study's
     record and what it resumes from on a machine whose folders did not outlive a session. Each unpacks into
